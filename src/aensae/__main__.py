@@ -1,0 +1,7 @@
+"""``python -m aensae`` runs the command line."""
+
+import sys
+
+from aensae.cli import main
+
+sys.exit(main())
