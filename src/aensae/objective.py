@@ -30,6 +30,7 @@ This module imports nothing else from aensae.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -39,6 +40,7 @@ from aensae._validation import check_int, check_real, is_torch
 Array = TypeVar("Array")  # numpy.ndarray or torch.Tensor
 
 __all__ = [
+    "ExactProblem",
     "adaptive_weights",
     "blend_weights",
     "exact_objective",
@@ -82,6 +84,31 @@ def exact_to_sae(lam1: float, lam2: float, n: int) -> tuple[float, float]:
     lam2 = check_real("lam2", lam2, low=0.0)
     n = check_int("n", n, low=1)
     return 2.0 * lam1 / n, lam2 / n
+
+
+# ----------------------------------------------------------------------------- problem
+@dataclass(frozen=True)
+class ExactProblem:
+    r"""An exact sparse-coding problem ``min_h F(h)`` for signals ``x - offset``.
+
+    This is how an SAE (or the true generator) describes the exact problem its codes
+    should be compared with: dictionary ``D`` (n, m) with atoms as columns (an SAE's
+    ``W_dec.T``), penalties ``lam1``, ``lam2`` in the exact scaling (use
+    :func:`sae_to_exact`), l1 weights ``weights`` ((m,) or ``None`` for ones), the sign
+    constraint ``nonneg`` (ReLU encoders), and ``offset`` (the decoder bias ``b_dec``;
+    exact codes are computed for ``x - offset``).
+    """
+
+    D: Any
+    lam1: float
+    lam2: float = 0.0
+    weights: Any = None
+    nonneg: bool = False
+    offset: Any = None
+
+    def centred(self, X: Array) -> Array:
+        """Return ``X - offset`` (``X`` itself when there is no offset)."""
+        return X if self.offset is None else X - self.offset
 
 
 # ----------------------------------------------------------------------------- values
