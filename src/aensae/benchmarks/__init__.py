@@ -1,0 +1,1 @@
+"""Experiment grids, results tables, figures and performance benchmarks (command modules)."""
