@@ -28,13 +28,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+# Reassociation lets LLVM vectorise the float64 dot products (about 4x faster); it only
+# changes rounding at the 1e-16 level. Inputs are validated finite, and no kernel relies
+# on NaN/inf semantics, so the "no NaN / no inf" flags are not needed and not used.
+_FM = {"reassoc", "contract", "arcp"}
+
 # status codes of solve_working_sets
 STATUS_OK = 0
 STATUS_MAX_ITER = 1
 STATUS_RANK = 2  # a violating coordinate was linearly dependent on the active set
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=_FM)
 def _forward(L, n, b, out):
     # solve L y = b for lower-triangular L[:n, :n]
     for i in range(n):
@@ -44,7 +49,7 @@ def _forward(L, n, b, out):
         out[i] = s / L[i, i]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=_FM)
 def _backward(L, n, y, out):
     # solve L^T z = y
     for i in range(n - 1, -1, -1):
@@ -54,7 +59,7 @@ def _backward(L, n, y, out):
         out[i] = s / L[i, i]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=_FM)
 def _refactor(Q, act, n_act, L):
     """Cholesky of Q[act, act] into L; returns the number of leading columns factorised."""
     for i in range(n_act):
@@ -73,7 +78,7 @@ def _refactor(Q, act, n_act, L):
     return n_act
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=_FM)
 def _solve_one(Q, c, wl, nonneg, h, excluded, max_iter, rel_tol):
     """Active-set method on one working set. ``h`` is the warm start and the output.
 
@@ -194,7 +199,7 @@ def _solve_one(Q, c, wl, nonneg, h, excluded, max_iter, rel_tol):
     return it, status
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_FM)
 def solve_working_sets(Dt, G, X, wmat, lam1, lam2, nonneg, ws_idx, ws_len, h_ws, todo,
                        max_iter, rel_tol, iters, status):
     """Solve the restricted problems of the signals listed in ``todo`` (in place).
@@ -232,7 +237,7 @@ def solve_working_sets(Dt, G, X, wmat, lam1, lam2, nonneg, ws_idx, ws_len, h_ws,
         status[b] = st
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_FM)
 def residuals(Dt, X, wmat, lam2, nonneg, ws_idx, ws_len, h_ws, todo, R, stats):
     """Residuals ``r = x - D_S h_S`` and the scalars of the duality gap, for ``todo`` rows.
 
@@ -284,7 +289,7 @@ def residuals(Dt, X, wmat, lam2, nonneg, ws_idx, ws_len, h_ws, todo, R, stats):
         stats[t, 4] = mu
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_FM)
 def exact_correlations(Dt, R, rows, cols, out):
     """``out[p] = D_{cols[p]}^T R[rows[p]]`` in float64."""
     n = R.shape[1]
@@ -298,27 +303,57 @@ def exact_correlations(Dt, R, rows, cols, out):
 
 
 @njit(parallel=True, cache=True)
-def top_k_rows(score, k, out):
-    """``out[b]`` = indices of the ``k`` largest entries of ``score[b]`` (any order)."""
-    m = score.shape[1]
-    for b in prange(score.shape[0]):
-        row = score[b]
-        tau = np.partition(-row, k - 1)[k - 1]
-        tau = -tau
-        cnt = 0
+def top_k_scores(C, wmat, nonneg, k, out):
+    """``out[b]``: indices of the ``k`` largest scores of row ``b`` (any order).
+
+    The score of atom ``j`` is ``|C[b, j]| / w_j`` (``C[b, j] / w_j`` when ``nonneg``).
+    A size-``k`` min-heap keeps the running top ``k``: one comparison per entry once the
+    heap is full, so a row costs ``O(m + k log k)``.
+    """
+    m = C.shape[1]
+    wstride = 1 if wmat.shape[0] > 1 else 0
+    for b in prange(C.shape[0]):
+        wrow = b * wstride
+        hv = np.empty(k)
+        hi = np.empty(k, np.int64)
+        size = 0
         for j in range(m):
-            if row[j] > tau:
-                out[b, cnt] = j
-                cnt += 1
-        for j in range(m):
-            if cnt >= k:
-                break
-            if row[j] == tau:
-                out[b, cnt] = j
-                cnt += 1
+            c = C[b, j]
+            v = (c if nonneg else abs(c)) / wmat[wrow, j]
+            if size < k:
+                # sift up
+                pos = size
+                size += 1
+                while pos > 0:
+                    parent = (pos - 1) // 2
+                    if hv[parent] <= v:
+                        break
+                    hv[pos] = hv[parent]
+                    hi[pos] = hi[parent]
+                    pos = parent
+                hv[pos] = v
+                hi[pos] = j
+            elif v > hv[0]:
+                # replace the root and sift down
+                pos = 0
+                while True:
+                    child = 2 * pos + 1
+                    if child >= k:
+                        break
+                    if child + 1 < k and hv[child + 1] < hv[child]:
+                        child += 1
+                    if hv[child] >= v:
+                        break
+                    hv[pos] = hv[child]
+                    hi[pos] = hi[child]
+                    pos = child
+                hv[pos] = v
+                hi[pos] = j
+        for i in range(k):
+            out[b, i] = hi[i]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_FM)
 def scan_certificate(Z, R, Dt, col_norm, wmat, todo, err_scale, mu_s, lam1, nonneg,
                      ws_idx, ws_len, h_ws, mu_out, viol_idx, viol_val, n_viol):
     """Dual-infeasibility scale and KKT violators from float32 correlations ``Z = R D``.

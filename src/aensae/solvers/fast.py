@@ -223,12 +223,10 @@ class FastSolver:
         sq_norm = np.einsum("bn,bn->b", X, X)
         # 1. screening in float32
         C32 = X.astype(np.float32) @ self.D32
-        score = np.maximum(C32, 0.0) if nonneg else np.abs(C32)
-        score /= w.astype(np.float32)
         W0 = self.ws_init
         ws0 = np.empty((B, W0), np.int64)
-        K.top_k_rows(score, W0, ws0)
-        del C32, score
+        K.top_k_scores(C32, w, nonneg, W0, ws0)
+        del C32
         cap = min(self.m, W0 + 2 * self.ws_grow)
         ws_idx = np.zeros((B, cap), np.int64)
         ws_idx[:, :W0] = ws0
