@@ -92,6 +92,7 @@ def _solve_one(Q, c, wl, nonneg, h, excluded, max_iter, rel_tol):
     y = np.empty(W)
     hnew = np.empty(W)
     v = np.empty(W)
+    zvec = np.empty(W)
     best_g = 0.0
     n_act = 0
     for k in range(W):
@@ -183,15 +184,48 @@ def _solve_one(Q, c, wl, nonneg, h, excluded, max_iter, rel_tol):
         d2 = Q[best, best]
         for i in range(n_act):
             d2 -= y[i] * y[i]
-        if d2 <= 1e-13 * Q[best, best]:
-            excluded[best] = True
-            status = STATUS_RANK
+        sb = 1.0 if (nonneg or best_g < 0.0) else -1.0
+        if d2 <= 1e-10 * Q[best, best]:
+            # `best` is (numerically) a combination of the active atoms, Q_A,best = Q_AA z
+            # (only possible when lam2 = 0). From this optimal point, moving along the null
+            # direction h_best = sb t, h_A -= sb z t leaves the smooth part unchanged and
+            # changes the l1 term at rate lam1 (w_best - |sum_a z_a w_a sigma_a|) < 0 (that is
+            # the KKT violation), so go until the first active coordinate reaches zero and
+            # swap it out for `best`.
+            _backward(L, n_act, y, zvec)
+            t = np.inf
+            blk = -1
+            for i in range(n_act):
+                a = act[i]
+                dz = zvec[i] * sb
+                if dz * sign[a] > 0.0:
+                    ti = h[a] / dz
+                    if ti < t:
+                        t = ti
+                        blk = i
+            if blk < 0:  # no blocking coordinate: cannot happen for a bounded objective
+                excluded[best] = True
+                status = STATUS_RANK
+                continue
+            for i in range(n_act):
+                h[act[i]] -= zvec[i] * sb * t
+            out = act[blk]
+            h[out] = 0.0
+            sign[out] = 0.0
+            act[blk] = best
+            h[best] = sb * t
+            sign[best] = sb
+            ok = _refactor(Q, act, n_act, L)
+            if ok < n_act:
+                status = STATUS_RANK
+                break
+            need_solve = True
             continue
         for i in range(n_act):
             L[n_act, i] = y[i]
         L[n_act, n_act] = np.sqrt(d2)
         act[n_act] = best
-        sign[best] = 1.0 if (nonneg or best_g < 0.0) else -1.0
+        sign[best] = sb
         n_act += 1
         need_solve = True
     if it >= max_iter:

@@ -128,8 +128,10 @@ class FastSolver:
     ----------
     D : array (n, m)
         Dictionary, atoms as columns.
-    lam1, lam2 : float >= 0
-        Penalties of the exact objective.
+    lam1 : float > 0
+        l1 penalty of the exact objective (0 is ridge regression: use a linear solve).
+    lam2 : float >= 0
+        l2 penalty.
     nonneg : bool
         Constrain ``h >= 0``.
     tol : float > 0
@@ -162,6 +164,11 @@ class FastSolver:
         self.D = validate_dictionary(D)
         self.n, self.m = self.D.shape
         self.lam1 = check_real("lam1", lam1, low=0.0)
+        if self.lam1 == 0.0:
+            raise ValueError(
+                "lam1 must be > 0, got 0.0: with lam1 = 0 the problem is ridge regression "
+                "(no sparsity) and its augmented-lasso certificate is vacuous; solve "
+                "(D^T D + lam2 I) h = D^T x directly instead")
         self.lam2 = check_real("lam2", lam2, low=0.0)
         if not isinstance(nonneg, (bool, np.bool_)):
             raise TypeError(f"nonneg must be a bool, got {nonneg!r}")
@@ -370,8 +377,10 @@ def solve(
         Dictionary, atoms as columns.
     X : array (B, n)
         Signals.
-    lam1, lam2 : float >= 0
-        Penalties.
+    lam1 : float > 0
+        l1 penalty (0 is rejected: ridge regression has no sparse code to certify).
+    lam2 : float >= 0
+        l2 penalty.
     weights : array (m,) or (B, m), optional
         Positive l1 weights; ``None`` means ones.
     nonneg : bool

@@ -65,8 +65,8 @@ def solve_cvxpy(
     when ``nonneg``) with an interior-point solver (Clarabel by default). Interior-point
     output is never exactly sparse, so ``polish=True`` re-solves the stationarity system
     on the support and signs read off the solution (:func:`_polish`) and keeps whichever
-    code -- raw (entries below 1e-9 of the largest zeroed) or polished -- has the smaller
-    duality gap. Same signature and result type as :func:`aensae.solvers.solve`.
+    code -- raw (entries below 1e-9 of the largest zeroed), polished, or all-zero -- has the
+    smallest duality gap. Same signature and result type as :func:`aensae.solvers.solve`.
     """
     import cvxpy as cp
 
@@ -99,7 +99,7 @@ def solve_cvxpy(
         if P.nonneg:
             raw = np.maximum(raw, 0.0)
         raw[np.abs(raw) <= 1e-9 * max(float(np.max(np.abs(raw))), 1e-300)] = 0.0
-        cands = [raw]
+        cands = [raw, np.zeros(m)]
         if polish:
             cands += _polish(P.D, P.X[b], raw, P.lam1, P.lam2, wrow, P.nonneg)
         gaps = [duality_gap(P.D, P.X[b : b + 1], c[None], P.lam1, P.lam2, wrow, P.nonneg)[0]
