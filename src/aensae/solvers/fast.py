@@ -156,7 +156,7 @@ class FastSolver:
         tol: float = 1e-10,
         *,
         batch_size: int = 2048,
-        ws_init: int = 32,
+        ws_init: int = 16,
         ws_grow: int = 16,
         max_rounds: int = 50,
         max_iter: int | None = None,
