@@ -18,6 +18,8 @@ from aensae import __version__
 #: Modules that register sub-commands, in the order they appear in ``--help``.
 COMMAND_MODULES: tuple[str, ...] = (
     "aensae.benchmarks.solver_bench",
+    "aensae.benchmarks.train_cmd",
+    "aensae.benchmarks.geometry_cmd",
 )
 
 

@@ -1,0 +1,353 @@
+r"""``aensae train`` (one SAE on the spiked synthetic stream) and ``aensae bench train``.
+
+``aensae train --arch ARCH --out DIR`` draws a spiked dictionary (n, m, rho), trains one
+SAE on ``SyntheticStream`` batches and writes ``DIR/sae.safetensors``, ``DIR/cfg.json``
+and, last, ``DIR/metrics.json`` (config, seed, aensae version, dead-latent windows,
+evaluation metrics against the true dictionary and codes). A folder whose metrics.json
+records the same configuration is a finished run and is skipped; a half-finished one
+resumes from ``DIR/checkpoint.pt``.
+
+``aensae bench train`` times a training step of the paper configuration (n=256, m=1024,
+batch 256, aen, float32, CPU) including data generation, against the floor: the same
+step's five matrix products alone, measured in the same process::
+
+    ratio_single      = ms_per_step / floor_ms
+    ratio_per_model_8 = (ms per step of 8 models trained together) / 8 / floor_ms
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["bench_train", "parse_set", "register", "run_train"]
+
+ARCH_CHOICES = ("relu_l1", "elastic_net", "adaptive_lasso", "aen", "topk", "batchtopk",
+                "jumprelu")
+#: Batch index of the evaluation set in a stream of its own batch size (never trained on).
+EVAL_INDEX = 2**40
+
+
+def parse_set(items: list[str]) -> dict[str, float | int]:
+    """Parse ``NAME=VALUE`` strings; a value is an int when it reads as one, else a float."""
+    out: dict[str, float | int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--set expects NAME=VALUE, got {item!r}")
+        try:
+            out[name] = int(value)
+        except ValueError:
+            try:
+                out[name] = float(value)
+            except ValueError:
+                raise ValueError(f"--set {name}: value must be a number, got {value!r}"
+                                 ) from None
+    return out
+
+
+def register(top: Any, bench: Any) -> None:
+    """Add ``aensae train`` to ``top`` and ``aensae bench train`` to ``bench``."""
+    p = top.add_parser("train", help="train one SAE on the spiked synthetic stream",
+                       description=__doc__.split("\n\n")[1],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--arch", required=True, choices=ARCH_CHOICES)
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--rho", type=float, default=0.0, help="spike correlation of the atoms")
+    p.add_argument("--n", type=int, default=256, help="signal dimension (d_in)")
+    p.add_argument("--m", type=int, default=1024, help="true atoms")
+    p.add_argument("--d-sae", type=int, default=None, help="latents; m when omitted")
+    p.add_argument("--k", type=int, default=16, help="non-zeros per true code")
+    p.add_argument("--lo", type=float, default=1.0, help="smallest code magnitude")
+    p.add_argument("--hi", type=float, default=3.0, help="largest code magnitude")
+    p.add_argument("--noise-std", type=float, default=0.0)
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-warmup-steps", type=int, default=0)
+    p.add_argument("--grad-clip", type=float, default=None)
+    hp = p.add_argument_group("hyperparameters (only those of --arch are accepted)")
+    hp.add_argument("--l1", type=float, default=None)
+    hp.add_argument("--l2", type=float, default=None)
+    hp.add_argument("--gamma", type=float, default=None)
+    hp.add_argument("--k-top", type=int, default=None)
+    hp.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="any other hyperparameter, e.g. --set warmup_steps=500")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dead-window", type=int, default=65536, help="dead window in samples")
+    p.add_argument("--eval-samples", type=int, default=8192)
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--overwrite", action="store_true", help="redo a finished run")
+    p.set_defaults(func=_train_main)
+
+    b = bench.add_parser("train", help="ms per training step vs the matrix-product floor",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--json", type=Path, default=None, help="write the results here")
+    b.add_argument("--n", type=int, default=256)
+    b.add_argument("--m", type=int, default=1024)
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--k", type=int, default=16)
+    b.add_argument("--models", type=int, default=8, help="models trained together")
+    b.add_argument("--steps", type=int, default=40, help="timed steps per repeat")
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's default)")
+    b.set_defaults(func=_bench_main)
+
+
+# ----------------------------------------------------------------------------- train
+def _hyper_from_args(args: argparse.Namespace) -> dict[str, float | int]:
+    hyper = parse_set(args.set)
+    for flag, name in (("l1", "l1"), ("l2", "l2"), ("gamma", "gamma"), ("k_top", "k_top")):
+        value = getattr(args, flag)
+        if value is not None:
+            if name in hyper:
+                raise ValueError(f"hyperparameter {name} given twice (--{flag.replace('_', '-')}"
+                                 " and --set)")
+            hyper[name] = value
+    return hyper
+
+
+def run_train(args: argparse.Namespace) -> dict[str, Any]:
+    """Train, save and evaluate as ``aensae train`` does; return the metrics record."""
+    import torch
+
+    from aensae import __version__
+    from aensae.saes import ARCHITECTURES, TrainConfig, create, save, train
+    from aensae.saes.evaluate import evaluate
+    from aensae.saes.io import atomic_write_json
+    from aensae.saes.trainer import CHECKPOINT_FILE
+    from aensae.synthetic import SyntheticStream, spiked_dictionary
+
+    if args.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {args.arch!r}; valid architectures: "
+                         f"{', '.join(ARCHITECTURES)}")
+    hyper = _hyper_from_args(args)
+    d_sae = args.m if args.d_sae is None else args.d_sae
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    model = create(args.arch, args.n, d_sae, seed=args.seed, dtype=dtype, **hyper)
+    cfg = TrainConfig(steps=args.steps, lr=args.lr, lr_warmup_steps=args.lr_warmup_steps,
+                      grad_clip=args.grad_clip, dead_window=args.dead_window,
+                      eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                      device=args.device, dtype=args.dtype, seed=args.seed,
+                      progress=args.progress)
+    run_config = {
+        "arch": args.arch, "hyper": dict(model.hyper), "d_sae": d_sae,
+        "data": {"kind": "spiked", "rho": args.rho, "n": args.n, "m": args.m, "k": args.k,
+                 "lo": args.lo, "hi": args.hi, "noise_std": args.noise_std,
+                 "batch_size": args.batch_size, "seed": args.seed,
+                 "eval_samples": args.eval_samples, "eval_index": EVAL_INDEX},
+        "train": {k: v for k, v in cfg.to_dict().items() if k != "progress"},
+    }
+    out: Path = args.out
+    metrics_path = out / "metrics.json"
+    if metrics_path.is_file() and not args.overwrite:
+        done = json.loads(metrics_path.read_text())
+        if done.get("config") == json.loads(json.dumps(run_config)):
+            print(f"{out}: finished run with this configuration found; skipped "
+                  "(--overwrite to redo)", file=sys.stderr)
+            return done
+        raise ValueError(f"{out} holds a finished run with a different configuration; "
+                         "choose another --out or pass --overwrite")
+    ckpt = out / CHECKPOINT_FILE
+    if args.overwrite:
+        for path in (metrics_path, ckpt):
+            path.unlink(missing_ok=True)
+
+    dic = spiked_dictionary(args.n, args.m, args.rho, seed=args.seed)
+    common = {"lo": args.lo, "hi": args.hi, "nonneg": True, "noise_std": args.noise_std}
+    stream = SyntheticStream(dic.D, args.k, args.batch_size, seed=args.seed, **common)
+    X_eval, H_eval = SyntheticStream(dic.D, args.k, args.eval_samples, seed=args.seed,
+                                     **common).torch_batch(EVAL_INDEX, dtype=torch.float64)
+    device = cfg.device
+
+    def data(start: int):
+        # only X is needed for training: skip converting the true codes to torch
+        return (torch.from_numpy(stream.batch(i)[0]).to(dtype)
+                for i in range(start, args.steps))
+
+    def eval_fn(m):
+        return evaluate(m, X_eval, H_eval, D_true=dic.D, shared=dic.shared)
+
+    t0 = time.perf_counter()
+    results = train(model, data, cfg, eval_fn=eval_fn, checkpoint_dir=out,
+                    resume=not args.overwrite)
+    res = results["model"]
+    save(model, out)
+    final = res.evals[-1] if res.evals else eval_fn(model)
+    record = {
+        "config": run_config,
+        "seed": args.seed,
+        "aensae_version": __version__,
+        "torch_version": torch.__version__,
+        "device": str(device),
+        "dead": res.dead,
+        "final": final,
+        "evals": res.evals,
+        "train_loss_first": res.train_loss[0] if res.train_loss else None,
+        "train_loss_last": res.train_loss[-1] if res.train_loss else None,
+        "last_terms": res.last_terms,
+        "seconds": time.perf_counter() - t0,
+    }
+    atomic_write_json(metrics_path, record)
+    ckpt.unlink(missing_ok=True)
+    return record
+
+
+def _train_main(args: argparse.Namespace) -> int:
+    try:
+        record = run_train(args)
+    except (ValueError, TypeError) as err:
+        print(f"aensae train: error: {err}", file=sys.stderr)
+        return 2
+    f = record["final"]
+    print(f"{args.arch}: EV {f['explained_variance']:.4f}  L0 {f['l0']:.2f}  "
+          f"dead(final window) {record['dead']['final']}  -> {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench
+def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
+                n_models: int = 8, steps: int = 40, repeats: int = 3) -> dict[str, Any]:
+    """Measure ms per AEN training step (with data generation) against the GEMM floor.
+
+    A step is what :func:`aensae.saes.train` does per batch: draw batch ``i`` of the
+    synthetic stream (numpy, float64) and convert ``X`` to float32 torch, then for each
+    model the hand-derived forward/backward, Adam, decoder projection, EMA update and
+    dead-latent tracking (the population weights are computed every step, also during
+    the cold-start hold, so the cost does not depend on the phase). The floor is the
+    step's five matrix products alone: ``(B,n)x(n,m)``, ``(B,m)x(m,n)``, ``(m,B)x(B,n)``,
+    ``(B,n)x(n,m)`` and ``(n,B)x(B,m)``.
+
+    Timed ``repeats * steps`` times each: a step of one model, a step of ``n_models``
+    models trained together with the default configuration (``ratio_per_model_8``) and
+    with batched products (``TrainConfig(stack=True)``, ``*_stacked``), each paired with
+    the floor timed right before and right after it; a ratio is the step's time (per
+    model) over the mean of its two floors, and the reported ratios are medians over all
+    pairs. Pairing keeps the ratios meaningful on a shared machine, where a slow period
+    inflates both. The minimum over all calls is reported too (``*_min``).
+    """
+    import platform
+
+    import torch
+
+    from aensae import __version__
+    from aensae.saes import TrainConfig, create
+    from aensae.saes.trainer import _Run
+    from aensae.synthetic import SyntheticStream, spiked_dictionary
+
+    torch.manual_seed(0)
+    stream = SyntheticStream(spiked_dictionary(n, m, 0.0, seed=0).D, k, batch_size, seed=0)
+    cfg = TrainConfig(steps=10**9, device="cpu", dtype="float32")
+    single = _Run({"m0": create("aen", n, m, seed=0)}, cfg)
+    multi = _Run({f"m{i}": create("aen", n, m, seed=i) for i in range(n_models)}, cfg)
+    stacked = _Run({f"m{i}": create("aen", n, m, seed=i) for i in range(n_models)},
+                   TrainConfig(steps=10**9, device="cpu", dtype="float32", stack=True))
+    x = torch.from_numpy(stream.batch(0)[0]).to(torch.float32)
+    W_enc, W_dec = single.models["m0"].W_enc.detach(), single.models["m0"].W_dec.detach()
+    h = torch.relu(x @ W_enc)
+    g = torch.randn(batch_size, n)
+
+    def floor_step() -> None:
+        torch.mm(x, W_enc)
+        torch.mm(h, W_dec)
+        torch.mm(h.t(), g)
+        torch.mm(g, W_dec.t())
+        torch.mm(x.t(), h)
+
+    counter = {"i": 0}
+
+    def data() -> torch.Tensor:
+        X = torch.from_numpy(stream.batch(counter["i"])[0]).to(torch.float32)
+        counter["i"] += 1
+        return X
+
+    def step_of(run: Any) -> Any:
+        return lambda: run.step_all(data())
+
+    def timed(fn: Any) -> float:
+        t = time.perf_counter()
+        fn()
+        return 1e3 * (time.perf_counter() - t)
+
+    runs = {"single": step_of(single), "multi": step_of(multi),
+            "multi_stacked": step_of(stacked)}
+    for _ in range(3):  # warm-up: allocator, thread pool, optimizer state
+        floor_step()
+        for fn in runs.values():
+            fn()
+    # Interleaved: every timed step is paired with the floor measured right before and
+    # right after it, so that a slow period of a shared machine inflates both alike.
+    floors: list[float] = []
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    ratios: dict[str, list[float]] = {k: [] for k in runs}
+    datas: list[float] = []
+    per_model = {"single": 1, "multi": n_models, "multi_stacked": n_models}
+    for _ in range(repeats * steps):
+        before = timed(floor_step)
+        floors.append(before)
+        datas.append(timed(data))
+        for key, fn in runs.items():
+            t = timed(fn)
+            after = timed(floor_step)
+            floors.append(after)
+            times[key].append(t)
+            ratios[key].append(t / per_model[key] / (0.5 * (before + after)))
+            before = after
+    med = statistics.median
+    return {
+        "ms_per_step": med(times["single"]),
+        "floor_ms": med(floors),
+        "ratio_single": med(ratios["single"]),
+        "ms_per_step_8": med(times["multi"]),
+        "ratio_per_model_8": med(ratios["multi"]),
+        "ms_per_step_8_stacked": med(times["multi_stacked"]),
+        "ratio_per_model_8_stacked": med(ratios["multi_stacked"]),
+        "data_ms": med(datas),
+        "min_ms": {"floor": min(floors), "data": min(datas),
+                   **{k: min(v) for k, v in times.items()}},
+        "ratio_single_min": min(times["single"]) / min(floors),
+        "ratio_per_model_8_min": min(times["multi"]) / n_models / min(floors),
+        "load_average": os.getloadavg(),
+        "config": {"n": n, "m": m, "batch_size": batch_size, "k": k, "arch": "aen",
+                   "dtype": "float32", "device": "cpu", "models": n_models, "steps": steps,
+                   "repeats": repeats},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "torch": torch.__version__},
+        "aensae_version": __version__,
+    }
+
+
+def _bench_main(args: argparse.Namespace) -> int:
+    import torch
+
+    from aensae.saes.io import atomic_write_json
+
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"aensae bench train: error: --threads must be >= 1, got {args.threads}",
+                  file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+    res = bench_train(args.n, args.m, args.batch_size, args.k, args.models, args.steps,
+                      args.repeats)
+    print(f"floor {res['floor_ms']:.2f} ms | one model {res['ms_per_step']:.2f} ms/step "
+          f"(x{res['ratio_single']:.3f}, min-based x{res['ratio_single_min']:.3f}) | "
+          f"{args.models} models {res['ms_per_step_8']:.2f} ms/step "
+          f"(x{res['ratio_per_model_8']:.3f} per model, min-based "
+          f"x{res['ratio_per_model_8_min']:.3f}; stacked "
+          f"x{res['ratio_per_model_8_stacked']:.3f}) | data {res['data_ms']:.2f} ms/batch")
+    if args.json is not None:
+        atomic_write_json(args.json, res)
+    return 0

@@ -1,0 +1,90 @@
+r"""BatchTopK sparse autoencoder (Bussmann et al. 2024) with its inference threshold.
+
+Training: keep the ``B * k_top`` largest rectified pre-activations of the whole batch::
+
+    a = relu(pre);  h = a * [a is among the B * k_top largest entries of a]
+
+so the mean number of active latents per sample is ``k_top`` (exactly, when the batch has
+at least ``B * k_top`` positive pre-activations). After each step the inference threshold
+tracks the smallest kept activation ``a_min`` by an EMA::
+
+    theta <- a_min                                        (first step)
+    theta <- threshold_beta * theta + (1 - threshold_beta) * a_min
+
+Inference (``model.eval()``): ``h = pre * [pre > theta]`` per sample, a JumpReLU with one
+shared threshold. Loss: the reconstruction term of :func:`aensae.objective.sae_loss`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from aensae.objective import sae_loss
+from aensae.saes.base import SAE, Hyper, LossOutput
+from aensae.saes.topk import K_TOP
+
+__all__ = ["BatchTopKSAE"]
+
+
+class BatchTopKSAE(SAE):
+    """BatchTopK activation in training, a learned global threshold at inference.
+
+    Buffer ``threshold`` (scalar): negative until the first training step estimates it;
+    encoding in eval mode before that is an error.
+    """
+
+    arch: ClassVar[str] = "batchtopk"
+    HYPER: ClassVar[dict[str, Hyper]] = {
+        "k_top": K_TOP,
+        "threshold_beta": Hyper(0.999, low=0.0, high=1.0, high_inclusive=False,
+                                doc="EMA decay of the inference threshold"),
+    }
+
+    def __init__(self, d_in: int, d_sae: int, **kwargs: Any) -> None:
+        super().__init__(d_in, d_sae, **kwargs)
+        if self.hyper["k_top"] > self.d_sae:
+            raise ValueError(f"k_top must be <= d_sae={self.d_sae}, got {self.hyper['k_top']}")
+        self.register_buffer("threshold", torch.full((), -1.0, dtype=self.W_dec.dtype))
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        """Batch top-k in training mode, the threshold in eval mode."""
+        if self.training:
+            return self._batch_topk(pre)[0]
+        if float(self.threshold) < 0:
+            raise RuntimeError("the BatchTopK inference threshold has not been estimated yet "
+                               "(the model was never trained); use model.train() to encode "
+                               "with batch top-k")
+        return torch.where(pre > self.threshold, pre, torch.zeros_like(pre))
+
+    def _batch_topk(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        a = torch.relu(pre)
+        flat = a.reshape(-1)
+        kk = min(int(self.hyper["k_top"]) * pre.shape[0], flat.numel())
+        vals, idx = flat.topk(kk, sorted=False)
+        h = torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
+        with torch.no_grad():
+            pos = vals[vals > 0]
+            a_min = pos.min() if pos.numel() else None
+        return h, a_min
+
+    def loss(self, x: torch.Tensor) -> LossOutput:
+        """Reconstruction loss of the batch top-k codes (training mode)."""
+        pre = self.pre_activation(x)
+        h, a_min = self._batch_topk(pre)
+        x_hat = self.decode(h)
+        loss = sae_loss(x, x_hat, h, 0.0)
+        return LossOutput(loss, x_hat, h, {"mse": loss.detach()}, {"min_kept": a_min})
+
+    @torch.no_grad()
+    def after_step(self, out: LossOutput) -> None:
+        """EMA update of the inference threshold from the smallest kept activation."""
+        a_min = out.stats.get("min_kept")
+        if a_min is None:
+            return
+        if float(self.threshold) < 0:
+            self.threshold.copy_(a_min)
+        else:
+            beta = self.hyper["threshold_beta"]
+            self.threshold.mul_(beta).add_((1.0 - beta) * a_min)

@@ -1,0 +1,101 @@
+r"""Dead-latent tracking over windows counted in samples.
+
+A latent is dead in a window when it never fired (``h_i != 0``) on any sample of the
+window. Windows are consecutive and close at the first batch boundary at which at least
+``window`` samples have been seen; each closed window records its dead fraction and its
+exact sample count (equal to ``window`` when the batch size divides it). The tracker
+reports the final window's fraction and the median over the last ``last`` windows, since
+one window alone is volatile.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import torch
+
+from aensae._validation import check_int
+
+__all__ = ["DeadTracker", "fired_latents"]
+
+
+def fired_latents(h: torch.Tensor) -> torch.Tensor:
+    """``(h != 0).any(0)`` computed as ``(h.amax(0) > 0) | (h.amin(0) < 0)`` (finite ``h``)."""
+    return (h.amax(0) > 0) | (h.amin(0) < 0)
+
+
+class DeadTracker:
+    """Per-window dead fractions of ``d_sae`` latents.
+
+    Parameters
+    ----------
+    d_sae : int
+        Number of latents.
+    window : int
+        Window length in samples (tokens for LLM activations).
+    last : int
+        Number of final windows whose median is reported.
+    """
+
+    def __init__(self, d_sae: int, window: int, last: int = 5) -> None:
+        self.d_sae = check_int("d_sae", d_sae, low=1)
+        self.window = check_int("window", window, low=1)
+        self.last = check_int("last", last, low=1)
+        self.fired: torch.Tensor | None = None
+        self.samples = 0
+        self.fractions: list[float] = []
+        self.window_samples: list[int] = []
+
+    def update(self, h: torch.Tensor, fired: torch.Tensor | None = None) -> None:
+        """Account for a batch of codes ``h`` (B, d_sae).
+
+        ``fired`` (d_sae,) bool, when the caller already knows it, must equal
+        ``(h != 0).any(0)``; otherwise it is computed as
+        ``(max_b h_bi > 0) | (min_b h_bi < 0)`` (two reductions, faster than a boolean
+        tensor of the batch's size).
+        """
+        if h.ndim != 2 or h.shape[1] != self.d_sae:
+            raise ValueError(f"h must have shape (B, {self.d_sae}), got {tuple(h.shape)}")
+        if fired is None:
+            fired = fired_latents(h)
+        self.fired = fired if self.fired is None else self.fired.logical_or_(fired)
+        self.samples += h.shape[0]
+        if self.samples >= self.window:
+            self.fractions.append(1.0 - float(self.fired.sum()) / self.d_sae)
+            self.window_samples.append(self.samples)
+            self.fired = None
+            self.samples = 0
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary: the window, every window's fraction, final and median-of-last.
+
+        ``final`` and ``median_last`` are ``None`` before the first window closes.
+        """
+        tail = self.fractions[-self.last:]
+        return {
+            "window_samples": self.window,
+            "windows": len(self.fractions),
+            "fractions": list(self.fractions),
+            "samples_per_window": list(self.window_samples),
+            "final": self.fractions[-1] if self.fractions else None,
+            "median_last": statistics.median(tail) if tail else None,
+            "last": self.last,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume tracking exactly."""
+        return {"window": self.window, "last": self.last, "samples": self.samples,
+                "fired": None if self.fired is None else self.fired.detach().cpu().clone(),
+                "fractions": list(self.fractions), "window_samples": list(self.window_samples)}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        """Restore a state saved by :meth:`state_dict`."""
+        if state["window"] != self.window:
+            raise ValueError(f"checkpoint dead window {state['window']} != configured "
+                             f"window {self.window}")
+        self.last = state["last"]
+        self.samples = state["samples"]
+        self.fired = None if state["fired"] is None else state["fired"].to(device)
+        self.fractions = list(state["fractions"])
+        self.window_samples = list(state["window_samples"])

@@ -1,0 +1,89 @@
+"""Save and load SAEs: ``sae.safetensors`` + ``cfg.json``, both written atomically.
+
+Tensor names follow SAELens: ``W_enc`` [d_in, d_sae], ``W_dec`` [d_sae, d_in], ``b_enc``,
+``b_dec``, plus each architecture's other parameters and buffers (the AEN-SAE's ``ema``
+and ``step``, BatchTopK's ``threshold``, JumpReLU's ``log_threshold`` ...).
+``cfg.json`` holds the architecture, ``d_in``, ``d_sae``, the seed, the dtype, the
+hyperparameters and the aensae version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from aensae.saes.base import SAE
+from aensae.saes.registry import create
+
+__all__ = ["CFG_FILE", "WEIGHTS_FILE", "atomic_write_bytes", "atomic_write_json", "load", "save"]
+
+WEIGHTS_FILE = "sae.safetensors"
+CFG_FILE = "cfg.json"
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _atomic(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    _atomic(Path(path), write)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save(model: SAE, directory: str | os.PathLike) -> Path:
+    """Write ``directory/sae.safetensors`` and ``directory/cfg.json``; return the folder."""
+    if not isinstance(model, SAE):
+        raise TypeError(f"model must be an aensae SAE, got {type(model).__name__}")
+    out = Path(directory)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    _atomic(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={
+        "arch": model.arch}))
+    atomic_write_json(out / CFG_FILE, model.config())
+    return out
+
+
+def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
+    """Load a model saved by :func:`save`; it gives outputs identical to the saved one."""
+    folder = Path(directory)
+    cfg_path, weights_path = folder / CFG_FILE, folder / WEIGHTS_FILE
+    for p in (cfg_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: directory must hold {CFG_FILE} and "
+                                    f"{WEIGHTS_FILE} written by aensae.saes.save")
+    cfg = json.loads(cfg_path.read_text())
+    for key in ("arch", "d_in", "d_sae", "hyper"):
+        if key not in cfg:
+            raise ValueError(f"{cfg_path} lacks the key {key!r}")
+    dtype_name = cfg.get("dtype", "float32")
+    if dtype_name not in _DTYPES:
+        raise ValueError(f"{cfg_path}: dtype must be one of {sorted(_DTYPES)}, got "
+                         f"{dtype_name!r}")
+    model = create(cfg["arch"], cfg["d_in"], cfg["d_sae"], seed=cfg.get("seed", 0),
+                   dtype=_DTYPES[dtype_name], **cfg["hyper"])
+    model.load_state_dict(load_file(str(weights_path)), strict=True)
+    return model.to(device)

@@ -1,0 +1,95 @@
+r"""TopK sparse autoencoder (Gao et al. 2024), with the optional AuxK loss.
+
+Codes keep the ``k_top`` largest pre-activations of each sample, rectified::
+
+    h = scatter(topk_indices(pre, k_top), relu(topk_values(pre, k_top)))
+
+so every sample has at most ``k_top`` non-zeros (exactly ``k_top`` when its ``k_top``
+largest pre-activations are positive). Loss: the reconstruction term of
+:func:`aensae.objective.sae_loss` (``l1 = l2 = 0``), plus, when ``aux_k > 0``, the AuxK
+term for dead latents (those that have not fired for ``dead_samples`` samples)::
+
+    e      = x - x_hat                  (detached)
+    e_hat  = h_aux @ W_dec              h_aux: top aux_k pre-activations among dead latents
+    aux    = sum_b ||e_b - e_hat_b||^2 / sum_b ||e_b - mean_b e||^2
+    L      = mean_{b,d} (x - x_hat)^2 + aux_coeff * aux
+
+AuxK is off by default (``aux_k = 0``), as in the baseline the AEN-SAE is compared with.
+TopK has no l1 objective, so :meth:`exact_problem` returns ``None``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from aensae.objective import sae_loss
+from aensae.saes.base import SAE, Hyper, LossOutput
+from aensae.saes.dead import fired_latents
+
+__all__ = ["TopKSAE"]
+
+K_TOP = Hyper(16, kind="int", low=1, doc="number of active latents per sample")
+
+
+def topk_codes(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """Rectified top-``k`` of each row of ``pre``, zeros elsewhere."""
+    vals, idx = pre.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+
+
+class TopKSAE(SAE):
+    """TopK activation; optional AuxK loss; buffer ``samples_since_fired`` (d_sae,)."""
+
+    arch: ClassVar[str] = "topk"
+    HYPER: ClassVar[dict[str, Hyper]] = {
+        "k_top": K_TOP,
+        "aux_k": Hyper(0, kind="int", low=0, doc="latents in the AuxK loss (0 = off)"),
+        "aux_coeff": Hyper(1.0 / 32.0, low=0.0, doc="weight of the AuxK loss"),
+        "dead_samples": Hyper(1_000_000, kind="int", low=1,
+                              doc="samples without firing after which AuxK treats a latent "
+                                  "as dead"),
+    }
+
+    def __init__(self, d_in: int, d_sae: int, **kwargs: Any) -> None:
+        super().__init__(d_in, d_sae, **kwargs)
+        for name in ("k_top", "aux_k"):
+            if self.hyper[name] > self.d_sae:
+                raise ValueError(f"{name} must be <= d_sae={self.d_sae}, "
+                                 f"got {self.hyper[name]}")
+        self.register_buffer("samples_since_fired", torch.zeros(self.d_sae, dtype=torch.int64))
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        """Rectified top-``k_top`` of each sample."""
+        return topk_codes(pre, int(self.hyper["k_top"]))
+
+    def loss(self, x: torch.Tensor) -> LossOutput:
+        """Reconstruction loss, plus ``aux_coeff * aux`` when AuxK is on."""
+        pre = self.pre_activation(x)
+        h = self.activation(pre)
+        x_hat = self.decode(h)
+        mse = sae_loss(x, x_hat, h, 0.0)
+        loss = mse
+        terms = {"mse": mse.detach()}
+        aux_k = int(self.hyper["aux_k"])
+        if aux_k > 0:
+            dead = self.samples_since_fired >= int(self.hyper["dead_samples"])
+            n_dead = int(dead.sum())
+            if n_dead > 0:
+                e = (x - x_hat).detach()
+                masked = torch.where(dead, pre, torch.full_like(pre, -torch.inf))
+                h_aux = topk_codes(masked, min(aux_k, n_dead))
+                e_hat = h_aux @ self.W_dec
+                denom = ((e - e.mean(0)) ** 2).sum(-1).mean()
+                aux = ((e - e_hat) ** 2).sum(-1).mean() / denom.clamp_min(
+                    torch.finfo(e.dtype).tiny)
+                loss = loss + self.hyper["aux_coeff"] * aux
+                terms["aux"] = aux.detach()
+        return LossOutput(loss, x_hat, h, terms)
+
+    @torch.no_grad()
+    def after_step(self, out: LossOutput) -> None:
+        """Reset the counter of latents that fired in the batch, add B to the others."""
+        fired = fired_latents(out.h)
+        self.samples_since_fired.add_(out.h.shape[0]).masked_fill_(fired, 0)

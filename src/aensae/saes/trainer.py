@@ -1,0 +1,424 @@
+r"""One trainer for every architecture: Adam, several SAEs per pass, exact resume.
+
+Each optimizer step ``t = 0, 1, ...`` of each model, on the shared batch ``x_t``:
+
+1. ``model.compute_grads(x_t)`` -- the loss and its gradients (autograd, or a hand-derived
+   backward checked against autograd);
+2. optional clipping of the model's global gradient norm to ``grad_clip``;
+3. Adam with learning rate ``lr * min(1, (t + 1) / lr_warmup_steps)`` (``lr`` when there
+   is no warmup);
+4. decoder rows projected onto the unit sphere, then ``model.after_step`` (EMA of the
+   AEN-SAE, BatchTopK threshold, ...);
+5. dead-latent tracking on the batch's codes (:class:`~aensae.saes.dead.DeadTracker`).
+
+Every model has its own optimizer and sees only the batch, so training several models
+together gives exactly the weights each would get alone on the same batches.
+
+Data: any iterable of batches, or a callable ``start -> iterator`` that yields batches
+from batch index ``start`` on (used to resume without replaying the stream). A batch is a
+tensor ``X`` (B, d_in) or a tuple ``(X, H)`` whose true codes ``H`` are not used for
+training. Checkpoints (``checkpoint.pt``, written atomically) hold the step, every
+model's parameters and buffers, optimizer states, dead trackers, loss history and the
+torch RNG state; resuming gives the same final weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aensae import __version__
+from aensae._validation import check_int, check_real
+from aensae.saes.base import SAE, LossOutput
+from aensae.saes.dead import DeadTracker
+from aensae.saes.io import _atomic
+from aensae.saes.stacked import StackedReLU, stackable
+
+__all__ = ["CHECKPOINT_FILE", "ModelResult", "TrainConfig", "resolve_device", "train"]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: Configuration fields a resumed run must share with its checkpoint.
+_RESUME_KEYS = ("lr", "adam_betas", "adam_eps", "grad_clip", "lr_warmup_steps", "dead_window",
+                "dead_last", "dtype", "seed", "stack")
+
+
+@dataclass
+class TrainConfig:
+    """Training configuration (validated on construction).
+
+    Attributes
+    ----------
+    steps : int >= 1
+        Optimizer steps (one batch each).
+    lr : float > 0
+        Adam learning rate.
+    adam_betas : (float, float)
+    adam_eps : float > 0
+    grad_clip : float > 0 or None
+        Max global gradient norm per model (``None``: no clipping).
+    lr_warmup_steps : int >= 0
+        Linear learning-rate warmup length (0: none).
+    dead_window : int >= 1
+        Dead-latent window in samples.
+    dead_last : int >= 1
+        Windows in the reported median dead fraction.
+    eval_every : int >= 0
+        Run the evaluation callback every this many steps (0: only at the end).
+    checkpoint_every : int >= 0
+        Write a checkpoint every this many steps (0: never; needs ``checkpoint_dir``).
+    device : str
+        ``"auto"`` (CUDA when available, else CPU) or a torch device string.
+    dtype : str
+        ``"float32"`` or ``"float64"``.
+    seed : int >= 0
+        Seed of the global torch RNG at the start of training.
+    progress : bool
+        Show a tqdm progress bar.
+    stack : bool
+        Compute the losses and gradients of ReLU-family models that share ``d_sae`` with
+        batched products (:class:`~aensae.saes.stacked.StackedReLU`); faster for sweeps,
+        equal to separate training up to floating-point rounding instead of bit for bit.
+    """
+
+    steps: int
+    lr: float = 1e-3
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    grad_clip: float | None = None
+    lr_warmup_steps: int = 0
+    dead_window: int = 65536
+    dead_last: int = 5
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    seed: int = 0
+    progress: bool = False
+    stack: bool = False
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps, low=1)
+        check_real("lr", self.lr, low=0.0, low_inclusive=False)
+        if len(self.adam_betas) != 2:
+            raise ValueError(f"adam_betas must be a pair, got {self.adam_betas!r}")
+        self.adam_betas = tuple(  # type: ignore[assignment]
+            check_real(f"adam_betas[{i}]", b, low=0.0, high=1.0, high_inclusive=False)
+            for i, b in enumerate(self.adam_betas))
+        check_real("adam_eps", self.adam_eps, low=0.0, low_inclusive=False)
+        if self.grad_clip is not None:
+            check_real("grad_clip", self.grad_clip, low=0.0, low_inclusive=False)
+        check_int("lr_warmup_steps", self.lr_warmup_steps, low=0)
+        check_int("dead_window", self.dead_window, low=1)
+        check_int("dead_last", self.dead_last, low=1)
+        check_int("eval_every", self.eval_every, low=0)
+        check_int("checkpoint_every", self.checkpoint_every, low=0)
+        check_int("seed", self.seed, low=0)
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        resolve_device(self.device)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of step ``step`` (0-based)."""
+        if self.lr_warmup_steps == 0:
+            return self.lr
+        return self.lr * min(1.0, (step + 1) / self.lr_warmup_steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy."""
+        d = asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else -> ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'auto' or a torch device string, got {device!r}"
+                         ) from err
+
+
+@dataclass
+class ModelResult:
+    """Outcome of training one model."""
+
+    name: str
+    arch: str
+    steps: int
+    train_loss: list[float] = field(default_factory=list)
+    last_terms: dict[str, float] = field(default_factory=dict)
+    dead: dict[str, Any] = field(default_factory=dict)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy."""
+        return asdict(self)
+
+
+def _make_optimizer(model: SAE, cfg: TrainConfig) -> torch.optim.Optimizer:
+    kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": cfg.adam_betas, "eps": cfg.adam_eps}
+    try:
+        return torch.optim.Adam(model.parameters(), fused=True, **kwargs)
+    except (RuntimeError, ValueError):  # fused kernels unavailable for this device/dtype
+        return torch.optim.Adam(model.parameters(), foreach=True, **kwargs)
+
+
+def _unpack(batch: Any, step: int, d_in: int) -> torch.Tensor:
+    X = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if not isinstance(X, torch.Tensor):
+        raise TypeError(f"batch at step {step} must be a torch.Tensor (B, {d_in}) or a tuple "
+                        f"(X, H) of tensors, got {type(X).__name__}")
+    if X.ndim != 2 or X.shape[1] != d_in:
+        raise ValueError(f"batch at step {step} must have shape (B, {d_in}), "
+                         f"got {tuple(X.shape)}")
+    if X.shape[0] == 0:
+        raise ValueError(f"batch at step {step} is empty (shape {tuple(X.shape)})")
+    return X
+
+
+class _Run:
+    """State of one training run over several models."""
+
+    def __init__(self, models: dict[str, SAE], cfg: TrainConfig) -> None:
+        self.models = models
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.dtype = _DTYPES[cfg.dtype]
+        d_ins = {m.d_in for m in models.values()}
+        if len(d_ins) != 1:
+            raise ValueError(f"all models trained together must share d_in, got "
+                             f"{ {k: m.d_in for k, m in models.items()} }")
+        self.d_in = d_ins.pop()
+        for model in models.values():
+            model.to(device=self.device, dtype=self.dtype)
+            model.train()
+        self.optims = {k: _make_optimizer(m, cfg) for k, m in models.items()}
+        self.dead = {k: DeadTracker(m.d_sae, cfg.dead_window, cfg.dead_last)
+                     for k, m in models.items()}
+        self.results = {k: ModelResult(k, m.arch, 0) for k, m in models.items()}
+        self.step = 0
+        self._last_terms: dict[str, dict[str, torch.Tensor]] = {}
+        self.groups: list[tuple[list[str], StackedReLU]] = []
+        if cfg.stack:
+            by_shape: dict[int, list[str]] = {}
+            for k, m in models.items():
+                if stackable(m):
+                    by_shape.setdefault(m.d_sae, []).append(k)
+            for names in by_shape.values():
+                if len(names) > 1:
+                    self.groups.append((names, StackedReLU([models[k] for k in names])))
+
+    # -------------------------------------------------------------- one step
+    def step_all(self, X: torch.Tensor) -> None:
+        X = X.to(device=self.device, dtype=self.dtype)
+        # a NaN/inf entry makes the sum non-finite; only then count them exactly (a
+        # non-finite sum of finite entries -- overflow -- is not an error)
+        if not math.isfinite(float(X.sum())):
+            n_bad = int((~torch.isfinite(X)).sum())
+            if n_bad:
+                raise FloatingPointError(f"batch at step {self.step} holds {n_bad} NaN/inf "
+                                         f"entries (shape {tuple(X.shape)})")
+        lr = self.cfg.lr_at(self.step)
+        stacked: dict[str, LossOutput] = {}
+        for names, group in self.groups:
+            stacked.update(zip(names, group.compute_grads(X), strict=True))
+        for name, model in self.models.items():
+            out = stacked[name] if name in stacked else model.compute_grads(X)
+            self._check_loss(name, model, out)
+            if self.cfg.grad_clip is not None:
+                try:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip,
+                                                   error_if_nonfinite=True)
+                except RuntimeError as err:
+                    raise FloatingPointError(f"non-finite gradient of model {name!r} "
+                                             f"({model.arch}) at step {self.step}") from err
+            opt = self.optims[name]
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.step()
+            model.project_decoder()
+            model.after_step(out)
+            self.dead[name].update(out.h, out.stats.get("fired"))
+        self.step += 1
+
+    def _check_loss(self, name: str, model: SAE, out: LossOutput) -> None:
+        value = float(out.loss)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss of model {name!r} ({model.arch}) is {value} at "
+                                     f"step {self.step}; training stopped before the update")
+        self.results[name].train_loss.append(value)
+        self._last_terms[name] = out.terms  # converted to floats only when reported
+
+    def sync_terms(self) -> None:
+        """Copy the latest loss terms of every model into its result, as floats."""
+        for name, terms in self._last_terms.items():
+            self.results[name].last_terms = {k: float(v) for k, v in terms.items()}
+
+    # -------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        self.sync_terms()
+        return {
+            "aensae_version": __version__,
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "model_configs": {k: m.config() for k, m in self.models.items()},
+            "models": {k: {n: t.detach().cpu().clone() for n, t in m.state_dict().items()}
+                       for k, m in self.models.items()},
+            "optims": {k: o.state_dict() for k, o in self.optims.items()},
+            "dead": {k: d.state_dict() for k, d in self.dead.items()},
+            "results": {k: r.to_dict() for k, r in self.results.items()},
+            "rng": torch.get_rng_state(),
+            "cuda_rng": (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
+        saved_cfg, now_cfg = state["config"], self.cfg.to_dict()
+        for key in _RESUME_KEYS:
+            if saved_cfg[key] != now_cfg[key]:
+                raise ValueError(f"checkpoint {path} was trained with {key}={saved_cfg[key]!r}, "
+                                 f"this run has {key}={now_cfg[key]!r}; exact resume needs "
+                                 "the same value")
+        if set(state["models"]) != set(self.models):
+            raise ValueError(f"checkpoint {path} holds models {sorted(state['models'])}, "
+                             f"this run trains {sorted(self.models)}")
+        for k, m in self.models.items():
+            saved, now = state["model_configs"][k], m.config()
+            for key in ("arch", "d_in", "d_sae", "hyper", "seed"):
+                if saved[key] != now[key]:
+                    raise ValueError(f"checkpoint {path}: model {k!r} has {key}={saved[key]!r}"
+                                     f", this run has {key}={now[key]!r}")
+            m.load_state_dict(state["models"][k])
+            self.optims[k].load_state_dict(state["optims"][k])
+            self.dead[k].load_state_dict(state["dead"][k], self.device)
+            self.results[k] = ModelResult(**state["results"][k])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def save_checkpoint(self, path: Path) -> None:
+        state = self.state_dict()
+        _atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def _batches(data: Iterable[Any] | Callable[[int], Iterable[Any]], start: int) -> Iterator[Any]:
+    if callable(data) and not hasattr(data, "__iter__"):
+        return iter(data(start))
+    it = iter(data)
+    for i in range(start):
+        try:
+            next(it)
+        except StopIteration:
+            raise ValueError(f"data ended after {i} batches while skipping {start} batches "
+                             "to resume") from None
+    return it
+
+
+def train(
+    models: SAE | Mapping[str, SAE],
+    data: Iterable[Any] | Callable[[int], Iterable[Any]],
+    config: TrainConfig,
+    *,
+    eval_fn: Callable[[SAE], dict[str, Any]] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+) -> dict[str, ModelResult]:
+    """Train one or several SAEs on the same batches.
+
+    Parameters
+    ----------
+    models : SAE or mapping name -> SAE
+        Models to train (moved in place to the configured device and dtype). A single
+        model is named ``"model"``.
+    data : iterable of batches, or callable ``start -> iterable``
+        ``config.steps`` batches (B, d_in) or ``(X, H)``; see the module docstring.
+    config : TrainConfig
+    eval_fn : callable ``model -> dict``, optional
+        Evaluation run every ``config.eval_every`` steps and after the last step; its
+        results are appended to ``ModelResult.evals`` with the step.
+    checkpoint_dir : path, optional
+        Folder of ``checkpoint.pt``; with ``resume`` a checkpoint found there is loaded and
+        training continues from its step.
+    resume : bool
+
+    Returns
+    -------
+    dict name -> ModelResult
+
+    Raises
+    ------
+    FloatingPointError
+        When a batch, a loss or (with clipping) a gradient is not finite, naming the step
+        (and the model); the failing update is not applied.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if isinstance(models, SAE):
+        models = {"model": models}
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError("models must be an SAE or a non-empty mapping name -> SAE")
+    for k, m in models.items():
+        if not isinstance(m, SAE):
+            raise TypeError(f"models[{k!r}] must be an aensae SAE, got {type(m).__name__}")
+    if config.checkpoint_every and checkpoint_dir is None:
+        raise ValueError("checkpoint_every > 0 needs a checkpoint_dir")
+    run = _Run(dict(models), config)
+    ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
+    if ckpt is not None and resume and ckpt.is_file():
+        # loaded on the CPU (RNG states must stay there); tensors move to the device on load
+        run.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True), ckpt)
+    else:
+        torch.manual_seed(config.seed)
+    start = run.step
+    t0 = time.perf_counter()
+    it = _batches(data, start)
+    bar = tqdm(total=config.steps, initial=start, disable=not config.progress,
+               desc="train", dynamic_ncols=True)
+    try:
+        while run.step < config.steps:
+            try:
+                batch = next(it)
+            except StopIteration:
+                raise ValueError(f"data ended at step {run.step}, before steps="
+                                 f"{config.steps}") from None
+            run.step_all(_unpack(batch, run.step, run.d_in))
+            bar.update(1)
+            if config.progress and run.step % 50 == 0:
+                bar.set_postfix({k: f"{r.train_loss[-1]:.4g}"
+                                 for k, r in list(run.results.items())[:4]})
+            last = run.step == config.steps
+            if eval_fn is not None and (last or (config.eval_every
+                                                 and run.step % config.eval_every == 0)):
+                for k, m in run.models.items():
+                    run.results[k].evals.append({"step": run.step, **eval_fn(m)})
+            if ckpt is not None and config.checkpoint_every and (
+                    run.step % config.checkpoint_every == 0 or last):
+                run.save_checkpoint(ckpt)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - t0
+    run.sync_terms()
+    for k, m in run.models.items():
+        for pname, p in m.named_parameters():
+            if not bool(torch.isfinite(p).all()):
+                raise FloatingPointError(f"parameter {pname} of model {k!r} ({m.arch}) is not "
+                                         f"finite after step {run.step}")
+        res = run.results[k]
+        res.steps = run.step
+        res.dead = run.dead[k].summary()
+        res.seconds += elapsed
+    return run.results

@@ -1,0 +1,468 @@
+"""Architectures, registry, adaptive weights, exact-problem description and save/load.
+
+Oracles: hand computations in numpy, autograd of losses written out here, closed forms.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from aensae import objective
+from aensae.objective import exact_objective
+from aensae.saes import ARCHITECTURES, create, hyper_defaults, load, save
+from aensae.saes import adaptive_lasso as adaptive_module
+
+D_IN, D_SAE = 6, 10
+RELU_FAMILY = ("relu_l1", "elastic_net", "adaptive_lasso", "aen")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a loaded machine spinning
+    threads make each small op slow: run these tests on one thread, then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _x(b: int = 7, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, D_IN, generator=g, dtype=dtype)
+
+
+def _perturb(model: torch.nn.Module, seed: int = 1, scale: float = 0.3) -> None:
+    """Move every parameter away from its symmetric initialisation."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    model.project_decoder()
+
+
+# ----------------------------------------------------------------------------- registry
+def test_registry_lists_every_architecture() -> None:
+    assert list(ARCHITECTURES) == ["relu_l1", "elastic_net", "adaptive_lasso", "aen", "topk",
+                                   "batchtopk", "jumprelu"]
+
+
+def test_unknown_architecture_lists_valid_ones() -> None:
+    with pytest.raises(ValueError, match="unknown architecture 'nope'.*relu_l1.*jumprelu"):
+        create("nope", D_IN, D_SAE)
+
+
+def test_unknown_hyperparameter_lists_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) l1 .*'topk'.*k_top"):
+        create("topk", D_IN, D_SAE, l1=0.1)
+    with pytest.raises(ValueError, match="valid hyperparameters: l1$"):
+        create("relu_l1", D_IN, D_SAE, l2=0.1)
+
+
+@pytest.mark.parametrize(("arch", "name", "value"), [
+    ("relu_l1", "l1", -1e-3), ("elastic_net", "l2", -1.0), ("aen", "gamma", -0.5),
+    ("aen", "beta", 1.0), ("aen", "top_p", 0.0), ("aen", "w_min", 0.0),
+    ("topk", "k_top", 0), ("jumprelu", "bandwidth", 0.0),
+])
+def test_bad_hyperparameter_values_name_the_parameter(arch: str, name: str, value: float) -> None:
+    with pytest.raises(ValueError, match=name):
+        create(arch, D_IN, D_SAE, **{name: value})
+
+
+def test_relations_between_hyperparameters_are_checked() -> None:
+    with pytest.raises(ValueError, match="w_min must be <= w_max"):
+        create("aen", D_IN, D_SAE, w_min=2.0, w_max=1.0)
+    with pytest.raises(ValueError, match="k_top must be <= d_sae=10"):
+        create("topk", D_IN, D_SAE, k_top=11)
+    with pytest.raises(ValueError, match="k_top must be <= d_sae=10"):
+        create("batchtopk", D_IN, D_SAE, k_top=11)
+    with pytest.raises(TypeError, match="warmup_steps must be an integer"):
+        create("aen", D_IN, D_SAE, warmup_steps=1.5)
+
+
+def test_hyper_defaults_are_the_applied_defaults() -> None:
+    for arch in ARCHITECTURES:
+        assert create(arch, D_IN, 32).hyper == hyper_defaults(arch)
+
+
+# ----------------------------------------------------------------------------- layout
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_layout_and_unit_norm_atoms(arch: str) -> None:
+    model = create(arch, D_IN, D_SAE, seed=3, k_top=2) if "topk" in arch else \
+        create(arch, D_IN, D_SAE, seed=3)
+    assert model.W_enc.shape == (D_IN, D_SAE)
+    assert model.W_dec.shape == (D_SAE, D_IN)
+    assert model.b_enc.shape == (D_SAE,) and model.b_dec.shape == (D_IN,)
+    norms = model.W_dec.detach().double().norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones(D_SAE, dtype=torch.float64))
+    torch.testing.assert_close(model.W_enc.detach(), model.W_dec.detach().T)
+    with torch.no_grad():
+        model.W_dec.mul_(torch.linspace(0.5, 3.0, D_SAE)[:, None])
+    model.project_decoder()
+    torch.testing.assert_close(model.W_dec.detach().double().norm(dim=1),
+                               torch.ones(D_SAE, dtype=torch.float64))
+
+
+def test_same_seed_same_init_different_seed_different_init() -> None:
+    a, b, c = (create("aen", D_IN, D_SAE, seed=s) for s in (5, 5, 6))
+    assert torch.equal(a.W_dec, b.W_dec)
+    assert not torch.equal(a.W_dec, c.W_dec)
+
+
+def test_relu_encoder_matches_hand_formula() -> None:
+    model = create("relu_l1", D_IN, D_SAE, dtype=torch.float64)
+    _perturb(model)
+    x = _x()
+    W_enc, b_enc = model.W_enc.detach().numpy(), model.b_enc.detach().numpy()
+    W_dec, b_dec = model.W_dec.detach().numpy(), model.b_dec.detach().numpy()
+    xn = x.numpy()
+    h = np.maximum((xn - b_dec) @ W_enc + b_enc, 0.0)
+    x_hat, codes = model(x)
+    np.testing.assert_allclose(codes.detach().numpy(), h, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(x_hat.detach().numpy(), h @ W_dec + b_dec, rtol=1e-12,
+                               atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def test_encode_rejects_bad_batches() -> None:
+    model = create("aen", D_IN, D_SAE)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 6\), got \(3, 5\)"):
+        model.encode(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="x must not be empty"):
+        model.encode(torch.zeros(0, D_IN))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        model.encode(np.zeros((3, D_IN)))
+    with pytest.raises(TypeError, match="x must have a floating dtype"):
+        model.encode(torch.zeros(3, D_IN, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"h must be a tensor of shape \(B, 10\)"):
+        model.decode(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 6\)"):
+        model.compute_grads(torch.zeros(3, 4))
+
+
+# ----------------------------------------------------------------------------- gradients
+def _independent_loss(model, x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """The ReLU-family loss written out from DESIGN.md, on the model's parameters."""
+    h = torch.relu((x - model.b_dec) @ model.W_enc + model.b_enc)
+    x_hat = h @ model.W_dec + model.b_dec
+    ww = torch.ones(model.d_sae, dtype=x.dtype) if w is None else w
+    return (((x - x_hat) ** 2).mean() + model.l1 * (ww * h.abs()).sum(1).mean()
+            + model.l2 * (h ** 2).sum(1).mean())
+
+
+@pytest.mark.parametrize("arch", RELU_FAMILY)
+def test_hand_backward_equals_autograd(arch: str) -> None:
+    hyper = {"l1": 0.05}
+    if arch in ("elastic_net", "aen"):
+        hyper["l2"] = 0.03
+    if arch in ("adaptive_lasso", "aen"):
+        hyper.update(warmup_steps=0, ramp_steps=0)
+    model = create(arch, D_IN, D_SAE, dtype=torch.float64, **hyper)
+    _perturb(model)
+    if arch in ("adaptive_lasso", "aen"):
+        with torch.no_grad():
+            model.ema.copy_(torch.linspace(0.01, 2.0, D_SAE, dtype=torch.float64))
+    x = _x(b=9)
+    w = model.l1_weights()
+    if w is not None:
+        assert not torch.all(w == 1.0)  # the weighted case is exercised
+    out = model.compute_grads(x)
+    hand = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = None
+    ref = _independent_loss(model, x, w)
+    ref.backward()
+    torch.testing.assert_close(out.loss, ref.detach(), rtol=1e-12, atol=1e-14)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(hand[name], p.grad, rtol=1e-10, atol=1e-12,
+                                   msg=f"gradient of {name}")
+
+
+def test_hand_backward_terms_sum_to_loss() -> None:
+    model = create("aen", D_IN, D_SAE, dtype=torch.float64, l1=0.05, l2=0.02)
+    _perturb(model)
+    out = model.compute_grads(_x())
+    total = sum(float(v) for v in out.terms.values())
+    assert math.isclose(float(out.loss), total, rel_tol=1e-12)
+
+
+# ----------------------------------------------------------------------------- AEN weights
+def _hand_population_weights(ema: np.ndarray, gamma: float, top_p: float, w_min: float,
+                             w_max: float) -> np.ndarray:
+    k = math.ceil(top_p * ema.size)
+    ref = np.sort(ema)[::-1][:k].mean()
+    return np.clip((ref / ema) ** gamma, w_min, w_max)
+
+
+@pytest.mark.parametrize("arch", ("adaptive_lasso", "aen"))
+def test_adaptive_weights_hold_ramp_and_clamps(arch: str) -> None:
+    hp = {"gamma": 4.0, "top_p": 0.5, "w_min": 0.1, "w_max": 4.0, "warmup_steps": 10,
+          "ramp_steps": 20}
+    model = create(arch, D_IN, D_SAE, dtype=torch.float64, **hp)
+    ema = np.array([100.0, 10.0, 9.0, 8.0, 7.0, 6.0, 34.0, 1e-3, 32.0, 30.0])
+    with torch.no_grad():
+        model.ema.copy_(torch.from_numpy(ema))
+    w_pop = _hand_population_weights(ema, 4.0, 0.5, 0.1, 4.0)
+    assert w_pop.min() == 0.1 and w_pop.max() == 4.0  # both clamps are exercised
+    assert np.sum((w_pop > 0.1) & (w_pop < 4.0)) >= 3  # and unclamped values
+    for step, alpha in [(0, 0.0), (9, 0.0), (10, 0.0), (15, 0.25), (20, 0.5), (30, 1.0),
+                        (1000, 1.0)]:
+        with torch.no_grad():
+            model.step.fill_(step)
+        w = model.l1_weights().numpy()
+        if alpha == 0.0:
+            assert np.all(w == 1.0), f"weights not exactly 1 during the hold at step {step}"
+        else:
+            np.testing.assert_allclose(w, 1.0 + alpha * (w_pop - 1.0), rtol=1e-12)
+        assert np.all(w >= 0.1 - 1e-15) and np.all(w <= 4.0 + 1e-15)
+    np.testing.assert_allclose(model.l1_weights().numpy(), w_pop, rtol=1e-12)
+    # blend_weights(w, 1) = 1 + (w - 1): the clamps hold up to one rounding
+    assert math.isclose(float(model.l1_weights().min()), 0.1, rel_tol=1e-15)
+    assert math.isclose(float(model.l1_weights().max()), 4.0, rel_tol=1e-15)
+
+
+def test_adaptive_weights_use_the_objective_function_of_the_solvers() -> None:
+    assert adaptive_module.population_weights is objective.population_weights
+    assert adaptive_module.blend_weights is objective.blend_weights
+    model = create("aen", D_IN, D_SAE, dtype=torch.float64, warmup_steps=0, ramp_steps=0)
+    rng = np.random.default_rng(0)
+    ema = rng.uniform(0.0, 2.0, D_SAE)
+    with torch.no_grad():
+        model.ema.copy_(torch.from_numpy(ema))
+    solver_w = objective.population_weights(ema, gamma=1.0, top_p=0.05, w_min=0.01, w_max=10.0)
+    np.testing.assert_allclose(model.l1_weights().numpy(), solver_w, rtol=1e-12)
+    np.testing.assert_allclose(model.exact_problem().weights, solver_w, rtol=1e-12)
+
+
+def test_no_gradient_through_adaptive_weights() -> None:
+    model = create("aen", D_IN, D_SAE, dtype=torch.float64, warmup_steps=0, ramp_steps=0)
+    _perturb(model)
+    with torch.no_grad():
+        model.ema.copy_(torch.linspace(0.1, 1.0, D_SAE, dtype=torch.float64))
+    assert not model.l1_weights().requires_grad
+    assert "ema" not in dict(model.named_parameters())
+    out = model.loss(_x())  # autograd path
+    out.loss.backward()
+    assert model.ema.grad is None
+    # the weights act as constants: autograd of the loss with w frozen gives the same grads
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = None
+    _independent_loss(model, _x(), model.l1_weights().clone()).backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_ema_and_step_update_after_a_step() -> None:
+    beta = 0.9
+    model = create("aen", D_IN, D_SAE, dtype=torch.float64, beta=beta)
+    _perturb(model)
+    x = _x()
+    h = model.encode(x).detach().numpy()
+    out = model.compute_grads(x)
+    model.after_step(out)
+    np.testing.assert_allclose(model.ema.numpy(), beta * 1.0 + (1 - beta) * np.abs(h).mean(0),
+                               rtol=1e-12)
+    assert int(model.step) == 1
+
+
+# ----------------------------------------------------------------------------- exact problem
+@pytest.mark.parametrize("arch", RELU_FAMILY)
+def test_exact_problem_matches_the_sae_loss(arch: str) -> None:
+    """L * n / 2 = mean_b F(h_b) for codes of x - b_dec on D = W_dec.T (DESIGN.md)."""
+    hyper = {"l1": 0.04}
+    if arch in ("elastic_net", "aen"):
+        hyper["l2"] = 0.01
+    if arch in ("adaptive_lasso", "aen"):
+        hyper.update(warmup_steps=0, ramp_steps=0)
+    model = create(arch, D_IN, D_SAE, dtype=torch.float64, **hyper)
+    _perturb(model)
+    if arch in ("adaptive_lasso", "aen"):
+        with torch.no_grad():
+            model.ema.copy_(torch.linspace(0.05, 1.0, D_SAE, dtype=torch.float64))
+    prob = model.exact_problem()
+    assert prob.D.dtype == np.float64 and prob.D.shape == (D_IN, D_SAE)
+    np.testing.assert_array_equal(prob.D, model.W_dec.detach().numpy().T)
+    np.testing.assert_array_equal(prob.offset, model.b_dec.detach().numpy())
+    assert prob.lam1 == D_IN * 0.04 / 2 and prob.lam2 == D_IN * hyper.get("l2", 0.0)
+    assert prob.nonneg is True
+    x = _x()
+    out = model.compute_grads(x)
+    F = exact_objective(prob.D, prob.centred(x.numpy()), out.h.numpy(), prob.lam1, prob.lam2,
+                        prob.weights)
+    assert math.isclose(F.mean(), float(out.loss) * D_IN / 2, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ("topk", "batchtopk", "jumprelu"))
+def test_exact_problem_is_none_without_l1_objective(arch: str) -> None:
+    assert create(arch, D_IN, D_SAE, **({"k_top": 2} if "topk" in arch else {})
+                  ).exact_problem() is None
+
+
+def test_exact_problem_weights_none_for_fixed_weights() -> None:
+    assert create("relu_l1", D_IN, D_SAE).exact_problem().weights is None
+
+
+# ----------------------------------------------------------------------------- topk family
+def _positive_pre(model) -> None:
+    """Make every pre-activation positive so that top-k keeps exactly k entries."""
+    with torch.no_grad():
+        model.b_enc.fill_(100.0)
+
+
+def test_topk_l0_equals_k_and_keeps_the_largest() -> None:
+    k = 3
+    model = create("topk", D_IN, D_SAE, k_top=k, dtype=torch.float64)
+    _perturb(model)
+    _positive_pre(model)
+    x = _x(b=11)
+    h = model.encode(x).detach().numpy()
+    pre = model.pre_activation(x).detach().numpy()
+    assert np.all((h != 0).sum(1) == k)
+    expected = np.zeros_like(pre)
+    top = np.argsort(-pre, axis=1)[:, :k]
+    np.put_along_axis(expected, top, np.take_along_axis(pre, top, 1), 1)
+    np.testing.assert_array_equal(h, expected)
+
+
+def test_topk_rectifies_negative_winners() -> None:
+    model = create("topk", D_IN, D_SAE, k_top=4, dtype=torch.float64)
+    with torch.no_grad():
+        model.b_enc.fill_(-100.0)
+    assert torch.all(model.encode(_x()) == 0)
+
+
+def test_topk_auxk_off_by_default_and_on_for_dead_latents() -> None:
+    model = create("topk", D_IN, D_SAE, k_top=2, dtype=torch.float64)
+    assert "aux" not in model.loss(_x()).terms
+    aux = create("topk", D_IN, D_SAE, k_top=2, aux_k=3, dead_samples=5, dtype=torch.float64)
+    assert "aux" not in aux.loss(_x()).terms  # nothing dead yet
+    with torch.no_grad():
+        aux.samples_since_fired[:4] = 5
+    out = aux.loss(_x())
+    assert "aux" in out.terms and float(out.terms["aux"]) > 0
+    out.loss.backward()
+    assert aux.W_dec.grad[:4].abs().sum() > 0
+
+
+def test_topk_dead_counter_counts_samples() -> None:
+    model = create("topk", D_IN, D_SAE, k_top=2, dtype=torch.float64)
+    x = _x(b=4)
+    out = model.loss(x)
+    model.after_step(out)
+    fired = (out.h != 0).any(0)
+    assert torch.equal(model.samples_since_fired, torch.where(fired, 0, 4))
+
+
+def test_batchtopk_mean_l0_equals_k_in_training() -> None:
+    k = 3
+    model = create("batchtopk", D_IN, D_SAE, k_top=k, dtype=torch.float64)
+    _perturb(model)
+    _positive_pre(model)
+    x = _x(b=8)
+    out = model.loss(x)
+    assert (out.h != 0).sum() == 8 * k
+    assert float((out.h != 0).sum(1).double().mean()) == k
+    pre = model.pre_activation(x).detach().numpy().ravel()
+    kept = np.sort(pre)[::-1][:8 * k]
+    assert float(out.stats["min_kept"]) == kept.min()
+
+
+def test_batchtopk_threshold_ema_and_inference() -> None:
+    model = create("batchtopk", D_IN, D_SAE, k_top=2, threshold_beta=0.5, dtype=torch.float64)
+    _perturb(model)
+    model.eval()
+    with pytest.raises(RuntimeError, match="threshold has not been estimated"):
+        model.encode(_x())
+    model.train()
+    out1 = model.loss(_x(seed=1))
+    model.after_step(out1)
+    t1 = float(out1.stats["min_kept"])
+    assert float(model.threshold) == t1
+    out2 = model.loss(_x(seed=2))
+    model.after_step(out2)
+    t2 = 0.5 * t1 + 0.5 * float(out2.stats["min_kept"])
+    assert math.isclose(float(model.threshold), t2, rel_tol=1e-12)
+    model.eval()
+    x = _x(seed=3)
+    pre = model.pre_activation(x).detach().numpy()
+    np.testing.assert_array_equal(model.encode(x).detach().numpy(), np.where(pre > t2, pre, 0))
+
+
+def test_jumprelu_threshold_receives_the_ste_gradient() -> None:
+    eps, theta0, l0 = 0.5, 0.3, 0.1
+    model = create("jumprelu", D_IN, D_SAE, bandwidth=eps, init_threshold=theta0, l0=l0,
+                   dtype=torch.float64)
+    _perturb(model, scale=0.1)
+    x = _x(b=16)
+    out = model.loss(x)
+    out.loss.backward()
+    grad = model.log_threshold.grad.numpy()
+    assert np.any(grad != 0)
+    # hand formula: dL/dtheta_i = sum_b [ dL/dh_bi * (-theta/eps) K + l0/B * (-1/eps) K ]
+    pre = model.pre_activation(x).detach().numpy()
+    theta = np.exp(model.log_threshold.detach().numpy())
+    W_dec, b_dec = model.W_dec.detach().numpy(), model.b_dec.detach().numpy()
+    h = pre * (pre > theta)
+    B = x.shape[0]
+    dh = 2.0 / (B * D_IN) * (h @ W_dec + b_dec - x.numpy()) @ W_dec.T
+    K = (np.abs(pre - theta) < eps / 2).astype(float)
+    dtheta = (dh * (-theta / eps) * K + (l0 / B) * (-1.0 / eps) * K).sum(0)
+    np.testing.assert_allclose(grad, dtheta * theta, rtol=1e-10, atol=1e-14)
+    np.testing.assert_array_equal(out.h.detach().numpy(), h)
+
+
+# ----------------------------------------------------------------------------- save / load
+def _trained_few_steps(arch: str):
+    from aensae.saes import TrainConfig, train
+
+    hyper = {"k_top": 2} if "topk" in arch else {}
+    if arch in ("adaptive_lasso", "aen"):
+        hyper.update(warmup_steps=1, ramp_steps=2)
+    model = create(arch, D_IN, D_SAE, seed=2, **hyper)
+    batches = [_x(b=8, seed=s, dtype=torch.float32) for s in range(4)]
+    train(model, batches, TrainConfig(steps=4, device="cpu", dead_window=8))
+    return model
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_save_load_round_trip(arch: str, tmp_path) -> None:
+    model = _trained_few_steps(arch)
+    save(model, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["cfg.json",
+                                                                    "sae.safetensors"]
+    cfg = json.loads((tmp_path / "run" / "cfg.json").read_text())
+    assert cfg["arch"] == arch and cfg["d_in"] == D_IN and cfg["d_sae"] == D_SAE
+    assert cfg["hyper"] == model.hyper and "aensae_version" in cfg
+    loaded = load(tmp_path / "run")
+    assert type(loaded) is type(model)
+    for (n1, t1), (n2, t2) in zip(model.state_dict().items(), loaded.state_dict().items(),
+                                  strict=True):
+        assert n1 == n2 and torch.equal(t1, t2), n1
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        getattr(loaded, mode)()
+        x = _x(seed=9, dtype=torch.float32)
+        a, b = model(x), loaded(x)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    if arch == "aen":
+        assert int(loaded.step) == 4 and not torch.all(loaded.ema == 1)
+        assert torch.equal(model.l1_weights(), loaded.l1_weights())
+
+
+def test_safetensors_use_saelens_names(tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    save(create("aen", D_IN, D_SAE), tmp_path)
+    tensors = load_file(str(tmp_path / "sae.safetensors"))
+    assert tensors["W_enc"].shape == (D_IN, D_SAE) and tensors["W_dec"].shape == (D_SAE, D_IN)
+    assert set(tensors) == {"W_enc", "W_dec", "b_enc", "b_dec", "ema", "step"}
+
+
+def test_load_missing_files_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="cfg.json not found"):
+        load(tmp_path)

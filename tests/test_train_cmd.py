@@ -1,0 +1,139 @@
+"""``aensae train`` and ``aensae bench train`` on tiny sizes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from aensae.benchmarks import train_cmd
+from aensae.saes import load
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a loaded machine spinning
+    threads make each small op slow: run these tests on one thread, then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aensae")
+    top = parser.add_subparsers(dest="command")
+    bench = top.add_parser("bench").add_subparsers(dest="bench")
+    train_cmd.register(top, bench)
+    return parser
+
+
+def _run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    return args.func(args)
+
+
+TINY = ["--n", "12", "--m", "24", "--k", "2", "--steps", "30", "--batch-size", "32",
+        "--eval-samples", "256", "--dead-window", "320", "--checkpoint-every", "10",
+        "--no-progress"]
+
+
+def test_cli_registers_with_the_main_parser() -> None:
+    from aensae import cli
+    from aensae.saes import ARCHITECTURES
+
+    assert "aensae.benchmarks.train_cmd" in cli.COMMAND_MODULES
+    assert train_cmd.ARCH_CHOICES == tuple(ARCHITECTURES)
+
+
+def test_parse_set() -> None:
+    assert train_cmd.parse_set(["a=1", "b=0.5", "c=1e-3"]) == {"a": 1, "b": 0.5, "c": 1e-3}
+    assert isinstance(train_cmd.parse_set(["a=1"])["a"], int)
+    with pytest.raises(ValueError, match="--set b: value must be a number, got 'x'"):
+        train_cmd.parse_set(["b=x"])
+
+
+def test_train_writes_model_cfg_and_metrics(tmp_path, capsys) -> None:
+    out = tmp_path / "aen"
+    argv = ["train", "--arch", "aen", "--rho", "0.5", "--l1", "0.002", "--set",
+            "warmup_steps=5", "--set", "ramp_steps=10", "--seed", "3", "--out", str(out), *TINY]
+    assert _run(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "metrics.json",
+                                                     "sae.safetensors"]
+    rec = json.loads((out / "metrics.json").read_text())
+    assert rec["seed"] == 3 and "aensae_version" in rec
+    assert rec["config"]["data"]["rho"] == 0.5
+    assert rec["config"]["hyper"]["warmup_steps"] == 5 and rec["config"]["hyper"]["l1"] == 0.002
+    assert rec["dead"]["window_samples"] == 320 and len(rec["dead"]["fractions"]) == 3
+    final = rec["final"]
+    for key in ("l0", "mse", "explained_variance", "explained_variance_centred", "shrinkage",
+                "dictionary", "support", "code_bias"):
+        assert key in final
+    assert "hungarian_mean_cos_deflated" in final["dictionary"]
+    model = load(out)
+    assert model.arch == "aen" and int(model.step) == 30
+    # a finished run is skipped and its record returned unchanged
+    before = (out / "metrics.json").read_text()
+    assert _run(argv) == 0
+    assert (out / "metrics.json").read_text() == before
+    assert "skipped" in capsys.readouterr().err
+
+
+def test_train_resumes_a_half_finished_run(tmp_path, monkeypatch) -> None:
+    from aensae.saes import trainer
+
+    base = ["train", "--arch", "aen", "--set", "warmup_steps=5", "--out"]
+    ref, half = tmp_path / "ref", tmp_path / "half"
+    assert _run([*base, str(ref), *TINY]) == 0
+
+    original = trainer._Run.step_all
+
+    def interrupted(self, X):
+        if self.step == 23:
+            raise KeyboardInterrupt
+        return original(self, X)
+
+    monkeypatch.setattr(trainer._Run, "step_all", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run([*base, str(half), *TINY])
+    assert sorted(p.name for p in half.iterdir()) == ["checkpoint.pt"]
+    monkeypatch.setattr(trainer._Run, "step_all", original)
+    assert _run([*base, str(half), *TINY]) == 0
+    assert not (half / "checkpoint.pt").exists()
+    a, b = load(ref), load(half)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    ra = json.loads((ref / "metrics.json").read_text())
+    rb = json.loads((half / "metrics.json").read_text())
+    assert ra["final"] == rb["final"] and ra["dead"] == rb["dead"]
+
+
+def test_unknown_hyperparameter_lists_valid_ones(tmp_path, capsys) -> None:
+    assert _run(["train", "--arch", "topk", "--l1", "0.1", "--out", str(tmp_path), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "unknown hyperparameter(s) l1" in err and "k_top" in err
+    assert _run(["train", "--arch", "aen", "--set", "bogus=1", "--out", str(tmp_path),
+                 *TINY]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert _run(["train", "--arch", "aen", "--set", "gamma", "--out", str(tmp_path),
+                 *TINY]) == 2
+    assert "NAME=VALUE" in capsys.readouterr().err
+
+
+def test_unknown_architecture_lists_valid_ones(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        _run(["train", "--arch", "nope", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "relu_l1" in err and "jumprelu" in err
+
+
+def test_bench_train_json_fields(tmp_path) -> None:
+    path = tmp_path / "bench.json"
+    assert _run(["bench", "train", "--n", "16", "--m", "32", "--batch-size", "16", "--k", "2",
+                 "--models", "2", "--steps", "2", "--repeats", "1", "--json", str(path)]) == 0
+    rec = json.loads(path.read_text())
+    for key in ("ms_per_step", "floor_ms", "ratio_single", "ratio_per_model_8"):
+        assert rec[key] > 0
+    assert rec["config"]["models"] == 2 and "aensae_version" in rec
