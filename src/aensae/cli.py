@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "aensae.benchmarks.solver_bench",
     "aensae.benchmarks.train_cmd",
     "aensae.benchmarks.geometry_cmd",
+    "aensae.benchmarks.reproduce_cmd",
 )
 
 

@@ -1,0 +1,382 @@
+r"""``aensae reproduce``: the grid, resumable, into one tidy table, figures and report.
+
+Layout of the output folder ``OUT``::
+
+    OUT/config.json            normalised config, its hash, seeds, aensae version
+    OUT/calibration/rho<R>.json matched-sparsity calibration (per rho)
+    OUT/runs/<run_id>/         config.json (first), sae.safetensors + cfg.json,
+                               trained.json, metrics.json (last: the "finished" marker)
+    OUT/runs/exact-.../        exact reference on the true dictionary: config.json, metrics.json
+    OUT/groups/<key>/          trainer checkpoint of a group being trained (removed after)
+    OUT/results.csv            the tidy table (rewritten atomically after every group)
+    OUT/speed.csv              exact-solver speed rows (``aensae bench solvers``)
+    OUT/figures/*.png, *.svg   drawn from the tables alone
+    OUT/report.md              the claims, the numbers bearing on them, verdicts
+
+Resume: a run whose ``metrics.json`` exists is finished and skipped; one with
+``trained.json`` (model saved) is only evaluated; any other is trained again, from the
+group checkpoint when one exists. Every file is written atomically, ``metrics.json``
+last, so a killed run never looks finished and the table never holds a run twice (it is
+rebuilt from the run folders, one row per planned run id).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aensae import __version__
+from aensae.benchmarks._data import DataPoint, data_point, train_models
+from aensae.benchmarks._io import atomic_write_json
+from aensae.benchmarks.grid import GridConfig, RunSpec, canonical_hash
+from aensae.benchmarks.results import write_table
+
+__all__ = ["RESULTS_FILE", "SPEED_FILE", "build_rows", "reproduce"]
+
+RESULTS_FILE = "results.csv"
+SPEED_FILE = "speed.csv"
+SPEED_FIRST = ("solver", "rho")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _check_manifest(grid: GridConfig, out: Path) -> None:
+    path = out / "config.json"
+    record = {"config": grid.to_dict(), "config_hash": grid.config_hash(),
+              "config_name": grid.name, "source": grid.source, "seeds": grid.seeds,
+              "aensae_version": __version__}
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("config_hash") != record["config_hash"]:
+            raise ValueError(f"--out {out} holds results of another config "
+                             f"({saved.get('config_name')!r}, hash {saved.get('config_hash')}); "
+                             f"this config ({grid.name!r}) has hash {record['config_hash']}: "
+                             "choose another --out")
+    atomic_write_json(path, record)
+
+
+def _provenance(grid: GridConfig) -> dict[str, Any]:
+    d, t = grid.data, grid.train
+    return {"config_name": grid.name, "config_hash": grid.config_hash(),
+            "aensae_version": __version__, "n": d["n"], "m": d["m"], "d_sae": grid.d_sae,
+            "k": d["k"], "lo": d["lo"], "hi": d["hi"], "noise_std": d["noise_std"],
+            "steps": t["steps"], "batch_size": t["batch_size"], "lr": t["lr"],
+            "dead_window_samples": t["dead_window"], "dtype": grid.experiment["dtype"]}
+
+
+# ----------------------------------------------------------------------------- exact reference
+def _exact_dir(grid: GridConfig, rho: float, seed: int) -> tuple[Path, dict[str, Any]]:
+    rec = {"kind": "exact", "rho": rho, "seed": seed, "data": grid.data_record(),
+           "reference": grid.reference, "eval": grid.eval}
+    return Path("runs") / f"exact-rho{rho:g}-s{seed}-{canonical_hash(rec)}", rec
+
+
+def _run_exact(grid: GridConfig, out: Path, point: DataPoint) -> None:
+    from aensae.benchmarks.evaluation import exact_reference_rows
+
+    rel, rec = _exact_dir(grid, point.rho, point.seed)
+    folder = out / rel
+    if (folder / "metrics.json").is_file():
+        return
+    atomic_write_json(folder / "config.json", rec)
+    t0 = time.perf_counter()
+    rows = exact_reference_rows(grid, point)
+    atomic_write_json(folder / "metrics.json", {"config": rec, "rows": rows,
+                                                "seed": point.seed,
+                                                "aensae_version": __version__,
+                                                "seconds": time.perf_counter() - t0})
+
+
+# ----------------------------------------------------------------------------- SAE runs
+def _run_files(out: Path, grid: GridConfig, spec: RunSpec) -> Path:
+    return out / "runs" / spec.run_id(grid)
+
+
+def _train_group(grid: GridConfig, out: Path, point: DataPoint, specs: list[RunSpec],
+                 progress: bool) -> float:
+    """Train the ``specs`` of one data point together, save each model and trained.json."""
+    import torch
+
+    from aensae.saes import create, save
+
+    dtype = {"float32": torch.float32, "float64": torch.float64}[grid.experiment["dtype"]]
+    ids = [s.run_id(grid) for s in specs]
+    for spec, rid in zip(specs, ids, strict=True):
+        folder = out / "runs" / rid
+        if not (folder / "config.json").is_file():
+            atomic_write_json(folder / "config.json", {"run_id": rid, **spec.record(grid)})
+    models = {rid: create(s.arch, grid.data["n"], grid.d_sae, seed=s.seed, dtype=dtype,
+                          **s.hyper) for s, rid in zip(specs, ids, strict=True)}
+    gdir = out / "groups" / f"rho{point.rho:g}-s{point.seed}-{canonical_hash(sorted(ids))}"
+    t0 = time.perf_counter()
+    results = train_models(grid, models, point, grid.train["steps"], gdir, progress=progress)
+    seconds = time.perf_counter() - t0
+    for rid, model in models.items():
+        folder = out / "runs" / rid
+        save(model, folder)
+        res = results[rid].to_dict()
+        losses = res.pop("train_loss")
+        res.update({"train_loss_first": losses[0] if losses else None,
+                    "train_loss_last": losses[-1] if losses else None,
+                    "group_seconds": seconds, "group_models": len(models)})
+        atomic_write_json(folder / "trained.json", res)
+    shutil.rmtree(gdir, ignore_errors=True)
+    return seconds
+
+
+def _evaluate_run(grid: GridConfig, out: Path, point: DataPoint, spec: RunSpec,
+                  calib: dict[str, Any] | None) -> None:
+    from aensae.benchmarks.evaluation import evaluate_sae
+    from aensae.saes import load
+
+    folder = _run_files(out, grid, spec)
+    trained = json.loads((folder / "trained.json").read_text())
+    model = load(folder)
+    t0 = time.perf_counter()
+    metrics = evaluate_sae(model, point, encoder_samples=grid.eval["encoder_samples"],
+                           hoffman_samples=grid.eval["hoffman_samples"], tol=grid.eval["tol"])
+    dead = trained["dead"]
+    row = {"kind": "sae", "family": spec.family, "arch": spec.arch, "rho": spec.rho,
+           "seed": spec.seed, "target_l0": spec.target_l0, "calibrated": spec.calibrated,
+           "variant": spec.variant, **{f"hp_{k}": v for k, v in spec.hyper.items()},
+           "dead_final": dead["final"], "dead_median_last": dead["median_last"],
+           "dead_windows": dead["windows"], "dead_last": dead["last"],
+           "train_loss_last": trained["train_loss_last"],
+           "train_seconds": trained["group_seconds"] / trained["group_models"],
+           "group_models": trained["group_models"], **metrics,
+           "eval_seconds": time.perf_counter() - t0}
+    if calib is not None:
+        row.update({"calibrated_param": calib["param"],
+                    "calibrated_value": spec.hyper[calib["param"]],
+                    "calibration_extrapolated": calib["extrapolated"][spec.target_l0],
+                    "calibration_steps": calib["steps"]})
+    elif spec.target_l0 is not None:
+        row.update({"calibrated_param": "k_top", "calibrated_value": spec.hyper["k_top"],
+                    "calibration_extrapolated": False})
+    atomic_write_json(folder / "metrics.json", {
+        "row": row, "config": spec.record(grid), "run_id": spec.run_id(grid),
+        "seed": spec.seed, "aensae_version": __version__, "dead": dead,
+        "train": trained})
+
+
+def build_rows(grid: GridConfig, out: Path, specs: list[RunSpec]) -> list[dict[str, Any]]:
+    """One row per finished planned run (SAE runs and exact reference rows)."""
+    prov = _provenance(grid)
+    rows: list[dict[str, Any]] = []
+    for rho in grid.rhos:
+        for seed in grid.seeds:
+            rel, _ = _exact_dir(grid, rho, seed)
+            path = out / rel / "metrics.json"
+            if path.is_file():
+                for i, r in enumerate(json.loads(path.read_text())["rows"]):
+                    rows.append({**prov, **r, "run_id": f"{rel.name}#{r['arch']}-{i}",
+                                 "kind": "exact", "rho": rho, "seed": seed,
+                                 "steps": None, "batch_size": None, "lr": None,
+                                 "dead_window_samples": None})
+    for spec in specs:
+        path = _run_files(out, grid, spec) / "metrics.json"
+        if path.is_file():
+            rows.append({**prov, **json.loads(path.read_text())["row"],
+                         "run_id": spec.run_id(grid)})
+    return rows
+
+
+# ----------------------------------------------------------------------------- speed
+def _speed(grid: GridConfig, out: Path) -> None:
+    s = grid.speed
+    path = out / SPEED_FILE
+    if path.is_file():
+        return
+    rows: list[dict[str, Any]] | None = None
+    if s["json"] is not None:
+        src = Path(s["json"])
+        if not src.is_absolute() and grid.source not in ("", "<dict>"):
+            src = Path(grid.source).parent / src
+        rows = json.loads(src.read_text())
+    elif s["run"]:
+        from aensae.benchmarks.solver_bench import run_solver_bench
+
+        _log(f"speed: aensae bench solvers (quick={s['quick']}, signals={s['signals']})")
+        rows = run_solver_bench(rhos=s["rho"], quick=s["quick"], signals=s["signals"])
+    if rows is not None:
+        flat = [{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in rows]
+        write_table(path, flat, first=SPEED_FIRST, required=())
+
+
+# ----------------------------------------------------------------------------- main
+def _probe_rate(grid: GridConfig, point: DataPoint, specs: list[RunSpec]) -> float:
+    """Seconds per model-step, timed on a few steps of throw-away copies of ``specs``."""
+    import torch
+
+    from aensae.saes import create
+
+    dtype = {"float32": torch.float32, "float64": torch.float64}[grid.experiment["dtype"]]
+    models = {f"p{i}": create(s.arch, grid.data["n"], grid.d_sae, seed=s.seed, dtype=dtype,
+                              **s.hyper) for i, s in enumerate(specs)}
+    steps = 5
+    train_models(grid, models, point, 2, None, progress=False)  # warm-up
+    t0 = time.perf_counter()
+    train_models(grid, models, point, steps, None, progress=False)
+    return (time.perf_counter() - t0) / (steps * len(models))
+
+
+def _estimate(grid: GridConfig, out: Path, cal_steps: int) -> None:
+    """Print the ETA of the remaining calibration and training before any of it runs.
+
+    The rate comes from :func:`_probe_rate` on one data point's runs (penalties of
+    uncalibrated families set to the middle of their range: the cost does not depend on
+    them); runs already trained are not counted when the calibration is known.
+    """
+    import torch
+
+    jobs = grid.calibration_jobs()
+    mid = {(f.name, v, rho): {t: math.sqrt(f.calibrate_range[0] * f.calibrate_range[1])
+                              for t in f.target_l0}
+           for f, _, v in jobs for rho in grid.rhos}
+    specs = grid.runs(mid)
+    todo = len(specs)
+    if cal_steps == 0:
+        todo = sum(not (_run_files(out, grid, s) / "trained.json").is_file()
+                   for s in runs_after_calibration(grid, out))
+    main = todo * grid.train["steps"]
+    if main + cal_steps == 0:
+        return
+    first = [s for s in specs if (s.rho, s.seed) == (specs[0].rho, specs[0].seed)]
+    rate = _probe_rate(grid, data_point(grid, specs[0].rho, specs[0].seed), first)
+    _log(f"ETA: {_hms(rate * (cal_steps + main))} for {cal_steps:,} calibration and "
+         f"{main:,} training model-steps ({todo} runs to train; probe: {1e3 * rate:.2f} ms "
+         f"per model-step on {grid.experiment['device']}, {torch.get_num_threads()} "
+         "threads), plus evaluation")
+
+
+def runs_after_calibration(grid: GridConfig, out: Path) -> list[RunSpec]:
+    """The grid's runs with the penalties of a finished calibration in ``out``."""
+    from aensae.benchmarks.calibrate import calibrate
+
+    calib = calibrate(grid, out)
+    return grid.runs({key: rec["penalties"] for key, rec in calib.items()})
+
+
+def reproduce(grid: GridConfig, out: str | Path, *, progress: bool = True,
+              draw: bool = True, on_group: Callable[[int], None] | None = None) -> Path:
+    """Run ``grid`` into ``out`` (resumable), write the table, figures and report.
+
+    ``on_group(i)`` is called after the ``i``-th group finished (tests use it to
+    interrupt a run part-way). Returns the path of the results table. With
+    ``experiment.threads > 0`` torch and the BLAS libraries use that many threads.
+    """
+    import torch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_manifest(grid, out)
+    t_start = time.perf_counter()
+    threads = grid.experiment["threads"]
+    if threads > 0:
+        # torch's intra-op pool, every BLAS / OpenMP pool and numba's parallel loops (the
+        # exact solver): an idle OpenMP worker left by a wider team spin-waits beside the
+        # training loop and takes a core from it
+        import numba
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(threads)
+        numba_threads = numba.get_num_threads()
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            with threadpool_limits(limits=threads):
+                specs = _run_grid(grid, out, progress=progress, on_group=on_group)
+        finally:
+            numba.set_num_threads(numba_threads)
+    else:
+        specs = _run_grid(grid, out, progress=progress, on_group=on_group)
+    # outside the thread limits: the solver benchmark measures its anchors' own threading
+    _speed(grid, out)
+    rows = build_rows(grid, out, specs)
+    table = out / RESULTS_FILE
+    write_table(table, rows)
+    _log(f"results: {table} ({len(rows)} rows) in {_hms(time.perf_counter() - t_start)}")
+    if draw:
+        from aensae.benchmarks.figures import draw_all
+        from aensae.benchmarks.report import write_report
+
+        files = draw_all(out)
+        report = write_report(out)
+        _log(f"figures: {len(files)} files in {out / 'figures'}; report: {report}")
+    return table
+
+
+def _run_grid(grid: GridConfig, out: Path, *, progress: bool,
+              on_group: Callable[[int], None] | None) -> list[RunSpec]:
+    """Exact reference, calibration and every SAE run; returns the planned runs."""
+    from tqdm.auto import tqdm
+
+    from aensae.benchmarks.calibrate import calibrate
+
+    table = out / RESULTS_FILE
+    steps = grid.train["steps"]
+    _log(f"aensae reproduce: config {grid.name!r} ({grid.source}) -> {out}")
+    n_cal = len(grid.calibration_jobs()) * len(grid.rhos) * grid.calibrate["ladder"] \
+        * grid.calibrate["rounds"]
+    cal_done = all((out / "calibration" / f"rho{r:g}.json").is_file() for r in grid.rhos)
+    cal_steps = 0 if cal_done else n_cal * grid.calibrate["steps"]
+    _estimate(grid, out, cal_steps)
+    for rho in grid.rhos:
+        for seed in grid.seeds:
+            _run_exact(grid, out, data_point(grid, rho, seed))
+    bar = tqdm(total=max(cal_steps, 1), unit="model-step", desc="calibrate",
+               disable=not progress, dynamic_ncols=True, position=0)
+    if cal_steps:
+        _log(f"calibration: {n_cal} short runs of {grid.calibrate['steps']} steps")
+    calib = calibrate(grid, out, progress=False,
+                      on_models=lambda k, s: (bar.update(k * s), bar.refresh()))
+    penalties = {key: rec["penalties"] for key, rec in calib.items()}
+    specs = grid.runs(penalties)
+    ids = [s.run_id(grid) for s in specs]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the grid expands to duplicate runs (two families with identical "
+                         "settings); make them differ")
+    groups: dict[tuple[float, int], list[RunSpec]] = defaultdict(list)
+    for s in specs:
+        groups[(s.rho, s.seed)].append(s)
+    finished = [s for s in specs if (_run_files(out, grid, s) / "metrics.json").is_file()]
+    to_train = [s for s in specs if not (_run_files(out, grid, s) / "trained.json").is_file()]
+    total = len(to_train) * steps
+    _log(f"plan: {len(specs)} SAE runs in {len(groups)} groups; {len(finished)} finished, "
+         f"{len(to_train)} to train ({total:,} model-steps)")
+    bar.set_description("train")
+    bar.reset(total=max(total, 1))
+    for gi, ((rho, seed), members) in enumerate(groups.items()):
+        pending = [s for s in members
+                   if not (_run_files(out, grid, s) / "metrics.json").is_file()]
+        if not pending:
+            continue
+        bar.set_postfix_str(f"rho={rho:g} seed={seed} ({len(pending)} models)")
+        point = data_point(grid, rho, seed)
+        train_now = [s for s in pending
+                     if not (_run_files(out, grid, s) / "trained.json").is_file()]
+        if train_now:
+            _train_group(grid, out, point, train_now, progress and grid.train["progress"])
+            bar.update(len(train_now) * steps)
+        for s in pending:
+            c = calib.get((s.family, s.variant, s.rho)) if s.calibrated else None
+            _evaluate_run(grid, out, point, s, c)
+        write_table(table, build_rows(grid, out, specs))
+        if on_group is not None:
+            on_group(gi)
+    bar.close()
+    shutil.rmtree(out / "groups", ignore_errors=True)
+    return specs
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m{s % 60:02d}s"
