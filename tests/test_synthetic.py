@@ -536,3 +536,33 @@ def test_diagnostics_bad_inputs():
         active_gram_stats(D3, 4)
     with pytest.raises(ValueError, match="n_supports"):
         irrepresentable_stats(D3, 1, 0)
+
+
+def test_stream_signals_equal_batch_signals(dictionary):
+    for noise_std, nonneg in ((0.0, True), (0.2, False)):
+        stream = SyntheticStream(dictionary, k=4, batch_size=8, nonneg=nonneg,
+                                 noise_std=noise_std, seed=7)
+        for i in (0, 3):
+            np.testing.assert_array_equal(stream.signals(i), stream.batch(i)[0])
+
+
+def test_floyd_supports_match_the_masked_reference():
+    # the compiled pick loop against the original masked-array form of Floyd's algorithm
+    from aensae.synthetic.codes import _floyd_supports
+
+    def reference(rng, m, k, batch):
+        idx = np.empty((batch, k), dtype=np.int64)
+        taken = np.zeros((batch, m), dtype=bool)
+        rows = np.arange(batch)
+        for slot, j in enumerate(range(m - k, m)):
+            t = rng.integers(0, j + 1, size=batch)
+            pick = np.where(taken[rows, t], j, t)
+            taken[rows, pick] = True
+            idx[:, slot] = pick
+        return idx
+
+    for m, k, batch in ((5, 5, 50), (10, 3, 200), (64, 16, 40), (3, 1, 7)):
+        for seed in range(3):
+            np.testing.assert_array_equal(
+                _floyd_supports(np.random.default_rng(seed), m, k, batch),
+                reference(np.random.default_rng(seed), m, k, batch))

@@ -66,11 +66,19 @@ class AdaptiveLassoSAE(ReluL1SAE):
 
     @torch.no_grad()
     def l1_weights(self) -> torch.Tensor:
-        """``blend_weights(population_weights(ema, ...), ramp())`` (d_sae,), no gradient."""
+        """``blend_weights(population_weights(ema, ...), ramp())`` (d_sae,), no gradient.
+
+        During the cold-start hold (``ramp() == 0``) the blend is exactly 1 for any finite
+        population weights (they are clamped to ``[w_min, w_max]``), so the population
+        weights are not computed then and ones are returned.
+        """
+        alpha = self.ramp()
+        if alpha == 0.0:
+            return torch.ones_like(self.ema)
         hp = self.hyper
         w_pop = population_weights(self.ema, gamma=hp["gamma"], top_p=hp["top_p"],
                                    w_min=hp["w_min"], w_max=hp["w_max"])
-        return blend_weights(w_pop, self.ramp())
+        return blend_weights(w_pop, alpha)
 
     @torch.no_grad()
     def after_step(self, out: LossOutput) -> None:

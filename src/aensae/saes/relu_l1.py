@@ -57,8 +57,8 @@ class ReluL1SAE(SAE):
         with torch.no_grad():
             xc = x - b_dec
             h = torch.addmm(b_enc, xc, W_enc).relu_()
-            r = torch.addmm(b_dec, h, W_dec).sub_(x)
-            x_hat = r + x
+            x_hat = torch.addmm(b_dec, h, W_dec)
+            r = x_hat - x
             flat_r = r.reshape(-1)
             mse = torch.dot(flat_r, flat_r) / (B * n)
             h_sum = h.sum(0)

@@ -89,8 +89,8 @@ class StackedReLU:
         with torch.no_grad():
             xc = x.unsqueeze(0) - b_dec.unsqueeze(1)
             h = torch.baddbmm(b_enc.unsqueeze(1), xc, W_enc).relu_()
-            r = torch.baddbmm(b_dec.unsqueeze(1), h, W_dec).sub_(x)
-            x_hat = r + x
+            x_hat = torch.baddbmm(b_dec.unsqueeze(1), h, W_dec)
+            r = x_hat - x
             mse = (r * r).sum((1, 2)) / (B * n)
             h_sum = h.sum(1)
             l1_term = self.l1 * (h_sum * w).sum(1) / B

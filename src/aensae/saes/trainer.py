@@ -223,20 +223,16 @@ class _Run:
     # -------------------------------------------------------------- one step
     def step_all(self, X: torch.Tensor) -> None:
         X = X.to(device=self.device, dtype=self.dtype)
-        # a NaN/inf entry makes the sum non-finite; only then count them exactly (a
-        # non-finite sum of finite entries -- overflow -- is not an error)
-        if not math.isfinite(float(X.sum())):
-            n_bad = int((~torch.isfinite(X)).sum())
-            if n_bad:
-                raise FloatingPointError(f"batch at step {self.step} holds {n_bad} NaN/inf "
-                                         f"entries (shape {tuple(X.shape)})")
+        # The batch is not scanned for NaN/inf up front: every loss contains the mean of
+        # (x - x_hat)^2, so a NaN/inf entry makes the first model's loss non-finite, and
+        # _check_loss then inspects the batch (before any update) to name the cause.
         lr = self.cfg.lr_at(self.step)
         stacked: dict[str, LossOutput] = {}
         for names, group in self.groups:
             stacked.update(zip(names, group.compute_grads(X), strict=True))
         for name, model in self.models.items():
             out = stacked[name] if name in stacked else model.compute_grads(X)
-            self._check_loss(name, model, out)
+            self._check_loss(name, model, out, X)
             if self.cfg.grad_clip is not None:
                 try:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip,
@@ -253,9 +249,13 @@ class _Run:
             self.dead[name].update(out.h, out.stats.get("fired"))
         self.step += 1
 
-    def _check_loss(self, name: str, model: SAE, out: LossOutput) -> None:
+    def _check_loss(self, name: str, model: SAE, out: LossOutput, X: torch.Tensor) -> None:
         value = float(out.loss)
         if not math.isfinite(value):
+            n_bad = int((~torch.isfinite(X)).sum())
+            if n_bad:
+                raise FloatingPointError(f"batch at step {self.step} holds {n_bad} NaN/inf "
+                                         f"entries (shape {tuple(X.shape)})")
             raise FloatingPointError(f"loss of model {name!r} ({model.arch}) is {value} at "
                                      f"step {self.step}; training stopped before the update")
         self.results[name].train_loss.append(value)

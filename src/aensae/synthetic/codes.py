@@ -2,13 +2,15 @@ r"""Sparse ground-truth codes: exactly ``k`` non-zeros per sample on a uniform s
 
 A code ``h`` in R^m has support ``S`` drawn uniformly among the ``C(m, k)`` subsets of size
 ``k``, magnitudes ``|h_i| ~ U[lo, hi]`` i.i.d. on ``S`` and, unless ``nonneg``, signs
-``+-1`` with probability 1/2 each. Supports are drawn with Floyd's algorithm, vectorised
-over samples (a Python loop over the ``k`` support slots, never over samples).
+``+-1`` with probability 1/2 each. Supports are drawn with Floyd's algorithm: the random
+draws vectorised over samples (a Python loop over the ``k`` support slots, never over
+samples), the picks resolved by a compiled (numba) loop.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from aensae._validation import check_int, check_real
 
@@ -41,15 +43,32 @@ def check_code_params(
 
 
 def _floyd_supports(rng: np.random.Generator, m: int, k: int, batch: int) -> np.ndarray:
-    """(batch, k) distinct indices, each row a uniform k-subset of range(m) (Floyd)."""
-    idx = np.empty((batch, k), dtype=np.int64)
-    taken = np.zeros((batch, m), dtype=bool)
-    rows = np.arange(batch)
+    """(batch, k) distinct indices, each row a uniform k-subset of range(m) (Floyd).
+
+    Slot ``s`` (``j = m - k + s``) draws ``t ~ U{0..j}`` for every row and keeps ``t``
+    unless the row already holds it, in which case it takes ``j``. The draws do not
+    depend on earlier picks, so they are made first (one call per slot, in slot order)
+    and the picks resolved by a compiled loop.
+    """
+    draws = np.empty((batch, k), dtype=np.int64)
     for slot, j in enumerate(range(m - k, m)):
-        t = rng.integers(0, j + 1, size=batch)
-        pick = np.where(taken[rows, t], j, t)
-        taken[rows, pick] = True
-        idx[:, slot] = pick
+        draws[:, slot] = rng.integers(0, j + 1, size=batch)
+    return _floyd_picks(draws, m - k)
+
+
+@njit(cache=True, nogil=True)
+def _floyd_picks(draws: np.ndarray, first: int) -> np.ndarray:  # pragma: no cover - compiled
+    """Resolve Floyd's picks: ``idx[b, s] = draws[b, s]`` unless taken, else ``first + s``."""
+    batch, k = draws.shape
+    idx = np.empty((batch, k), dtype=np.int64)
+    for b in range(batch):
+        for s in range(k):
+            t = draws[b, s]
+            for q in range(s):
+                if idx[b, q] == t:
+                    t = first + s
+                    break
+            idx[b, s] = t
     return idx
 
 

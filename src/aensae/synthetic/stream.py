@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numba import njit
 
 from aensae._validation import check_array, check_int, check_real
 from aensae.synthetic._seeding import rng_for
@@ -107,9 +108,9 @@ class SyntheticStream:
     def batch(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Batch ``i``: ``X`` (B, n) signals and ``H`` (B, m) true codes, float64.
 
-        ``X = H D^T`` is formed by gathering the ``k`` active atoms of each row (the
-        sum is the same up to floating-point summation order), then ``noise_std * E``
-        is added when ``noise_std > 0``.
+        ``X = H D^T`` is formed by summing the ``k`` active atoms of each row in slot
+        order (:func:`_combine_atoms`; the sum is the same up to floating-point summation
+        order), then ``noise_std * E`` is added when ``noise_std > 0``.
         """
         i = check_int("i", i, low=0)
         return _generate(
@@ -122,6 +123,25 @@ class SyntheticStream:
             self.nonneg,
             self.noise_std,
         )
+
+    def signals(self, i: int) -> np.ndarray:
+        """The signals ``X`` (B, n) float64 of batch ``i`` alone: ``batch(i)[0]``, same numbers.
+
+        Skips building the dense codes ``H`` (B, m), for training loops that do not use them.
+        """
+        i = check_int("i", i, low=0)
+        X, _ = _generate(
+            rng_for("stream", self.seed, i),
+            self._Dt,
+            self.k,
+            self.batch_size,
+            self.lo,
+            self.hi,
+            self.nonneg,
+            self.noise_std,
+            dense_codes=False,
+        )
+        return X
 
     @staticmethod
     def _check_dtype(dtype: torch.dtype | None) -> torch.dtype:
@@ -188,17 +208,41 @@ def _generate(
     hi: float,
     nonneg: bool,
     noise_std: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draw codes, then (if ``noise_std > 0``) noise, in that order, from ``rng``."""
+    dense_codes: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Draw codes, then (if ``noise_std > 0``) noise, in that order, from ``rng``.
+
+    ``H`` is ``None`` when not ``dense_codes`` (``X`` is the same either way).
+    """
     m, n = Dt.shape
     idx, vals = draw_sparse_codes(rng, m, k, batch, lo, hi, nonneg)
-    H = np.zeros((batch, m))
-    np.put_along_axis(H, idx, vals, axis=1)
-    # x_b = sum_{j} vals[b, j] * D[:, idx[b, j]]: (B, 1, k) @ (B, k, n)
-    X = np.matmul(vals[:, None, :], Dt[idx])[:, 0, :]
+    H = None
+    if dense_codes:
+        H = np.zeros((batch, m))
+        np.put_along_axis(H, idx, vals, axis=1)
+    X = _combine_atoms(idx, vals, Dt)
     if noise_std > 0.0:
         X += noise_std * rng.standard_normal((batch, n))
     return X, H
+
+
+@njit(cache=True, nogil=True)
+def _combine_atoms(idx: np.ndarray, vals: np.ndarray, Dt: np.ndarray
+                   ) -> np.ndarray:  # pragma: no cover - compiled
+    """``X[b] = sum_j vals[b, j] * Dt[idx[b, j]]`` (slots in order), float64 (B, n).
+
+    One pass over the ``k`` active atoms of each row, without the (B, k, n) gather.
+    """
+    batch, k = idx.shape
+    n = Dt.shape[1]
+    X = np.zeros((batch, n))
+    for b in range(batch):
+        for j in range(k):
+            v = vals[b, j]
+            row = Dt[idx[b, j]]
+            for d in range(n):
+                X[b, d] += v * row[d]
+    return X
 
 
 def sample_signals(
