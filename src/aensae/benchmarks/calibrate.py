@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from aensae._io import atomic_write_json
 from aensae.benchmarks._data import data_point, train_models
-from aensae.benchmarks._io import atomic_write_json
 from aensae.benchmarks.grid import GridConfig, canonical_hash
 
 __all__ = ["calibrate", "penalty_for_target"]

@@ -113,7 +113,7 @@ def _machine() -> str:
 
 def _write(path: Path | None, record: dict[str, Any]) -> None:
     if path is not None:
-        from aensae.benchmarks._io import atomic_write_json
+        from aensae._io import atomic_write_json
 
         atomic_write_json(path, record)
         print(f"wrote {path}")

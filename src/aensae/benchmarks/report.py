@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from aensae.benchmarks._io import atomic_write_text
+from aensae._io import atomic_write_text
 from aensae.benchmarks.results import read_table
 
 __all__ = ["matched", "write_report"]

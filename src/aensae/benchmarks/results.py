@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from aensae.benchmarks._io import atomic_write_text
+from aensae._io import atomic_write_text
 
 __all__ = ["ID_COLUMNS", "REQUIRED_COLUMNS", "column_order", "read_table", "write_table"]
 

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from aensae import __version__
+from aensae._io import atomic_write_json
 from aensae.benchmarks._data import DataPoint, data_point, train_models
-from aensae.benchmarks._io import atomic_write_json
 from aensae.benchmarks.grid import GridConfig, RunSpec, canonical_hash
 from aensae.benchmarks.results import write_table
 

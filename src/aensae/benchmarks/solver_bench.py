@@ -52,7 +52,7 @@ def _main(args: argparse.Namespace) -> int:
     rhos = args.rho if args.rho is not None else [0.0, 0.9]
     rows = run_solver_bench(rhos=rhos, quick=args.quick, signals=args.signals, seed=args.seed)
     if args.json:
-        from aensae.benchmarks._io import atomic_write_text
+        from aensae._io import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -140,9 +140,9 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from aensae import __version__
+    from aensae._io import atomic_write_json
     from aensae.saes import ARCHITECTURES, TrainConfig, create, save, train
     from aensae.saes.evaluate import evaluate
-    from aensae.saes.io import atomic_write_json
     from aensae.saes.trainer import CHECKPOINT_FILE
     from aensae.synthetic import SyntheticStream, spiked_dictionary
 
@@ -349,7 +349,7 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
 def _bench_main(args: argparse.Namespace) -> int:
     import torch
 
-    from aensae.saes.io import atomic_write_json
+    from aensae._io import atomic_write_json
 
     if args.threads is not None:
         if args.threads < 1:

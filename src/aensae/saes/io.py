@@ -11,48 +11,21 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from aensae._io import atomic_write, atomic_write_json
 from aensae.saes.base import SAE
 from aensae.saes.registry import create
 
-__all__ = ["CFG_FILE", "WEIGHTS_FILE", "atomic_write_bytes", "atomic_write_json", "load", "save"]
+__all__ = ["CFG_FILE", "WEIGHTS_FILE", "load", "save"]
 
 WEIGHTS_FILE = "sae.safetensors"
 CFG_FILE = "cfg.json"
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-    _atomic(Path(path), write)
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def save(model: SAE, directory: str | os.PathLike) -> Path:
@@ -61,7 +34,7 @@ def save(model: SAE, directory: str | os.PathLike) -> Path:
         raise TypeError(f"model must be an aensae SAE, got {type(model).__name__}")
     out = Path(directory)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _atomic(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={
+    atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={
         "arch": model.arch}))
     atomic_write_json(out / CFG_FILE, model.config())
     return out

@@ -35,10 +35,10 @@ from typing import Any
 import torch
 
 from aensae import __version__
+from aensae._io import atomic_write
 from aensae._validation import check_int, check_real
 from aensae.saes.base import SAE, LossOutput
 from aensae.saes.dead import DeadTracker
-from aensae.saes.io import _atomic
 from aensae.saes.stacked import StackedReLU, stackable
 
 __all__ = ["CHECKPOINT_FILE", "ModelResult", "TrainConfig", "resolve_device", "train"]
@@ -310,7 +310,7 @@ class _Run:
 
     def save_checkpoint(self, path: Path) -> None:
         state = self.state_dict()
-        _atomic(path, lambda tmp: torch.save(state, tmp))
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _batches(data: Iterable[Any] | Callable[[int], Iterable[Any]], start: int) -> Iterator[Any]:
