@@ -21,16 +21,6 @@ D_IN, D_SAE = 6, 10
 RELU_FAMILY = ("relu_l1", "elastic_net", "adaptive_lasso", "aen")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded machine spinning
-    threads make each small op slow: run these tests on one thread, then restore."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _x(b: int = 7, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, D_IN, generator=g, dtype=dtype)

@@ -12,16 +12,6 @@ from aensae.benchmarks import train_cmd
 from aensae.saes import load
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded machine spinning
-    threads make each small op slow: run these tests on one thread, then restore."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aensae")
     top = parser.add_subparsers(dest="command")

@@ -13,16 +13,6 @@ from aensae.saes.trainer import CHECKPOINT_FILE
 N, M = 8, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded machine spinning
-    threads make each small op slow: run these tests on one thread, then restore."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _stream(n_batches: int, b: int = 16, seed: int = 0, n: int = N):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(b, n, generator=g) for _ in range(n_batches)]
