@@ -61,6 +61,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from aensae._validation import check_array, check_int, check_real
+from aensae.solvers.problem import validate_weights
 from aensae.theory._support_sets import active_mask, groups_by_size
 from aensae.theory.hoffman_global import hoffman_constant
 
@@ -101,16 +102,7 @@ def _check_inputs(D, codes, lam1, lam2, weights):
     lam1 = check_real("lam1", lam1, low=0.0, low_inclusive=False)
     lam2 = check_real("lam2", lam2, low=0.0)
     B = codes.shape[0]
-    if weights is None:
-        w = np.ones((1, m))
-    else:
-        w = check_array("weights", weights, ndim=(1, 2))
-        if w.shape[-1] != m or (w.ndim == 2 and w.shape[0] != B):
-            raise ValueError(f"weights must have shape ({m},) or ({B}, {m}), got {w.shape}")
-        if np.any(w <= 0):
-            raise ValueError(f"weights must be > 0 (the KKT matrix needs lam1 * w_j > 0), "
-                             f"got min {w.min()!r}")
-        w = w.reshape(-1, m)
+    w = validate_weights(weights, B, m)
     return D, codes, lam1, lam2, w
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from aensae._validation import check_array, check_int, check_real
+from aensae.solvers.problem import validate_weights
 from aensae.theory.hoffman import local_hoffman
 from aensae.theory.lipschitz import lipschitz_enet
 
@@ -61,16 +62,7 @@ def _check(D, X, lam1, lam2, weights):
     lam1 = check_real("lam1", lam1, low=0.0)
     lam2 = check_real("lam2", lam2, low=0.0)
     m = D.shape[1]
-    if weights is None:
-        w = np.ones((1, m))
-    else:
-        w = check_array("weights", weights, ndim=(1, 2))
-        if w.shape[-1] != m or (w.ndim == 2 and w.shape[0] != X.shape[0]):
-            raise ValueError(f"weights must have shape ({m},) or ({X.shape[0]}, {m}), "
-                             f"got {w.shape}")
-        if np.any(w <= 0):
-            raise ValueError(f"weights must be > 0, got min {w.min()!r}")
-        w = w.reshape(-1, m)
+    w = validate_weights(weights, X.shape[0], m)
     return D, X, lam1, lam2, w
 
 
