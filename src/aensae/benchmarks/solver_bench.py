@@ -2,7 +2,8 @@ r"""``aensae bench solvers``: exact-solver throughput against scikit-learn and c
 
 At the paper's scale (n=256, m=1024, k=16 non-negative codes U[1,3], no noise) and for
 each rho, with lam2 = 0.05 and lam1 chosen per rho so exact codes hold about 16-32
-non-zeros, it times in one process:
+non-zeros (the table ``aensae.benchmarks.geometry_cmd.DEFAULT_LAM1``, shared with
+``aensae geometry``), it times in one process:
 
 - the fast batched solver (:func:`aensae.solvers.solve`) on every signal;
 - scikit-learn's fastest exact path -- multi-target ``ElasticNet(precompute=True)``,
@@ -24,10 +25,7 @@ import platform
 import time
 from typing import Any
 
-__all__ = ["register", "run_solver_bench", "DEFAULT_LAM1"]
-
-#: lam1 per rho (lam2 = 0.05) giving about 16-32 non-zeros at n=256, m=1024, k=16.
-DEFAULT_LAM1 = {0.0: 0.5, 0.9: 20.0}
+__all__ = ["register", "run_solver_bench"]
 
 
 def register(top: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
@@ -59,16 +57,6 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lam1_for(rho: float) -> float:
-    if rho in DEFAULT_LAM1:
-        return DEFAULT_LAM1[rho]
-    # interpolate on log scale between the calibrated ends (rho in [0, 1))
-    import math
-
-    lo, hi = math.log(DEFAULT_LAM1[0.0]), math.log(DEFAULT_LAM1[0.9])
-    return float(math.exp(lo + (hi - lo) * min(rho, 0.9) / 0.9))
-
-
 def run_solver_bench(
     rhos: list[float],
     *,
@@ -93,6 +81,7 @@ def run_solver_bench(
     from threadpoolctl import threadpool_info, threadpool_limits
 
     import aensae
+    from aensae.benchmarks.geometry_cmd import default_lam1
     from aensae.solvers import FastSolver, solve_cvxpy, solve_sklearn
     from aensae.synthetic import sample_signals, spiked_dictionary
 
@@ -106,7 +95,7 @@ def run_solver_bench(
     print(f"aensae {aensae.__version__} | machine: {machine} | BLAS: {blas}")
     print(f"n={n} m={m} k={k} nonneg codes U[1,3], lam2={lam2}, tol={tol:g} (gap <= tol ||x||^2)")
     for rho in rhos:
-        lam1 = _lam1_for(rho)
+        lam1 = default_lam1(rho)
         d = spiked_dictionary(n, m, rho, seed=seed)
         X, _ = sample_signals(d.D, B, k, seed=seed + 1)
         base = {"n": n, "m": m, "k": k, "rho": rho, "lam1": lam1, "lam2": lam2, "tol": tol}
