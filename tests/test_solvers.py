@@ -486,6 +486,19 @@ def test_kkt_at_returned_codes_large_working_set_growth(nonneg, lam2):
                                atol=1e-6 * np.abs(default.codes).max())
 
 
+def test_blas_threading_does_not_change_the_codes():
+    # the default screens with one BLAS call per numba thread; blas_threads=None leaves the
+    # product to BLAS's own threads. Both bound their rounding the same way.
+    D, X = problem(40, 200, 64, 0.5, k=6, nonneg_codes=True, seed=43)
+    lam1 = shared_lam1(D, X, None, True, 0.2)
+    one = solve(D, X, lam1, 0.05, nonneg=True, batch_size=24)
+    own = solve(D, X, lam1, 0.05, nonneg=True, blas_threads=None)
+    assert one.all_certified and own.all_certified
+    np.testing.assert_allclose(one.codes, own.codes, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(one.codes, sk_codes(D, X, lam1, 0.05, nonneg=True), rtol=0,
+                               atol=1e-6)
+
+
 def test_kkt_violation_detects_a_wrong_code():
     D, X = problem(10, 20, 2, 0.0, seed=4)
     lam1 = shared_lam1(D, X, None, False, 0.3)
@@ -740,6 +753,7 @@ def test_bad_input_names_the_parameter(func, override, exc, pattern):
         (dict(batch_size=0), ValueError, "batch_size must lie in"),
         (dict(ws_init=0), ValueError, "ws_init must lie in"),
         (dict(max_rounds=0), ValueError, "max_rounds must lie in"),
+        (dict(blas_threads=0), ValueError, "blas_threads must lie in"),
     ],
 )
 def test_bad_solver_options(kwargs, exc, pattern):
@@ -781,3 +795,21 @@ def test_generators_reject_k_above_m():
         sample_signals(sd, 4, 13)
     with pytest.raises(ValueError, match="k must lie in"):
         sample_codes(12, 13, 4, rng=0)
+
+
+def test_compiled_gap_formula_matches_the_numpy_one_and_a_hand_case():
+    from aensae.solvers._kernels import duality_gap_from_stats
+    from aensae.solvers.certificate import gap_from_stats
+
+    # hand case: x = (3, 0), D = I, lam1 = 1, lam2 = 0, h = (2, 0): r = (1, 0), r.x = 3,
+    # ||r||^2 = 1, mu = max|D^T r| = 1, s = min(r.x / ||r||^2, lam1 / mu) = 1,
+    # primal = 1/2 + 2 = 2.5, dual = 3 - 1/2 = 2.5: gap 0 (h is optimal)
+    assert duality_gap_from_stats(3.0, 1.0, 4.0, 2.0, 1.0, 1.0, 0.0) == 0.0
+    rng = np.random.default_rng(3)
+    rows = rng.uniform(0.0, 2.0, size=(200, 5))
+    rows[::7, 1] = 0.0  # r = 0
+    rows[::5, 4] = 0.0  # mu = 0
+    for lam2 in (0.0, 0.3):
+        ref = gap_from_stats(*rows.T, 0.7, lam2)
+        got = [duality_gap_from_stats(*row, 0.7, lam2) for row in rows]
+        np.testing.assert_allclose(got, ref, rtol=1e-14, atol=1e-15)
