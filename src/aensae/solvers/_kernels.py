@@ -49,28 +49,32 @@ STATUS_RANK = 2  # a violating coordinate was linearly dependent on the active s
 
 
 @njit(cache=True, inline="always", fastmath=_FM)
-def _forward(L, n, b, out):
-    # solve L y = b for lower-triangular L[:n, :n]
+def _forward(L, dinv, n, b, out):
+    # solve L y = b for lower-triangular L[:n, :n]; dinv holds 1 / diag(L), so the serial
+    # dependency chain has a multiplication per row instead of a division
     for i in range(n):
         s = b[i]
         for k in range(i):
             s -= L[i, k] * out[k]
-        out[i] = s / L[i, i]
+        out[i] = s * dinv[i]
 
 
 @njit(cache=True, inline="always", fastmath=_FM)
-def _backward(L, n, y, out):
-    # solve L^T z = y
+def _backward(L, dinv, n, y, out):
+    # solve L^T z = y by column sweeps: each step is an axpy along a row of L (contiguous)
+    for i in range(n):
+        out[i] = y[i]
     for i in range(n - 1, -1, -1):
-        s = y[i]
-        for k in range(i + 1, n):
-            s -= L[k, i] * out[k]
-        out[i] = s / L[i, i]
+        oi = out[i] * dinv[i]
+        out[i] = oi
+        for k in range(i):
+            out[k] -= L[i, k] * oi
 
 
 @njit(cache=True, fastmath=_FM)
-def _refactor(Q, act, n_act, L):
-    """Cholesky of Q[act, act] into L; returns the number of leading columns factorised."""
+def _refactor(Q, act, n_act, L, dinv):
+    """Cholesky of Q[act, act] into L (``dinv = 1 / diag(L)``); returns the number of
+    leading columns factorised."""
     for i in range(n_act):
         ai = act[i]
         for j in range(i + 1):
@@ -82,8 +86,9 @@ def _refactor(Q, act, n_act, L):
                 if s <= 0.0:
                     return i
                 L[i, i] = np.sqrt(s)
+                dinv[i] = 1.0 / L[i, i]
             else:
-                L[i, j] = s / L[j, j]
+                L[i, j] = s * dinv[j]
     return n_act
 
 
@@ -97,8 +102,9 @@ def _solve_one(Q, c, wl, nonneg, h, excluded, W, max_iter, rel_tol):
     act = np.empty(W, np.int64)
     sign = np.zeros(W)
     L = np.zeros((W, W))
-    rhs = np.empty(W)
-    y = np.empty(W)
+    dinv = np.empty(W)
+    ys = np.empty(W)  # L^-1 (c_A - wl_A sigma_A); its first ys_n entries are current
+    u = np.empty(W)
     hnew = np.empty(W)
     v = np.empty(W)
     zvec = np.empty(W)
@@ -109,7 +115,7 @@ def _solve_one(Q, c, wl, nonneg, h, excluded, W, max_iter, rel_tol):
             act[n_act] = k
             sign[k] = 1.0 if h[k] > 0 else -1.0
             n_act += 1
-    ok = _refactor(Q, act, n_act, L)
+    ok = _refactor(Q, act, n_act, L, dinv)
     if ok < n_act:  # warm start on a singular set: start from zero instead
         for k in range(W):
             h[k] = 0.0
@@ -121,15 +127,21 @@ def _solve_one(Q, c, wl, nonneg, h, excluded, W, max_iter, rel_tol):
     tol = rel_tol * max(scale, 1e-300)
     status = 0
     it = 0
+    ys_n = 0
     need_solve = n_act > 0
     while it < max_iter:
         it += 1
         if need_solve:
-            for i in range(n_act):
+            # forward substitution, incremental: an appended coordinate adds one row to L
+            # and one entry to the right-hand side, so only the new rows are solved
+            for i in range(ys_n, n_act):
                 a = act[i]
-                rhs[i] = c[a] - wl[a] * sign[a]
-            _forward(L, n_act, rhs, y)
-            _backward(L, n_act, y, hnew)
+                sv = c[a] - wl[a] * sign[a]
+                for k in range(i):
+                    sv -= L[i, k] * ys[k]
+                ys[i] = sv * dinv[i]
+            ys_n = n_act
+            _backward(L, dinv, n_act, ys, hnew)
             # first zero crossing along h -> hnew
             t = 1.0
             blk = -1
@@ -160,7 +172,8 @@ def _solve_one(Q, c, wl, nonneg, h, excluded, W, max_iter, rel_tol):
                         act[keep] = a
                         keep += 1
                 n_act = keep
-                ok = _refactor(Q, act, n_act, L)
+                ok = _refactor(Q, act, n_act, L, dinv)
+                ys_n = 0
                 if ok < n_act:
                     status = STATUS_RANK
                     break
@@ -172,10 +185,11 @@ def _solve_one(Q, c, wl, nonneg, h, excluded, W, max_iter, rel_tol):
         for k in range(W):
             if sign[k] != 0.0 or excluded[k]:
                 continue
+            # g_k = (Q h - c)_k as a dense row product: h is zero off the active set, and
+            # a contiguous row vectorises where a gather over the active set does not
             g = -c[k]
-            for i in range(n_act):
-                a = act[i]
-                g += Q[k, a] * h[a]
+            for j in range(W):
+                g += Q[k, j] * h[j]
             if nonneg:
                 viol = -g - wl[k]
             else:
@@ -189,10 +203,10 @@ def _solve_one(Q, c, wl, nonneg, h, excluded, W, max_iter, rel_tol):
         # append `best` to the Cholesky factor
         for i in range(n_act):
             v[i] = Q[act[i], best]
-        _forward(L, n_act, v, y)
+        _forward(L, dinv, n_act, v, u)
         d2 = Q[best, best]
         for i in range(n_act):
-            d2 -= y[i] * y[i]
+            d2 -= u[i] * u[i]
         sb = 1.0 if (nonneg or best_g < 0.0) else -1.0
         if d2 <= 1e-10 * Q[best, best]:
             # `best` is (numerically) a combination of the active atoms, Q_A,best = Q_AA z
@@ -201,7 +215,7 @@ def _solve_one(Q, c, wl, nonneg, h, excluded, W, max_iter, rel_tol):
             # changes the l1 term at rate lam1 (w_best - |sum_a z_a w_a sigma_a|) < 0 (that is
             # the KKT violation), so go until the first active coordinate reaches zero and
             # swap it out for `best`.
-            _backward(L, n_act, y, zvec)
+            _backward(L, dinv, n_act, u, zvec)
             t = np.inf
             blk = -1
             for i in range(n_act):
@@ -224,15 +238,17 @@ def _solve_one(Q, c, wl, nonneg, h, excluded, W, max_iter, rel_tol):
             act[blk] = best
             h[best] = sb * t
             sign[best] = sb
-            ok = _refactor(Q, act, n_act, L)
+            ok = _refactor(Q, act, n_act, L, dinv)
+            ys_n = 0
             if ok < n_act:
                 status = STATUS_RANK
                 break
             need_solve = True
             continue
         for i in range(n_act):
-            L[n_act, i] = y[i]
+            L[n_act, i] = u[i]
         L[n_act, n_act] = np.sqrt(d2)
+        dinv[n_act] = 1.0 / L[n_act, n_act]
         act[n_act] = best
         sign[best] = sb
         n_act += 1
@@ -573,3 +589,44 @@ def solve_signals(Dt, G, C32, X, wmat, iw0, cnw0, col_norm, lam1, lam2, nonneg, 
         ws_len[b] = W
         gap[b] = g
         outcome[b] = res
+
+
+@njit(parallel=True, cache=True)
+def scatter_codes(ws_idx, ws_len, h_ws, out):
+    """``out[b, ws_idx[b, i]] = h_ws[b, i]`` for the non-zeros; ``out`` starts at zero."""
+    for b in prange(ws_idx.shape[0]):
+        for i in range(ws_len[b]):
+            v = h_ws[b, i]
+            if v != 0.0:
+                out[b, ws_idx[b, i]] = v
+
+
+@njit(cache=True)
+def compact_codes(ws_idx, ws_len, h_ws):
+    """CSR arrays ``(indptr, indices, data)`` of the codes, column indices sorted per row."""
+    B = ws_idx.shape[0]
+    indptr = np.zeros(B + 1, np.int64)
+    for b in range(B):
+        c = 0
+        for i in range(ws_len[b]):
+            if h_ws[b, i] != 0.0:
+                c += 1
+        indptr[b + 1] = indptr[b] + c
+    indices = np.empty(indptr[B], np.int64)
+    data = np.empty(indptr[B])
+    for b in range(B):
+        p = indptr[b]
+        for i in range(ws_len[b]):
+            v = h_ws[b, i]
+            if v == 0.0:
+                continue
+            j = ws_idx[b, i]
+            q = p  # insertion sort by column within the row
+            while q > indptr[b] and indices[q - 1] > j:
+                indices[q] = indices[q - 1]
+                data[q] = data[q - 1]
+                q -= 1
+            indices[q] = j
+            data[q] = v
+            p += 1
+    return indptr, indices, data

@@ -210,12 +210,20 @@ class FastSolver:
         w = validate_weights(weights, X.shape[0], self.m)
         t0 = time.perf_counter()
         parts = []
+        dense = np.zeros((X.shape[0], self.m)) if output == "dense" else None
         with _blas_limit(self.blas_threads):
             for start in range(0, X.shape[0], self.batch_size):
                 stop = min(start + self.batch_size, X.shape[0])
                 wc = w if w.shape[0] == 1 else w[start:stop]
-                parts.append(self._solve_chunk(X[start:stop], wc))
-        res = _assemble(parts, X.shape[0], self.m, output, self)
+                part = self._solve_chunk(X[start:stop], wc)
+                # keep only the codes' non-zeros of each chunk, never its working sets
+                args = part.pop("ws_idx"), part.pop("ws_len"), part.pop("h_ws")
+                if dense is not None:
+                    K.scatter_codes(*args, dense[start:stop])
+                else:
+                    part["csr"] = K.compact_codes(*args)
+                parts.append(part)
+        res = _assemble(parts, X.shape[0], self.m, dense, self)
         res.seconds = time.perf_counter() - t0
         if not res.all_certified:
             warnings.warn(_uncertified_message(res), UncertifiedWarning, stacklevel=2)
@@ -310,29 +318,21 @@ def _stuck_reason(status: int) -> str:
     return "no KKT violator left outside the working set, yet the gap exceeds tol"
 
 
-def _assemble(parts: list[dict], B: int, m: int, output: str, solver: FastSolver) -> SolveResult:
-    indptr = [np.zeros(1, np.int64)]
-    indices, data = [], []
-    offset = 0
-    for p in parts:
-        h, idx = p["h_ws"], p["ws_idx"]
-        nz_r, nz_c = np.nonzero(h)
-        cols = idx[nz_r, nz_c]
-        vals = h[nz_r, nz_c]
-        # sort each row's entries by atom index
-        order = np.lexsort((cols, nz_r))
-        counts = np.bincount(nz_r, minlength=h.shape[0])
-        indptr.append(offset + np.cumsum(counts))
-        offset += int(counts.sum())
-        indices.append(cols[order])
-        data.append(vals[order])
-    csr = sp.csr_matrix(
-        (np.concatenate(data) if data else np.zeros(0),
-         np.concatenate(indices) if indices else np.zeros(0, np.int64),
-         np.concatenate(indptr)),
-        shape=(B, m),
-    )
-    codes = csr.toarray() if output == "dense" else csr
+def _assemble(parts: list[dict], B: int, m: int, dense: np.ndarray | None,
+              solver: FastSolver) -> SolveResult:
+    if dense is not None:
+        codes = dense
+    else:
+        indptr = [np.zeros(1, np.int64)]
+        offset = 0
+        for p in parts:
+            indptr.append(offset + p["csr"][0][1:])
+            offset += int(p["csr"][0][-1])
+        codes = sp.csr_matrix(
+            (np.concatenate([p["csr"][2] for p in parts]),
+             np.concatenate([p["csr"][1] for p in parts]), np.concatenate(indptr)),
+            shape=(B, m),
+        )
 
     def cat(key):
         return np.concatenate([p[key] for p in parts])
