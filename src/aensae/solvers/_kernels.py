@@ -299,44 +299,66 @@ def duality_gap_from_stats(rx, rr, hh, l1w, mu, lam1, lam2):
 
 
 @njit(cache=True, inline="always")
-def _top_k_row(C, b, iw, nonneg, k, out):
+def _heap_offer(hv, hi, size, k, v, j):
+    """Offer ``(v, j)`` to the size-``k`` min-heap ``hv``/``hi`` holding ``size`` entries;
+    returns the new size. Once full, one comparison rejects anything below the root."""
+    if size < k:
+        pos = size
+        size += 1
+        while pos > 0:
+            parent = (pos - 1) // 2
+            if hv[parent] <= v:
+                break
+            hv[pos] = hv[parent]
+            hi[pos] = hi[parent]
+            pos = parent
+        hv[pos] = v
+        hi[pos] = j
+    elif v > hv[0]:
+        pos = 0
+        while True:
+            child = 2 * pos + 1
+            if child >= k:
+                break
+            if child + 1 < k and hv[child + 1] < hv[child]:
+                child += 1
+            if hv[child] >= v:
+                break
+            hv[pos] = hv[child]
+            hi[pos] = hi[child]
+            pos = child
+        hv[pos] = v
+        hi[pos] = j
+    return size
+
+
+@njit(cache=True, inline="always")
+def _top_k_row(C, b, iw, nonneg, k, out, score, hv, hi):
     """``out[:k]``: indices of the ``k`` largest scores ``|C[b, j]| / w_j`` (``C / w`` if
-    ``nonneg``; ``iw = 1 / w``), any order. A size-``k`` min-heap: one comparison per entry
-    once full."""
+    ``nonneg``; ``iw = 1 / w``), any order. ``score`` (m,), ``hv``, ``hi`` (>= k) are
+    scratch.
+
+    The scores are split into about ``4k`` blocks; the ``k``-th largest block maximum ``t``
+    is at most the ``k``-th largest score (``k`` distinct blocks reach it), so only scores
+    ``>= t`` (typically a few dozen) go through the size-``k`` min-heap. Same result as a
+    heap over all scores, without its unpredictable branches on most entries.
+    """
     m = C.shape[1]
-    hv = np.empty(k)
-    hi = np.empty(k, np.int64)
-    size = 0
     for j in range(m):
         cj = C[b, j]
-        v = (cj if nonneg else abs(cj)) * iw[j]
-        if size < k:
-            pos = size
-            size += 1
-            while pos > 0:
-                parent = (pos - 1) // 2
-                if hv[parent] <= v:
-                    break
-                hv[pos] = hv[parent]
-                hi[pos] = hi[parent]
-                pos = parent
-            hv[pos] = v
-            hi[pos] = j
-        elif v > hv[0]:
-            pos = 0
-            while True:
-                child = 2 * pos + 1
-                if child >= k:
-                    break
-                if child + 1 < k and hv[child + 1] < hv[child]:
-                    child += 1
-                if hv[child] >= v:
-                    break
-                hv[pos] = hv[child]
-                hi[pos] = hi[child]
-                pos = child
-            hv[pos] = v
-            hi[pos] = j
+        score[j] = (cj if nonneg else abs(cj)) * iw[j]
+    bs = max(1, m // (4 * k))
+    size = 0
+    for lo in range(0, m, bs):
+        top = score[lo]
+        for j in range(lo + 1, min(m, lo + bs)):
+            top = max(top, score[j])
+        size = _heap_offer(hv, hi, size, k, top, lo)
+    t = hv[0]
+    size = 0
+    for j in range(m):
+        if score[j] >= t:
+            size = _heap_offer(hv, hi, size, k, score[j], j)
     for i in range(k):
         out[i] = hi[i]
 
@@ -463,23 +485,25 @@ def solve_signals(Dt, G, C32, X, wmat, iw0, cnw0, col_norm, lam1, lam2, nonneg, 
             cnw = cnw0
         idx = ws_idx[b]
         h = h_ws[b]
-        W = ws_len[b]
-        if W == 0:
-            W = min(ws_init, cap)
-            _top_k_row(C32, b, iw, nonneg, W, idx)
-            for i in range(W):
-                h[i] = 0.0
         Q = np.empty((cap, cap))
         c = np.empty(cap)
         wl = np.empty(cap)
+        r = np.empty(n)
+        z = np.empty(m)
+        hvk = np.empty(cap)
+        hik = np.empty(cap, np.int64)
+        W = ws_len[b]
+        if W == 0:
+            W = min(ws_init, cap)
+            _top_k_row(C32, b, iw, nonneg, W, idx, z, hvk, hik)  # z as scratch
+            for i in range(W):
+                h[i] = 0.0
         for i in range(W):
             _add_atom(Dt, G, X, b, wmat, wrow, lam1, lam2, idx, Q, c, wl, i, idx[i])
         xx = 0.0
         for d in range(n):
             xx += X[b, d] * X[b, d]
         xnorm = np.sqrt(xx)
-        r = np.empty(n)
-        z = np.empty(m)
         mark = np.zeros(m, np.int8)
         vidx = np.empty(ws_grow, np.int64)
         vval = np.empty(ws_grow)
