@@ -16,6 +16,7 @@ import math
 import warnings
 
 import cvxpy as cp
+import numba
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -38,6 +39,7 @@ from aensae.solvers import (
     solve_cvxpy,
     solve_sklearn,
 )
+from aensae.solvers._kernels import _top_k_row
 from aensae.solvers.reference import sklearn_parameters
 from aensae.synthetic import (
     block_dictionary,
@@ -813,3 +815,25 @@ def test_compiled_gap_formula_matches_the_numpy_one_and_a_hand_case():
         ref = gap_from_stats(*rows.T, 0.7, lam2)
         got = [duality_gap_from_stats(*row, 0.7, lam2) for row in rows]
         np.testing.assert_allclose(got, ref, rtol=1e-14, atol=1e-15)
+
+
+@numba.njit
+def _top_k_rows(C, iw, nonneg, k, out):
+    score = np.empty(C.shape[1])
+    hv = np.empty(k)
+    hi = np.empty(k, np.int64)
+    for b in range(C.shape[0]):
+        _top_k_row(C, b, iw, nonneg, k, out[b], score, hv, hi)
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+@pytest.mark.parametrize(("m", "k"), [(1024, 16), (40, 16), (16, 16), (7, 3), (300, 1)])
+def test_top_k_screening_selects_the_largest_weighted_scores(nonneg, m, k):
+    rng = np.random.default_rng(m + k)
+    C = rng.standard_normal((30, m)).astype(np.float32)
+    w = rng.uniform(0.5, 2.0, m)
+    out = np.zeros((30, k), np.int64)
+    _top_k_rows(C, 1.0 / w, nonneg, k, out)
+    score = (C if nonneg else np.abs(C)) / w
+    for b in range(30):
+        assert sorted(out[b]) == sorted(np.argsort(-score[b], kind="stable")[:k])
