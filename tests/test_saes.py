@@ -456,3 +456,24 @@ def test_safetensors_use_saelens_names(tmp_path) -> None:
 def test_load_missing_files_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="cfg.json not found"):
         load(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["relu_l1", "aen"])
+def test_float32_hand_step_matches_float64_autograd(arch: str) -> None:
+    # the hand-derived step in float32 (the training dtype), against autograd in float64
+    hyper = {"l1": 0.05} if arch == "relu_l1" else {"l1": 0.05, "l2": 0.03,
+                                                     "warmup_steps": 0, "ramp_steps": 0}
+    m32 = create(arch, D_IN, D_SAE, dtype=torch.float32, **hyper)
+    _perturb(m32)
+    m64 = create(arch, D_IN, D_SAE, dtype=torch.float64, **hyper)
+    m64.load_state_dict({k: v.to(torch.float64) if v.is_floating_point() else v
+                         for k, v in m32.state_dict().items()})
+    x = _x(b=33)
+    out = m32.compute_grads(x.to(torch.float32))
+    ref = _independent_loss(m64, x, m64.l1_weights())
+    ref.backward()
+    assert abs(float(out.loss) - float(ref.detach())) <= 1e-5 * float(ref.detach())
+    for (name, p32), p64 in zip(m32.named_parameters(), m64.parameters(), strict=True):
+        scale = float(p64.grad.abs().max())
+        err = float((p32.grad.to(torch.float64) - p64.grad).abs().max())
+        assert err <= 1e-5 * scale, (name, err, scale)
