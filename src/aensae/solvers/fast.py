@@ -151,8 +151,10 @@ class FastSolver:
     blas_threads : int or None
         BLAS threads for the screening product while solving (default 1; ``None`` leaves
         the BLAS setting alone). The compiled kernel already runs one thread per core over
-        signals, and idle BLAS threads spin-wait after each product, taking cores from it:
-        on 2 cores, the default measured 32 us/signal against 49 with two BLAS threads.
+        signals, and idle BLAS threads spin-wait after each product, taking cores from it.
+        With 1, the product is split into row blocks, one single-threaded BLAS call per
+        numba thread. On 2 cores (n=256, m=1024, rho=0) the default measured 23-28
+        us/signal against 30-36 with ``None``, interleaved in one process.
     """
 
     def __init__(
