@@ -580,7 +580,7 @@ def solve_signals(Dt, G, C32, X, wmat, iw0, cnw0, col_norm, lam1, lam2, nonneg, 
             certified = g <= tol * xx
             exact = certified or nv == 0
             if exact:
-                # pass 2 (at most once per signal, in its last round): exact float64
+                # pass 2 (typically once per signal, in its last round): exact float64
                 # correlations wherever the bound is within reach of the dual scale, so the
                 # reported gap is tight and the violators, if any, are exact
                 mu, nv = _exact_pass(z, r, Dt, iw, cnw, e, mark, mu_s, lam1, nonneg, vidx,
