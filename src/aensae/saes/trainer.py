@@ -11,8 +11,10 @@ Each optimizer step ``t = 0, 1, ...`` of each model, on the shared batch ``x_t``
    AEN-SAE, BatchTopK threshold, ...);
 5. dead-latent tracking on the batch's codes (:class:`~aensae.saes.dead.DeadTracker`).
 
-Every model has its own optimizer and sees only the batch, so training several models
-together gives exactly the weights each would get alone on the same batches.
+Every model sees only the batch, and its Adam moments are its own: the models share one
+Adam instance (a single fused kernel per step for all of them), but Adam is elementwise,
+so training several models together gives exactly the weights each would get alone on
+the same batches. All losses and gradients of a step are checked before any update.
 
 Data: any iterable of batches, or a callable ``start -> iterator`` that yields batches
 from batch index ``start`` on (used to resume without replaying the stream). A batch is a
@@ -167,12 +169,13 @@ class ModelResult:
         return asdict(self)
 
 
-def _make_optimizer(model: SAE, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig
+                    ) -> torch.optim.Optimizer:
     kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": cfg.adam_betas, "eps": cfg.adam_eps}
     try:
-        return torch.optim.Adam(model.parameters(), fused=True, **kwargs)
+        return torch.optim.Adam(params, fused=True, **kwargs)
     except (RuntimeError, ValueError):  # fused kernels unavailable for this device/dtype
-        return torch.optim.Adam(model.parameters(), foreach=True, **kwargs)
+        return torch.optim.Adam(params, foreach=True, **kwargs)
 
 
 def _unpack(batch: Any, step: int, d_in: int) -> torch.Tensor:
@@ -204,7 +207,11 @@ class _Run:
         for model in models.values():
             model.to(device=self.device, dtype=self.dtype)
             model.train()
-        self.optims = {k: _make_optimizer(m, cfg) for k, m in models.items()}
+        # One Adam over every model's parameters: Adam is elementwise, so each model gets
+        # the update it would get alone, and the fused kernel runs once per step instead
+        # of once per model. Checkpoints still hold one Adam state dict per model.
+        self.params = {k: list(m.parameters()) for k, m in models.items()}
+        self.optim = _make_optimizer([p for ps in self.params.values() for p in ps], cfg)
         self.dead = {k: DeadTracker(m.d_sae, cfg.dead_window, cfg.dead_last)
                      for k, m in models.items()}
         self.results = {k: ModelResult(k, m.arch, 0) for k, m in models.items()}
@@ -227,11 +234,12 @@ class _Run:
         # (x - x_hat)^2, so a NaN/inf entry makes the first model's loss non-finite, and
         # _check_loss then inspects the batch (before any update) to name the cause.
         lr = self.cfg.lr_at(self.step)
-        stacked: dict[str, LossOutput] = {}
+        outs: dict[str, LossOutput] = {}
         for names, group in self.groups:
-            stacked.update(zip(names, group.compute_grads(X), strict=True))
+            outs.update(zip(names, group.compute_grads(X), strict=True))
+        # every loss and gradient is checked before any model is updated
         for name, model in self.models.items():
-            out = stacked[name] if name in stacked else model.compute_grads(X)
+            out = outs[name] if name in outs else model.compute_grads(X)
             self._check_loss(name, model, out, X)
             if self.cfg.grad_clip is not None:
                 try:
@@ -240,10 +248,12 @@ class _Run:
                 except RuntimeError as err:
                     raise FloatingPointError(f"non-finite gradient of model {name!r} "
                                              f"({model.arch}) at step {self.step}") from err
-            opt = self.optims[name]
-            for group in opt.param_groups:
-                group["lr"] = lr
-            opt.step()
+            outs[name] = out
+        for group in self.optim.param_groups:
+            group["lr"] = lr
+        self.optim.step()
+        for name, model in self.models.items():
+            out = outs[name]
             model.project_decoder()
             model.after_step(out)
             self.dead[name].update(out.h, out.stats.get("fired"))
@@ -276,7 +286,7 @@ class _Run:
             "model_configs": {k: m.config() for k, m in self.models.items()},
             "models": {k: {n: t.detach().cpu().clone() for n, t in m.state_dict().items()}
                        for k, m in self.models.items()},
-            "optims": {k: o.state_dict() for k, o in self.optims.items()},
+            "optims": {k: self._optim_state(k) for k in self.models},
             "dead": {k: d.state_dict() for k, d in self.dead.items()},
             "results": {k: r.to_dict() for k, r in self.results.items()},
             "rng": torch.get_rng_state(),
@@ -300,13 +310,31 @@ class _Run:
                     raise ValueError(f"checkpoint {path}: model {k!r} has {key}={saved[key]!r}"
                                      f", this run has {key}={now[key]!r}")
             m.load_state_dict(state["models"][k])
-            self.optims[k].load_state_dict(state["optims"][k])
+            self._load_optim_state(k, state["optims"][k])
             self.dead[k].load_state_dict(state["dead"][k], self.device)
             self.results[k] = ModelResult(**state["results"][k])
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def _optim_state(self, name: str) -> dict[str, Any]:
+        """Model ``name``'s part of the shared Adam, as the state dict of an Adam of its own."""
+        params = self.params[name]
+        group = {k: v for k, v in self.optim.param_groups[0].items() if k != "params"}
+        return {"state": {i: self.optim.state[p] for i, p in enumerate(params)
+                          if p in self.optim.state},
+                "param_groups": [{**group, "params": list(range(len(params)))}]}
+
+    def _load_optim_state(self, name: str, saved: dict[str, Any]) -> None:
+        """Inverse of :meth:`_optim_state`; torch's own loader places and casts the tensors."""
+        params = self.params[name]
+        single = _make_optimizer(params, self.cfg)
+        single.load_state_dict(saved)
+        for p in params:
+            self.optim.state.pop(p, None)
+            if p in single.state:
+                self.optim.state[p] = single.state[p]
 
     def save_checkpoint(self, path: Path) -> None:
         state = self.state_dict()
