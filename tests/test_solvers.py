@@ -204,7 +204,7 @@ def test_exact_objective_matches_hand_formula():
 @pytest.mark.parametrize("nonneg", [False, True])
 @pytest.mark.parametrize("wkind", [None, "m", "Bm"])
 def test_solve_agrees_with_sklearn(rho, lam2, nonneg, wkind):
-    n, m, B = 16, 40, 4  # m > ws_init = 32: the working set has to grow
+    n, m, B = 16, 40, 4  # m > ws_init = 16: the working set may have to grow
     D, X = problem(n, m, B, rho, k=3, nonneg_codes=nonneg, seed=11)
     w = make_weights(wkind, B, m, seed=3)
     lam1 = shared_lam1(D, X, w, nonneg, 0.2)
