@@ -14,7 +14,8 @@ Each optimizer step ``t = 0, 1, ...`` of each model, on the shared batch ``x_t``
 Every model sees only the batch, and its Adam moments are its own: the models share one
 Adam instance (a single fused kernel per step for all of them), but Adam is elementwise,
 so training several models together gives exactly the weights each would get alone on
-the same batches. All losses and gradients of a step are checked before any update.
+the same batches. All losses and gradients of a step are checked before any update, so
+every model's codes of the step are held until then (one (B, d_sae) tensor per model).
 
 Data: any iterable of batches, or a callable ``start -> iterator`` that yields batches
 from batch index ``start`` on (used to resume without replaying the stream). A batch is a
