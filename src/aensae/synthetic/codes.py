@@ -2,9 +2,9 @@ r"""Sparse ground-truth codes: exactly ``k`` non-zeros per sample on a uniform s
 
 A code ``h`` in R^m has support ``S`` drawn uniformly among the ``C(m, k)`` subsets of size
 ``k``, magnitudes ``|h_i| ~ U[lo, hi]`` i.i.d. on ``S`` and, unless ``nonneg``, signs
-``+-1`` with probability 1/2 each. Supports are drawn with Floyd's algorithm: the random
-draws vectorised over samples (a Python loop over the ``k`` support slots, never over
-samples), the picks resolved by a compiled (numba) loop.
+``+-1`` with probability 1/2 each. Supports are drawn with Floyd's algorithm: one
+``rng.integers`` call per support slot, vectorised over samples, then the picks. Both run
+compiled (numba), with the numbers of the same NumPy calls.
 """
 
 from __future__ import annotations
@@ -47,12 +47,26 @@ def _floyd_supports(rng: np.random.Generator, m: int, k: int, batch: int) -> np.
 
     Slot ``s`` (``j = m - k + s``) draws ``t ~ U{0..j}`` for every row and keeps ``t``
     unless the row already holds it, in which case it takes ``j``. The draws do not
-    depend on earlier picks, so they are made first (one call per slot, in slot order)
-    and the picks resolved by a compiled loop.
+    depend on earlier picks, so they are made first (``rng.integers(0, j + 1, batch)``,
+    one call per slot, in slot order) and the picks resolved afterwards.
+    """
+    return _floyd_compiled(rng, m, k, batch)
+
+
+@njit(cache=True, nogil=True)
+def _floyd_compiled(rng, m, k, batch):  # pragma: no cover - compiled
+    """:func:`_floyd_supports` in compiled code.
+
+    numba's ``Generator`` methods share the Python object's bit generator and reproduce
+    NumPy's algorithms, so the numbers equal those of the same calls made from Python (a
+    test checks it against a NumPy-only reference); compiled, the ``k`` calls skip
+    NumPy's per-call overhead.
     """
     draws = np.empty((batch, k), dtype=np.int64)
-    for slot, j in enumerate(range(m - k, m)):
-        draws[:, slot] = rng.integers(0, j + 1, size=batch)
+    for s in range(k):
+        col = rng.integers(0, m - k + s + 1, size=batch)
+        for b in range(batch):
+            draws[b, s] = col[b]
     return _floyd_picks(draws, m - k)
 
 
@@ -72,6 +86,20 @@ def _floyd_picks(draws: np.ndarray, first: int) -> np.ndarray:  # pragma: no cov
     return idx
 
 
+@njit(cache=True, nogil=True)
+def _draw_compiled(rng, m, k, batch, lo, hi, nonneg):  # pragma: no cover - compiled
+    """Supports, then magnitudes, then (unless ``nonneg``) signs, from ``rng`` in that order."""
+    idx = _floyd_compiled(rng, m, k, batch)
+    vals = rng.uniform(lo, hi, size=(batch, k))
+    if not nonneg:
+        u = rng.random((batch, k))
+        for b in range(batch):
+            for s in range(k):
+                if u[b, s] < 0.5:
+                    vals[b, s] = -vals[b, s]
+    return idx, vals
+
+
 def draw_sparse_codes(
     rng: np.random.Generator,
     m: int,
@@ -83,13 +111,12 @@ def draw_sparse_codes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Support indices (batch, k) and values (batch, k) of validated code parameters.
 
-    Draw order (part of the determinism contract): supports, magnitudes, signs.
+    Draw order (part of the determinism contract): supports (``k`` calls
+    ``rng.integers(0, m - k + s + 1, size=batch)``), magnitudes
+    (``rng.uniform(lo, hi, size=(batch, k))``), signs (``rng.random((batch, k)) < 0.5``
+    negates). The calls run compiled; the numbers are those of the same NumPy calls.
     """
-    idx = _floyd_supports(rng, m, k, batch)
-    vals = rng.uniform(lo, hi, size=(batch, k))
-    if not nonneg:
-        vals *= np.where(rng.random((batch, k)) < 0.5, -1.0, 1.0)
-    return idx, vals
+    return _draw_compiled(rng, m, k, batch, float(lo), float(hi), bool(nonneg))
 
 
 def sample_supports(m: int, k: int, batch: int, *, rng: np.random.Generator | int) -> np.ndarray:
