@@ -328,6 +328,32 @@ def test_stream_torch_agrees_with_numpy(dictionary):
         np.testing.assert_array_equal(Ht.numpy(), Hn)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 8])
+def test_torch_signal_batches_are_the_batches_signals(dictionary, chunk):
+    stream = SyntheticStream(dictionary, k=3, batch_size=6, nonneg=False, noise_std=0.1,
+                             seed=5)
+    for dtype in (torch.float32, torch.float64):
+        got = list(stream.torch_signal_batches(7, start=3, dtype=dtype, chunk=chunk))
+        assert len(got) == 7
+        for j, Xt in enumerate(got):
+            ref, _ = stream.torch_batch(3 + j, dtype=dtype)  # torch's own conversion
+            assert Xt.dtype == dtype
+            assert torch.equal(Xt, ref)
+    assert list(stream.torch_signal_batches(0)) == []
+    endless = stream.torch_signal_batches(start=2, chunk=chunk)
+    assert torch.equal(next(endless), stream.torch_batch(2)[0])
+
+
+def test_torch_signal_batches_validate_eagerly(dictionary):
+    stream = SyntheticStream(dictionary, k=3, batch_size=4, seed=0)
+    with pytest.raises(ValueError, match="chunk must lie in"):
+        stream.torch_signal_batches(3, chunk=0)
+    with pytest.raises(ValueError, match="start"):
+        stream.torch_signal_batches(3, start=-1)
+    with pytest.raises(TypeError, match="dtype"):
+        stream.torch_signal_batches(3, dtype=torch.int32)
+
+
 def test_sample_signals_is_stream_batch_zero(dictionary):
     X, H = sample_signals(dictionary, 50, 3, nonneg=False, noise_std=0.05, seed=4)
     Xs, Hs = SyntheticStream(dictionary, 3, 50, nonneg=False, noise_std=0.05, seed=4).batch(0)

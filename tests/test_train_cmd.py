@@ -124,6 +124,7 @@ def test_bench_train_json_fields(tmp_path) -> None:
     assert _run(["bench", "train", "--n", "16", "--m", "32", "--batch-size", "16", "--k", "2",
                  "--models", "2", "--steps", "2", "--repeats", "1", "--json", str(path)]) == 0
     rec = json.loads(path.read_text())
-    for key in ("ms_per_step", "floor_ms", "ratio_single", "ratio_per_model_8"):
+    for key in ("ms_per_step", "floor_ms", "ratio_single", "ratio_per_model_8", "data_ms",
+                "data_ms_single"):
         assert rec[key] > 0
-    assert rec["config"]["models"] == 2 and "aensae_version" in rec
+    assert rec["config"]["models"] == 2 and "aensae_version" in rec and rec["block_steps"] == 8

@@ -78,6 +78,6 @@ def train_models(
     stream = point.stream
 
     def data(start: int):
-        return stream.torch_batches(steps - start, start=start, dtype=dtype)
+        return stream.torch_signal_batches(steps - start, start=start, dtype=dtype)
 
     return train(dict(models), data, cfg, checkpoint_dir=checkpoint_dir)

@@ -198,6 +198,42 @@ class SyntheticStream:
         self._check_dtype(dtype)
         return (self.torch_batch(i, device=device, dtype=dtype) for i in indices)
 
+    def torch_signal_batches(
+        self,
+        n_batches: int | None = None,
+        start: int = 0,
+        device: Any = "cpu",
+        dtype: torch.dtype | None = None,
+        *,
+        chunk: int = 8,
+    ) -> Iterator[torch.Tensor]:
+        """Signals ``X`` alone of batches ``start, start + 1, ...`` as torch tensors.
+
+        The numbers of :meth:`signals` (float64, rounded once to ``dtype``, default
+        float32), for training loops that need no true codes. Batches are generated
+        ``chunk`` at a time, back to back: inside a training loop, whose products flush
+        the caches between steps, the generator's data (the dictionary rows) then stay
+        cached for all but the first batch of a chunk (about 2x cheaper per batch at the
+        paper size). ``n_batches=None`` never stops.
+        """
+        import torch
+
+        dtype = self._check_dtype(dtype)
+        chunk = check_int("chunk", chunk, low=1)
+        indices = iter(self._indices(n_batches, start))  # validated here, not on first use
+        np_dtype = {torch.float32: np.float32, torch.float64: np.float64}.get(dtype)
+
+        def convert(X: np.ndarray) -> torch.Tensor:
+            t = (torch.from_numpy(X.astype(np_dtype, copy=False)) if np_dtype is not None
+                 else torch.from_numpy(X).to(dtype))
+            return t.to(device)
+
+        def chunks() -> Iterator[torch.Tensor]:
+            while block := list(itertools.islice(indices, chunk)):
+                yield from [convert(self.signals(i)) for i in block]
+
+        return chunks()
+
 
 def _generate(
     rng: np.random.Generator,
