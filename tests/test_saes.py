@@ -477,3 +477,15 @@ def test_float32_hand_step_matches_float64_autograd(arch: str) -> None:
         scale = float(p64.grad.abs().max())
         err = float((p32.grad.to(torch.float64) - p64.grad).abs().max())
         assert err <= 1e-5 * scale, (name, err, scale)
+
+
+def test_projection_refuses_zero_decoder_rows() -> None:
+    model = create("relu_l1", D_IN, D_SAE)
+    with torch.no_grad():
+        model.W_dec[[1, 4]] = 0.0
+    with pytest.raises(FloatingPointError, match="2 decoder row"):
+        model.project_decoder()
+    with torch.no_grad():
+        model.W_dec[[1, 4]] = 3.0
+    model.project_decoder()
+    torch.testing.assert_close(model.W_dec.norm(dim=1), torch.ones(D_SAE))

@@ -253,8 +253,8 @@ class SAE(nn.Module):
     @torch.no_grad()
     def project_decoder(self) -> None:
         """Project every decoder row (atom) back onto the unit sphere."""
-        norms = self.W_dec.norm(dim=1, keepdim=True)
-        if bool((norms == 0).any()):
+        norms = torch.linalg.vector_norm(self.W_dec, dim=1, keepdim=True)
+        if float(norms.amin()) == 0.0:  # one reduction; the count only when raising
             bad = int((norms == 0).sum())
             raise FloatingPointError(f"{bad} decoder row(s) of {self.arch} have zero norm; "
                                      "they cannot be projected onto the unit sphere")

@@ -74,8 +74,8 @@ class ReluL1SAE(SAE):
                 dh.add_(h, alpha=2.0 * l2 / B)
             else:
                 l2_term = torch.zeros((), dtype=x.dtype, device=x.device)
-            # dpre = dh * [h > 0]: the ReLU backward kernel, one fused pass
-            dpre = torch.ops.aten.threshold_backward(dh, h, 0)
+            # dpre = dh * [h > 0]: the ReLU backward kernel, one fused pass, written over dh
+            dpre = torch.ops.aten.threshold_backward.grad_input(dh, h, 0, grad_input=dh)
             grad_W_enc = torch.mm(xc.t(), dpre)
             grad_b_enc = dpre.sum(0)
             grad_b_dec = torch.mv(W_enc, grad_b_enc).neg_().add_(g.sum(0))

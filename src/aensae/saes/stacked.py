@@ -103,7 +103,7 @@ class StackedReLU:
                 dh.addcmul_(h, (2.0 * self.l2 / B).view(-1, 1, 1))
             else:
                 l2_term = torch.zeros_like(mse)
-            dpre = torch.ops.aten.threshold_backward(dh, h, 0)
+            dpre = torch.ops.aten.threshold_backward.grad_input(dh, h, 0, grad_input=dh)
             torch.bmm(xc.transpose(1, 2), dpre, out=Gr["W_enc"])
             torch.sum(dpre, 1, out=Gr["b_enc"])
             torch.sub(g.sum(1), torch.bmm(W_enc, Gr["b_enc"].unsqueeze(2)).squeeze(2),
