@@ -810,7 +810,17 @@ def test_generators_reject_k_above_m():
         sample_codes(12, 13, 4, rng=0)
 
 
-def test_compiled_gap_formula_matches_the_numpy_one_and_a_hand_case():
+def _gap_reference(rx, rr, hh, l1w, mu, lam1, lam2):
+    """The gap formula of gap_from_stats written out in numpy, for the tests."""
+    q = rr + lam2 * hh
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s_max = np.where(mu > 0, lam1 / np.where(mu > 0, mu, 1.0), np.inf)
+        s_ray = np.where(q > 0, rx / np.where(q > 0, q, 1.0), 0.0)
+    s = np.clip(s_ray, 0.0, s_max)
+    return 0.5 * q + lam1 * l1w - (s * rx - 0.5 * s * s * q)
+
+
+def test_gap_formula_against_numpy_and_a_hand_case():
     from aensae.solvers._kernels import duality_gap_from_stats
     from aensae.solvers.certificate import gap_from_stats
 
@@ -818,14 +828,22 @@ def test_compiled_gap_formula_matches_the_numpy_one_and_a_hand_case():
     # ||r||^2 = 1, mu = max|D^T r| = 1, s = min(r.x / ||r||^2, lam1 / mu) = 1,
     # primal = 1/2 + 2 = 2.5, dual = 3 - 1/2 = 2.5: gap 0 (h is optimal)
     assert duality_gap_from_stats(3.0, 1.0, 4.0, 2.0, 1.0, 1.0, 0.0) == 0.0
+    assert gap_from_stats(3.0, 1.0, 4.0, 2.0, 1.0, 1.0, 0.0) == 0.0
     rng = np.random.default_rng(3)
     rows = rng.uniform(0.0, 2.0, size=(200, 5))
     rows[::7, 1] = 0.0  # r = 0
     rows[::5, 4] = 0.0  # mu = 0
     for lam2 in (0.0, 0.3):
-        ref = gap_from_stats(*rows.T, 0.7, lam2)
+        ref = _gap_reference(*rows.T, 0.7, lam2)
+        np.testing.assert_allclose(gap_from_stats(*rows.T, 0.7, lam2), ref, rtol=1e-14,
+                                   atol=1e-15)
         got = [duality_gap_from_stats(*row, 0.7, lam2) for row in rows]
         np.testing.assert_allclose(got, ref, rtol=1e-14, atol=1e-15)
+    # arrays broadcast against scalars, shape kept
+    grid = rows[:12, 0].reshape(3, 4)
+    np.testing.assert_allclose(gap_from_stats(grid, 1.0, 0.5, 0.2, 0.9, 0.7, 0.3),
+                               _gap_reference(grid, 1.0, 0.5, 0.2, 0.9, 0.7, 0.3),
+                               rtol=1e-14, atol=1e-15)
 
 
 @numba.njit

@@ -18,8 +18,8 @@ r"""Compiled kernels of the fast exact solver (numba).
   and drops that coordinate (so the objective decreases monotonically). When it stops,
   the KKT conditions hold on ``W`` to rounding: this is also the polish step, the codes
   are exact solutions of the linear system on their final support and signs.
-- :func:`duality_gap_from_stats`: the gap formula of
-  :func:`aensae.solvers.certificate.gap_from_stats`, per signal.
+- :func:`duality_gap_from_stats`: the duality-gap formula, per signal, the one
+  implementation behind :func:`aensae.solvers.certificate.gap_from_stats` too.
 """
 
 from __future__ import annotations
@@ -286,9 +286,8 @@ _U64 = 2.0**-53
 
 @njit(cache=True)
 def duality_gap_from_stats(rx, rr, hh, l1w, mu, lam1, lam2):
-    """Scalar form of :func:`aensae.solvers.certificate.gap_from_stats` (same formula).
-
-    Compiled without fast-math so that it rounds like the numpy version.
+    """Duality gap of one signal from its scalars (formula in
+    :func:`aensae.solvers.certificate.gap_from_stats`; compiled without fast-math).
     """
     q = rr + lam2 * hh
     primal = 0.5 * q + lam1 * l1w
@@ -296,6 +295,13 @@ def duality_gap_from_stats(rx, rr, hh, l1w, mu, lam1, lam2):
     s_ray = rx / q if q > 0.0 else 0.0
     s = min(max(s_ray, 0.0), s_max)
     return primal - (s * rx - 0.5 * s * s * q)
+
+
+@njit(cache=True)
+def gap_rows(rx, rr, hh, l1w, mu, lam1, lam2, out):
+    """``out[i] = duality_gap_from_stats(rx[i], ..., mu[i], lam1, lam2)``."""
+    for i in range(out.shape[0]):
+        out[i] = duality_gap_from_stats(rx[i], rr[i], hh[i], l1w[i], mu[i], lam1, lam2)
 
 
 @njit(cache=True, inline="always")
