@@ -437,13 +437,14 @@ def _exact_pass(z, r, Dt, iw, cnw, e, mark, mu_s, lam1, nonneg, vidx, vval):
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)
-def solve_signals(Dt, G, C32, X, wmat, iw0, cnw0, col_norm, lam1, lam2, nonneg, tol, err32,
-                  ws_init, ws_grow, max_rounds, max_iter, rel_tol, ws_idx, ws_len, h_ws, todo,
-                  gap, iters, rounds, status, outcome):
+def solve_signals(Dt, G, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam2, nonneg, tol,
+                  err32, ws_init, ws_grow, max_rounds, max_iter, rel_tol, ws_idx, ws_len, h_ws,
+                  todo, gap, iters, rounds, status, outcome):
     r"""Working-set rounds, each certified, for the signals listed in ``todo`` (in place).
 
     Inputs: ``Dt`` (m, n) = D^T, ``G`` (m, m) = D^T D (float64), ``C32`` (B, m) the float32
-    screening correlations ``X D``, ``X`` (B, n), ``wmat`` (1 or B, m) l1 weights,
+    screening correlations ``X D``, ``X`` (B, n), ``sq_norm`` (B,) = ||x_b||^2 (certified
+    means ``gap <= tol ||x||^2``), ``wmat`` (1 or B, m) l1 weights,
     ``col_norm`` (m,) = ||D_j||, ``iw0`` = 1 / w and ``cnw0`` = ||D_j|| / w_j for shared
     weights (ignored for per-row weights), ``err32`` the rigorous relative error factor of
     ``C32`` (``|C32_bj - D_j^T x_b| <= err32 ||D_j|| ||x_b||``).
@@ -506,9 +507,7 @@ def solve_signals(Dt, G, C32, X, wmat, iw0, cnw0, col_norm, lam1, lam2, nonneg, 
                 h[i] = 0.0
         for i in range(W):
             _add_atom(Dt, G, X, b, wmat, wrow, lam1, lam2, idx, Q, c, wl, i, idx[i])
-        xx = 0.0
-        for d in range(n):
-            xx += X[b, d] * X[b, d]
+        xx = sq_norm[b]
         xnorm = np.sqrt(xx)
         mark = np.zeros(m, np.int8)
         vidx = np.empty(ws_grow, np.int64)

@@ -248,6 +248,7 @@ class FastSolver:
     # ------------------------------------------------------------------ internals
     def _solve_chunk(self, X: np.ndarray, w: np.ndarray) -> dict:
         B = X.shape[0]
+        sq_norm = np.einsum("bn,bn->b", X, X)
         # 1. screening correlations in float32 (one BLAS-3 call); the compiled kernel
         # picks the initial working sets from them and reuses them in every certificate
         if self.blas_threads == 1:
@@ -269,10 +270,11 @@ class FastSolver:
         todo = np.arange(B, dtype=np.int64)
         while True:
             # 2-4. restricted solves, certificates and working-set growth, per signal
-            K.solve_signals(self.Dt, self.G, C32, X, w, iw, cnw, self.col_norm, self.lam1,
-                            self.lam2, self.nonneg, self.tol, self._err_factor, self.ws_init,
-                            self.ws_grow, self.max_rounds, self.max_iter or 0, 1e-13, ws_idx,
-                            ws_len, h_ws, todo, gap, iters, rounds, status, outcome)
+            K.solve_signals(self.Dt, self.G, C32, X, sq_norm, w, iw, cnw, self.col_norm,
+                            self.lam1, self.lam2, self.nonneg, self.tol, self._err_factor,
+                            self.ws_init, self.ws_grow, self.max_rounds, self.max_iter or 0,
+                            1e-13, ws_idx, ws_len, h_ws, todo, gap, iters, rounds, status,
+                            outcome)
             todo = todo[outcome[todo] == K.OUT_NEED_CAP]
             if todo.size == 0:
                 break
@@ -291,7 +293,7 @@ class FastSolver:
                              f"(working set {ws_len[b]} atoms)")
         return {
             "ws_idx": ws_idx, "ws_len": ws_len, "h_ws": h_ws, "gap": gap,
-            "certified": certified, "sq_norm": np.einsum("bn,bn->b", X, X), "iters": iters,
+            "certified": certified, "sq_norm": sq_norm, "iters": iters,
             "rounds": rounds, "reason": reason,
         }
 
