@@ -107,23 +107,6 @@ def register(top: Any, bench: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- train
-def signals_as_torch(stream: Any, i: int, dtype: Any) -> Any:
-    """Signals ``X`` of batch ``i`` of ``stream`` as a CPU torch tensor of ``dtype``.
-
-    The float64 numbers of ``stream.batch(i)[0]`` (:meth:`SyntheticStream.signals`, which
-    skips the dense codes) rounded once to ``dtype`` (numpy's conversion: the same
-    round-to-nearest as torch's, without a torch kernel launch).
-    """
-    import numpy as np
-    import torch
-
-    X = stream.signals(i)
-    np_dtype = {torch.float32: np.float32, torch.float64: np.float64}.get(dtype)
-    if np_dtype is None:
-        return torch.from_numpy(X).to(dtype)
-    return torch.from_numpy(X.astype(np_dtype, copy=False))
-
-
 def _hyper_from_args(args: argparse.Namespace) -> dict[str, float | int]:
     hyper = parse_set(args.set)
     for flag, name in (("l1", "l1"), ("l2", "l2"), ("gamma", "gamma"), ("k_top", "k_top")):
@@ -276,7 +259,7 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
     multi = _Run({f"m{i}": create("aen", n, m, seed=i) for i in range(n_models)}, cfg)
     stacked = _Run({f"m{i}": create("aen", n, m, seed=i) for i in range(n_models)},
                    TrainConfig(steps=10**9, device="cpu", dtype="float32", stack=True))
-    x = signals_as_torch(stream, 0, torch.float32)
+    x = next(stream.torch_signal_batches(1))
     W_enc, W_dec = single.models["m0"].W_enc.detach(), single.models["m0"].W_dec.detach()
     h = torch.relu(x @ W_enc)
     g = torch.randn(batch_size, n)
@@ -328,7 +311,7 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
         floors.append(before)
         datas.append(timed(lambda: list(itertools.islice(data_source(), block))) / block)
         floor_step()
-        datas_single.append(timed(lambda: signals_as_torch(stream, 10**6, torch.float32)))
+        datas_single.append(timed(lambda: next(stream.torch_signal_batches(1, start=10**6))))
         before = timed(floor_step)
         for key, fn in runs.items():
             t = timed(fn) / block

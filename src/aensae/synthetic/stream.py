@@ -112,36 +112,20 @@ class SyntheticStream:
         order (:func:`_combine_atoms`; the sum is the same up to floating-point summation
         order), then ``noise_std * E`` is added when ``noise_std > 0``.
         """
-        i = check_int("i", i, low=0)
-        return _generate(
-            rng_for("stream", self.seed, i),
-            self._Dt,
-            self.k,
-            self.batch_size,
-            self.lo,
-            self.hi,
-            self.nonneg,
-            self.noise_std,
-        )
+        return self._draw(i, dense_codes=True)
 
     def signals(self, i: int) -> np.ndarray:
         """The signals ``X`` (B, n) float64 of batch ``i`` alone: ``batch(i)[0]``, same numbers.
 
         Skips building the dense codes ``H`` (B, m), for training loops that do not use them.
         """
+        return self._draw(i, dense_codes=False)[0]
+
+    def _draw(self, i: int, dense_codes: bool) -> tuple[np.ndarray, np.ndarray | None]:
         i = check_int("i", i, low=0)
-        X, _ = _generate(
-            rng_for("stream", self.seed, i),
-            self._Dt,
-            self.k,
-            self.batch_size,
-            self.lo,
-            self.hi,
-            self.nonneg,
-            self.noise_std,
-            dense_codes=False,
-        )
-        return X
+        return _generate(rng_for("stream", self.seed, i), self._Dt, self.k, self.batch_size,
+                         self.lo, self.hi, self.nonneg, self.noise_std,
+                         dense_codes=dense_codes)
 
     @staticmethod
     def _check_dtype(dtype: torch.dtype | None) -> torch.dtype:
@@ -221,16 +205,11 @@ class SyntheticStream:
         dtype = self._check_dtype(dtype)
         chunk = check_int("chunk", chunk, low=1)
         indices = iter(self._indices(n_batches, start))  # validated here, not on first use
-        np_dtype = {torch.float32: np.float32, torch.float64: np.float64}.get(dtype)
-
-        def convert(X: np.ndarray) -> torch.Tensor:
-            t = (torch.from_numpy(X.astype(np_dtype, copy=False)) if np_dtype is not None
-                 else torch.from_numpy(X).to(dtype))
-            return t.to(device)
 
         def chunks() -> Iterator[torch.Tensor]:
             while block := list(itertools.islice(indices, chunk)):
-                yield from [convert(self.signals(i)) for i in block]
+                yield from [torch.from_numpy(self.signals(i)).to(device=device, dtype=dtype)
+                            for i in block]
 
         return chunks()
 
