@@ -35,6 +35,23 @@ def _perturb(model: torch.nn.Module, seed: int = 1, scale: float = 0.3) -> None:
     model.project_decoder()
 
 
+def _relu_family(arch: str, l1: float, l2: float, ema: tuple[float, float] | None = None,
+                 dtype: torch.dtype = torch.float64) -> torch.nn.Module:
+    """A perturbed ReLU-family model: ``l2`` where the architecture has it, adaptive
+    weights live from step 0 with the EMA set to ``linspace(*ema)`` when given."""
+    hyper: dict = {"l1": l1}
+    if arch in ("elastic_net", "aen"):
+        hyper["l2"] = l2
+    if arch in ("adaptive_lasso", "aen"):
+        hyper.update(warmup_steps=0, ramp_steps=0)
+    model = create(arch, D_IN, D_SAE, dtype=dtype, **hyper)
+    _perturb(model)
+    if ema is not None and arch in ("adaptive_lasso", "aen"):
+        with torch.no_grad():
+            model.ema.copy_(torch.linspace(*ema, D_SAE, dtype=dtype))
+    return model
+
+
 # ----------------------------------------------------------------------------- registry
 def test_registry_lists_every_architecture() -> None:
     assert list(ARCHITECTURES) == ["relu_l1", "elastic_net", "adaptive_lasso", "aen", "topk",
@@ -146,16 +163,7 @@ def _independent_loss(model, x: torch.Tensor, w: torch.Tensor | None) -> torch.T
 
 @pytest.mark.parametrize("arch", RELU_FAMILY)
 def test_hand_backward_equals_autograd(arch: str) -> None:
-    hyper = {"l1": 0.05}
-    if arch in ("elastic_net", "aen"):
-        hyper["l2"] = 0.03
-    if arch in ("adaptive_lasso", "aen"):
-        hyper.update(warmup_steps=0, ramp_steps=0)
-    model = create(arch, D_IN, D_SAE, dtype=torch.float64, **hyper)
-    _perturb(model)
-    if arch in ("adaptive_lasso", "aen"):
-        with torch.no_grad():
-            model.ema.copy_(torch.linspace(0.01, 2.0, D_SAE, dtype=torch.float64))
+    model = _relu_family(arch, l1=0.05, l2=0.03, ema=(0.01, 2.0))
     x = _x(b=9)
     w = model.l1_weights()
     if w is not None:
@@ -264,21 +272,13 @@ def test_ema_and_step_update_after_a_step() -> None:
 @pytest.mark.parametrize("arch", RELU_FAMILY)
 def test_exact_problem_matches_the_sae_loss(arch: str) -> None:
     """L * n / 2 = mean_b F(h_b) for codes of x - b_dec on D = W_dec.T (DESIGN.md)."""
-    hyper = {"l1": 0.04}
-    if arch in ("elastic_net", "aen"):
-        hyper["l2"] = 0.01
-    if arch in ("adaptive_lasso", "aen"):
-        hyper.update(warmup_steps=0, ramp_steps=0)
-    model = create(arch, D_IN, D_SAE, dtype=torch.float64, **hyper)
-    _perturb(model)
-    if arch in ("adaptive_lasso", "aen"):
-        with torch.no_grad():
-            model.ema.copy_(torch.linspace(0.05, 1.0, D_SAE, dtype=torch.float64))
+    model = _relu_family(arch, l1=0.04, l2=0.01, ema=(0.05, 1.0))
     prob = model.exact_problem()
     assert prob.D.dtype == np.float64 and prob.D.shape == (D_IN, D_SAE)
     np.testing.assert_array_equal(prob.D, model.W_dec.detach().numpy().T)
     np.testing.assert_array_equal(prob.offset, model.b_dec.detach().numpy())
-    assert prob.lam1 == D_IN * 0.04 / 2 and prob.lam2 == D_IN * hyper.get("l2", 0.0)
+    l2 = 0.01 if arch in ("elastic_net", "aen") else 0.0
+    assert prob.lam1 == D_IN * 0.04 / 2 and prob.lam2 == D_IN * l2
     assert prob.nonneg is True
     x = _x()
     out = model.compute_grads(x)
@@ -461,11 +461,8 @@ def test_load_missing_files_is_a_clear_error(tmp_path) -> None:
 @pytest.mark.parametrize("arch", ["relu_l1", "aen"])
 def test_float32_hand_step_matches_float64_autograd(arch: str) -> None:
     # the hand-derived step in float32 (the training dtype), against autograd in float64
-    hyper = {"l1": 0.05} if arch == "relu_l1" else {"l1": 0.05, "l2": 0.03,
-                                                     "warmup_steps": 0, "ramp_steps": 0}
-    m32 = create(arch, D_IN, D_SAE, dtype=torch.float32, **hyper)
-    _perturb(m32)
-    m64 = create(arch, D_IN, D_SAE, dtype=torch.float64, **hyper)
+    m32 = _relu_family(arch, l1=0.05, l2=0.03, dtype=torch.float32)
+    m64 = create(arch, D_IN, D_SAE, dtype=torch.float64, **m32.hyper)
     m64.load_state_dict({k: v.to(torch.float64) if v.is_floating_point() else v
                          for k, v in m32.state_dict().items()})
     x = _x(b=33)
