@@ -42,25 +42,19 @@ def check_code_params(
     return m, k, lo, hi, bool(nonneg)
 
 
-def _floyd_supports(rng: np.random.Generator, m: int, k: int, batch: int) -> np.ndarray:
+@njit(cache=True, nogil=True)
+def _floyd_supports(rng, m, k, batch):  # pragma: no cover - compiled
     """(batch, k) distinct indices, each row a uniform k-subset of range(m) (Floyd).
 
     Slot ``s`` (``j = m - k + s``) draws ``t ~ U{0..j}`` for every row and keeps ``t``
     unless the row already holds it, in which case it takes ``j``. The draws do not
     depend on earlier picks, so they are made first (``rng.integers(0, j + 1, batch)``,
     one call per slot, in slot order) and the picks resolved afterwards.
-    """
-    return _floyd_compiled(rng, m, k, batch)
 
-
-@njit(cache=True, nogil=True)
-def _floyd_compiled(rng, m, k, batch):  # pragma: no cover - compiled
-    """:func:`_floyd_supports` in compiled code.
-
-    numba's ``Generator`` methods share the Python object's bit generator and reproduce
-    NumPy's algorithms, so the numbers equal those of the same calls made from Python (a
-    test checks it against a NumPy-only reference); compiled, the ``k`` calls skip
-    NumPy's per-call overhead.
+    Compiled: numba's ``Generator`` methods share the Python object's bit generator and
+    reproduce NumPy's algorithms, so the numbers equal those of the same calls made from
+    Python (a test checks it against a NumPy-only reference), without NumPy's per-call
+    overhead.
     """
     draws = np.empty((batch, k), dtype=np.int64)
     for s in range(k):
@@ -89,7 +83,7 @@ def _floyd_picks(draws: np.ndarray, first: int) -> np.ndarray:  # pragma: no cov
 @njit(cache=True, nogil=True)
 def _draw_compiled(rng, m, k, batch, lo, hi, nonneg):  # pragma: no cover - compiled
     """Supports, then magnitudes, then (unless ``nonneg``) signs, from ``rng`` in that order."""
-    idx = _floyd_compiled(rng, m, k, batch)
+    idx = _floyd_supports(rng, m, k, batch)
     vals = rng.uniform(lo, hi, size=(batch, k))
     if not nonneg:
         u = rng.random((batch, k))
