@@ -70,6 +70,28 @@ def test_joint_training_equals_separate_training() -> None:
         assert res[name].dead == res_joint[name].dead
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_trainer_update_is_torch_adam(dtype: str) -> None:
+    # Oracle: the same steps written out with torch.optim.Adam (fused, as the trainer's
+    # optimizer is configured), lr warmup, decoder projection and buffer updates.
+    data = _stream(7)
+    cfg = TrainConfig(steps=7, lr_warmup_steps=3, dtype=dtype, **CFG)
+    trained = _models()
+    train(trained, data, cfg)
+    torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    for name, model in _models().items():
+        model.to(torch_dtype)
+        optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
+                                 eps=cfg.adam_eps, fused=True)
+        for t, x in enumerate(data):
+            out = model.compute_grads(x.to(torch_dtype))
+            optim.param_groups[0]["lr"] = cfg.lr * min(1.0, (t + 1) / 3)
+            optim.step()
+            model.project_decoder()
+            model.after_step(out)
+        _assert_same_state(model, trained[name])
+
+
 def test_training_is_deterministic_by_seed() -> None:
     data = _stream(6)
     a, b = _models(), _models()

@@ -50,8 +50,8 @@ class ReluL1SAE(SAE):
         """Loss of ``x`` and its gradients, by the formulas of the module docstring."""
         check_batch("x", x, self.d_in)
         B, n = x.shape
-        W_enc, W_dec = self.W_enc.detach(), self.W_dec.detach()
-        b_enc, b_dec = self.b_enc.detach(), self.b_dec.detach()
+        # the parameters are read inside no_grad, so no graph is recorded (no detach needed)
+        W_enc, W_dec, b_enc, b_dec = self.W_enc, self.W_dec, self.b_enc, self.b_dec
         w = self.l1_weights()
         l1, l2 = self.l1, self.l2
         with torch.no_grad():

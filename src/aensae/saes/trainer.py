@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.adam import adam as _functional_adam
 
 from aensae import __version__
 from aensae._io import atomic_write
@@ -179,6 +180,61 @@ def _make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig
         return torch.optim.Adam(params, foreach=True, **kwargs)
 
 
+class _AdamStep:
+    """``optim.step()`` for a single-group Adam, through torch's functional ``adam``.
+
+    The optimizer keeps the state (created by its own first ``step()``, saved and loaded
+    in its own format); later steps hand the same tensors and hyperparameters to
+    :func:`torch.optim.adam.adam` (public: in the module's ``__all__``), the function
+    ``Adam.step`` calls, so the update is the same kernel on the same arguments (a test
+    compares the trained weights with ``torch.optim.Adam`` bit for bit). It skips
+    ``Adam.step``'s per-call bookkeeping (hooks, regrouping the state every call): Python
+    work that, between the step's large matrix products, runs with cold caches and costs
+    several times what it costs in isolation. The tensor lists are cached and rebuilt
+    after :meth:`invalidate` (a loaded state); while a parameter has no gradient or no
+    state yet, ``optim.step()`` itself runs.
+    """
+
+    def __init__(self, optim: torch.optim.Adam) -> None:
+        if len(optim.param_groups) != 1:
+            raise ValueError("_AdamStep supports a single parameter group")
+        self.optim = optim
+        self.params: list[torch.Tensor] = list(optim.param_groups[0]["params"])
+        self._lists: tuple[list[torch.Tensor], ...] | None = None
+
+    def invalidate(self) -> None:
+        """Forget the cached state tensors (call after the optimizer's state is replaced)."""
+        self._lists = None
+
+    def step(self, lr: float) -> None:
+        """One Adam step of every parameter with learning rate ``lr``."""
+        group = self.optim.param_groups[0]
+        group["lr"] = lr
+        grads = [p.grad for p in self.params]
+        if self._lists is None:
+            state = self.optim.state
+            if any(g is None for g in grads) or any(p not in state for p in self.params):
+                self.optim.step()
+                return
+            states = [state[p] for p in self.params]
+            self._lists = ([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                           [s["step"] for s in states])
+        elif any(g is None for g in grads):
+            self.optim.step()
+            return
+        exp_avgs, exp_avg_sqs, steps = self._lists
+        beta1, beta2 = group["betas"]
+        with torch.no_grad():  # as Adam.step (differentiable=False)
+            _functional_adam(
+                self.params, grads, exp_avgs, exp_avg_sqs, [], steps,
+                foreach=group["foreach"], capturable=group["capturable"],
+                differentiable=group["differentiable"], fused=group["fused"],
+                decoupled_weight_decay=group["decoupled_weight_decay"],
+                amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=lr,
+                weight_decay=group["weight_decay"], eps=group["eps"],
+                maximize=group["maximize"])
+
+
 def _unpack(batch: Any, step: int, d_in: int) -> torch.Tensor:
     X = batch[0] if isinstance(batch, (tuple, list)) else batch
     if not isinstance(X, torch.Tensor):
@@ -213,6 +269,7 @@ class _Run:
         # of once per model. Checkpoints still hold one Adam state dict per model.
         self.params = {k: list(m.parameters()) for k, m in models.items()}
         self.optim = _make_optimizer([p for ps in self.params.values() for p in ps], cfg)
+        self.adam = _AdamStep(self.optim)
         self.dead = {k: DeadTracker(m.d_sae, cfg.dead_window, cfg.dead_last)
                      for k, m in models.items()}
         self.results = {k: ModelResult(k, m.arch, 0) for k, m in models.items()}
@@ -250,9 +307,7 @@ class _Run:
                     raise FloatingPointError(f"non-finite gradient of model {name!r} "
                                              f"({model.arch}) at step {self.step}") from err
             outs[name] = out
-        for group in self.optim.param_groups:
-            group["lr"] = lr
-        self.optim.step()
+        self.adam.step(lr)
         for name, model in self.models.items():
             out = outs[name]
             model.project_decoder()
@@ -336,6 +391,7 @@ class _Run:
             self.optim.state.pop(p, None)
             if p in single.state:
                 self.optim.state[p] = single.state[p]
+        self.adam.invalidate()
 
     def save_checkpoint(self, path: Path) -> None:
         state = self.state_dict()
