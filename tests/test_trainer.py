@@ -78,7 +78,7 @@ def test_trainer_update_is_torch_adam(dtype: str) -> None:
     cfg = TrainConfig(steps=7, lr_warmup_steps=3, dtype=dtype, **CFG)
     trained = _models()
     train(trained, data, cfg)
-    torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    torch_dtype = getattr(torch, dtype)
     for name, model in _models().items():
         model.to(torch_dtype)
         optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas,

@@ -211,17 +211,14 @@ class _AdamStep:
         group = self.optim.param_groups[0]
         group["lr"] = lr
         grads = [p.grad for p in self.params]
+        if any(g is None for g in grads) or (
+                self._lists is None and any(p not in self.optim.state for p in self.params)):
+            self.optim.step()  # skips gradient-less parameters / creates the state
+            return
         if self._lists is None:
-            state = self.optim.state
-            if any(g is None for g in grads) or any(p not in state for p in self.params):
-                self.optim.step()
-                return
-            states = [state[p] for p in self.params]
+            states = [self.optim.state[p] for p in self.params]
             self._lists = ([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                            [s["step"] for s in states])
-        elif any(g is None for g in grads):
-            self.optim.step()
-            return
         exp_avgs, exp_avg_sqs, steps = self._lists
         beta1, beta2 = group["betas"]
         with torch.no_grad():  # as Adam.step (differentiable=False)
