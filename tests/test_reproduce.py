@@ -224,6 +224,7 @@ def _minimal() -> dict:
     ({"data": {"rhoo": [0.0]}}, r"\[data\]: unknown key\(s\) rhoo; allowed keys: .*rho"),
     ({"data": {"rho": [1.0]}}, r"data.rho\[0\]: must be < 1"),
     ({"train": {"steps": 0}}, r"train.steps: must be >= 1, got 0"),
+    ({"data": {"n": 1}}, r"data.n: must be >= 2, got 1"),
     ({"train": {"lr": "fast"}}, r"train.lr: must be a number, got 'fast'"),
     ({"family": [{"name": "x", "arch": "nope"}]}, r"unknown architecture 'nope'"),
     ({"family": [{"name": "x", "arch": "topk", "hyper": {"l1": 1.0}}]},

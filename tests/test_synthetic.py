@@ -58,7 +58,7 @@ def offdiag_abs_cos(A: np.ndarray, B: np.ndarray | None = None) -> np.ndarray:
 # ============================================================================ dictionaries
 @FAST
 @given(
-    n=st.integers(1, 12),
+    n=st.integers(2, 12),
     m=st.integers(1, 20),
     rho=st.floats(0.0, 0.999),
     seed=st.integers(0, 2**32),
@@ -146,6 +146,8 @@ def test_dictionaries_deterministic_by_seed():
         (lambda: spiked_dictionary(8, 16, 1.0), "rho"),
         (lambda: spiked_dictionary(8, 16, -0.1), "rho"),
         (lambda: spiked_dictionary(0, 16, 0.5), "n"),
+        (lambda: spiked_dictionary(1, 16, 0.3), "n must be >= 2"),
+        (lambda: multi_spike_dictionary(1, 16, 0.5, 1), "n must be >= 2"),
         (lambda: spiked_dictionary(8, 0, 0.5), "m"),
         (lambda: spiked_dictionary(8, 16, 0.5, seed=-1), "seed"),
         (lambda: multi_spike_dictionary(8, 16, 0.5, 9), "n_spikes"),

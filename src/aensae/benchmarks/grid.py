@@ -315,8 +315,8 @@ def _validate_tables(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     e["threads"] = _num("experiment.threads", e["threads"], kind=int, low=0)
     if d["kind"] != "spiked":
         raise _fail("data.kind", f"must be 'spiked', got {d['kind']!r}")
-    for key in ("n", "m", "k"):
-        d[key] = _num(f"data.{key}", d[key], kind=int, low=1)
+    for key, low in (("n", 2), ("m", 1), ("k", 1)):  # n >= 2: a spike needs room
+        d[key] = _num(f"data.{key}", d[key], kind=int, low=low)
     if d["k"] > d["m"]:
         raise _fail("data.k", f"must be <= data.m={d['m']}, got {d['k']}")
     if d["d_sae"] is not None:

@@ -96,7 +96,7 @@ def _orthonormal(rng: np.random.Generator, n: int, s: int) -> np.ndarray:
 
 def _normalize_columns(A: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(A, axis=0, keepdims=True)
-    if np.any(norms == 0.0):  # probability zero for continuous draws; never divide by 0
+    if np.any(norms == 0.0):  # probability zero for continuous draws in n >= 2; never / 0
         raise FloatingPointError("a generated atom has zero norm; use another seed")
     return A / norms
 
@@ -110,13 +110,21 @@ def _check_sizes(n: int, m: int, seed: int) -> tuple[int, int, int]:
     return (check_int("n", n, low=1), check_int("m", m, low=1), check_int("seed", seed, low=0))
 
 
+def _check_spiked_n(n: int, kind: str) -> None:
+    """A spike needs room: in R^1 every unit atom is +-v (and zero at rho = 0.5 when u = -v)."""
+    if n < 2:
+        raise ValueError(f"n must be >= 2 for a {kind} dictionary: in R^1 every unit atom is "
+                         f"+-v, with no component of its own (half of them zero at rho = 0.5), "
+                         f"got n={n}")
+
+
 def spiked_dictionary(n: int, m: int, rho: float, *, seed: int = 0) -> SyntheticDictionary:
     r"""Spiked dictionary ``d_i = normalize(sqrt(1 - rho) u_i + sqrt(rho) v)``.
 
     Parameters
     ----------
-    n : int >= 1
-        Signal dimension.
+    n : int >= 2
+        Signal dimension (in R^1 an atom could not differ from ``+-v``).
     m : int >= 1
         Number of atoms.
     rho : float in [0, 1)
@@ -132,6 +140,7 @@ def spiked_dictionary(n: int, m: int, rho: float, *, seed: int = 0) -> Synthetic
         ``kind="spiked"``, ``shared = v`` of shape (n, 1), ``groups`` all zeros.
     """
     n, m, seed = _check_sizes(n, m, seed)
+    _check_spiked_n(n, "spiked")
     rho = check_rho(rho)
     rng = rng_for("dictionary", seed)
     v = _unit_gaussian_columns(rng, n, 1)
@@ -153,7 +162,8 @@ def multi_spike_dictionary(
 
     Parameters
     ----------
-    n, m : int >= 1
+    n : int >= 2
+    m : int >= 1
     rho : float in [0, 1)
     n_spikes : int, 1 <= n_spikes <= min(n, m)
         Number of shared directions ``s``.
@@ -165,6 +175,7 @@ def multi_spike_dictionary(
         ``kind="multi_spike"``, ``shared`` (n, s), ``groups[i] = g(i)`` in ``0..s-1``.
     """
     n, m, seed = _check_sizes(n, m, seed)
+    _check_spiked_n(n, "multi-spike")
     rho = check_rho(rho)
     n_spikes = check_int("n_spikes", n_spikes, low=1, high=min(n, m))
     rng = rng_for("dictionary", seed)
