@@ -127,7 +127,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     from aensae._io import atomic_write_json
     from aensae.saes import ARCHITECTURES, TrainConfig, create, save, train
     from aensae.saes.evaluate import evaluate
-    from aensae.saes.trainer import CHECKPOINT_FILE
+    from aensae.saes.trainer import CHECKPOINT_FILE, resolve_device
     from aensae.synthetic import SyntheticStream, spiked_dictionary
 
     if args.arch not in ARCHITECTURES:
@@ -190,7 +190,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "aensae_version": __version__,
         "torch_version": torch.__version__,
-        "device": str(device),
+        "device": str(resolve_device(device)),
         "dead": res.dead,
         "final": final,
         "evals": res.evals,
