@@ -182,8 +182,8 @@ def test_cli_train_on_cuda(tmp_path) -> None:
     out = tmp_path / "aen"
     argv = ["train", "--arch", "aen", "--n", "12", "--m", "24", "--k", "2", "--steps", "20",
             "--batch-size", "32", "--eval-samples", "256", "--dead-window", "320",
-            "--no-progress", "--device", "cuda", "--out", str(out)]
+            "--no-progress", "--device", "auto", "--out", str(out)]
     assert cli.main(argv) == 0
     rec = json.loads((out / "metrics.json").read_text())
-    assert rec["config"]["train"]["device"] == "cuda"
+    assert rec["config"]["train"]["device"] == "auto" and rec["device"] == "cuda"
     assert load(out, device="cuda").W_dec.device.type == "cuda"

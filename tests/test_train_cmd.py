@@ -54,6 +54,7 @@ def test_train_writes_model_cfg_and_metrics(tmp_path, capsys) -> None:
                                                      "sae.safetensors"]
     rec = json.loads((out / "metrics.json").read_text())
     assert rec["seed"] == 3 and "aensae_version" in rec
+    assert rec["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # not "auto"
     assert rec["config"]["data"]["rho"] == 0.5
     assert rec["config"]["hyper"]["warmup_steps"] == 5 and rec["config"]["hyper"]["l1"] == 0.002
     assert rec["dead"]["window_samples"] == 320 and len(rec["dead"]["fractions"]) == 3
