@@ -126,6 +126,6 @@ def test_bench_train_json_fields(tmp_path) -> None:
                  "--models", "2", "--steps", "2", "--repeats", "1", "--json", str(path)]) == 0
     rec = json.loads(path.read_text())
     for key in ("ms_per_step", "floor_ms", "ratio_single", "ratio_per_model_8", "data_ms",
-                "data_ms_single"):
+                "data_ms_single", "adam_ratio_single", "adam_ratio_per_model_8"):
         assert rec[key] > 0
     assert rec["config"]["models"] == 2 and "aensae_version" in rec and rec["block_steps"] == 8

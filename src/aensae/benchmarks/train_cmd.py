@@ -242,6 +242,13 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
     both. The minimum over all calls is reported too (``*_min``). ``data_ms`` is the data
     time per batch within a chunk, ``data_ms_single`` one batch generated alone (both
     right after a floor).
+
+    ``adam_ratio_single`` and ``adam_ratio_per_model_8`` are the Adam update alone, per
+    model, over the floor, timed between two floors like a block (so with the caches a
+    step leaves it). It is memory-bound: per parameter it reads the weight, gradient and
+    both moments and writes three of them, 7 float32 values (14.7 MB per paper-size model),
+    and eight models' state does not fit a typical last-level cache. It is the part of a
+    step's excess over the floor that no reordering of the step can remove.
     """
     import platform
 
@@ -295,6 +302,7 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
 
     runs = {"single": block_of(single), "multi": block_of(multi),
             "multi_stacked": block_of(stacked)}
+    adam_runs = {"single": single, "multi": multi}
     floor_step()
     for fn in runs.values():  # warm-up: allocator, thread pool, optimizer state
         fn()
@@ -305,6 +313,7 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
     ratios: dict[str, list[float]] = {k: [] for k in runs}
     datas: list[float] = []
     datas_single: list[float] = []
+    adam_ratios: dict[str, list[float]] = {k: [] for k in adam_runs}
     per_model = {"single": 1, "multi": n_models, "multi_stacked": n_models}
     for _ in range(max(1, repeats * steps // block)):
         before = timed(floor_step)
@@ -320,6 +329,12 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
             times[key].append(t)
             ratios[key].append(t / per_model[key] / (0.5 * (before + after)))
             before = after
+        for key, run in adam_runs.items():  # the update alone, on the last step's gradients
+            t = timed(lambda run=run: run.adam.step(run.cfg.lr_at(run.step)))
+            after = timed(floor_step)
+            floors.append(after)
+            adam_ratios[key].append(t / per_model[key] / (0.5 * (before + after)))
+            before = after
     med = statistics.median
     return {
         "ms_per_step": med(times["single"]),
@@ -329,6 +344,8 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
         "ratio_per_model_8": med(ratios["multi"]),
         "ms_per_step_8_stacked": med(times["multi_stacked"]),
         "ratio_per_model_8_stacked": med(ratios["multi_stacked"]),
+        "adam_ratio_single": med(adam_ratios["single"]),
+        "adam_ratio_per_model_8": med(adam_ratios["multi"]),
         "data_ms": med(datas),
         "data_ms_single": med(datas_single),
         "block_steps": block,
@@ -366,7 +383,9 @@ def _bench_main(args: argparse.Namespace) -> int:
           f"(x{res['ratio_per_model_8']:.3f} per model, min-based "
           f"x{res['ratio_per_model_8_min']:.3f}; stacked "
           f"x{res['ratio_per_model_8_stacked']:.3f}) | data {res['data_ms']:.2f} ms/batch "
-          f"in chunks of {res['block_steps']} ({res['data_ms_single']:.2f} alone)")
+          f"in chunks of {res['block_steps']} ({res['data_ms_single']:.2f} alone) | "
+          f"Adam alone x{res['adam_ratio_single']:.3f}, "
+          f"x{res['adam_ratio_per_model_8']:.3f} per model of {args.models}")
     if args.json is not None:
         atomic_write_json(args.json, res)
     return 0
