@@ -241,6 +241,8 @@ def _estimate(grid: GridConfig, out: Path, cal_steps: int) -> None:
     """
     import torch
 
+    from aensae.saes.trainer import resolve_device
+
     jobs = grid.calibration_jobs()
     mid = {(f.name, v, rho): {t: math.sqrt(f.calibrate_range[0] * f.calibrate_range[1])
                               for t in f.target_l0}
@@ -257,7 +259,8 @@ def _estimate(grid: GridConfig, out: Path, cal_steps: int) -> None:
     rate = _probe_rate(grid, data_point(grid, specs[0].rho, specs[0].seed), first)
     _log(f"ETA: {_hms(rate * (cal_steps + main))} for {cal_steps:,} calibration and "
          f"{main:,} training model-steps ({todo} runs to train; probe: {1e3 * rate:.2f} ms "
-         f"per model-step on {grid.experiment['device']}, {torch.get_num_threads()} "
+         f"per model-step on {resolve_device(grid.experiment['device'])}, "
+         f"{torch.get_num_threads()} "
          "threads), plus evaluation")
 
 
