@@ -242,6 +242,23 @@ def test_config_errors_name_key_value_and_expectation(patch, match) -> None:
         load_config(cfg)
 
 
+def test_train_stack_option(monkeypatch) -> None:
+    from aensae import saes
+    from aensae.benchmarks._data import data_point, train_models
+
+    plain = load_config(_minimal())
+    off = load_config({**_minimal(), "train": {"stack": False}})
+    on = load_config({**_minimal(), "train": {"stack": True}})
+    assert plain.config_hash() == off.config_hash() != on.config_hash()  # old hashes kept
+    with pytest.raises(ValueError, match="train.stack: must be true or false, got 'yes'"):
+        load_config({**_minimal(), "train": {"stack": "yes"}})
+    seen = []
+    monkeypatch.setattr(saes, "train", lambda models, data, cfg, **kw: seen.append(cfg.stack))
+    for grid in (off, on):
+        train_models(grid, {}, data_point(grid, 0.0, 0), 1, None, progress=False)
+    assert seen == [False, True]
+
+
 def test_unknown_named_config_lists_the_named_ones() -> None:
     with pytest.raises(ValueError, match="named configs: .*quick"):
         load_config("nosuchconfig")

@@ -6,7 +6,10 @@ A config (``configs/quick.toml``, ``configs/paper.toml``, or any path) has the t
 - ``[data]``: the spiked stream -- ``n``, ``m`` (true atoms), ``k``, ``lo``, ``hi``,
   ``nonneg``, ``noise_std``, ``rho`` (list), ``d_sae`` (latents);
 - ``[train]``: ``steps``, ``batch_size``, ``lr``, ``dead_window`` (samples), ``dead_last``,
-  ``checkpoint_every``, ``progress``;
+  ``checkpoint_every``, ``progress``, ``stack`` (batched products for the ReLU-family
+  models of a group, :class:`~aensae.saes.TrainConfig`'s ``stack``: equal to separate
+  training to rounding, not bit for bit; about 1.7x faster per model-step on a GPU, where
+  separate small products are bound by kernel launches);
 - ``[eval]``: ``samples`` (held-out signals), ``encoder_samples`` (Jacobians, jumps),
   ``hoffman_samples``, ``tol`` (certificate: gap <= tol ||x||^2);
 - ``[calibrate]``: ``steps``, ``ladder`` (penalties per family and rho), ``rounds``;
@@ -72,7 +75,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"kind": "spiked", "n": 64, "m": 256, "d_sae": None, "k": 4, "lo": 1.0,
              "hi": 3.0, "nonneg": True, "noise_std": 0.0, "rho": [0.0]},
     "train": {"steps": 1000, "batch_size": 256, "lr": 1e-3, "dead_window": 65536,
-              "dead_last": 5, "checkpoint_every": 1000, "progress": True},
+              "dead_last": 5, "checkpoint_every": 1000, "progress": True, "stack": False},
     "eval": {"samples": 1024, "encoder_samples": 128, "hoffman_samples": 256, "tol": 1e-10},
     "calibrate": {"steps": 500, "ladder": 5, "rounds": 1},
     "reference": {"ladder": 6, "fraction_min": 0.01, "fraction_max": 0.5, "l2": 1e-3},
@@ -196,8 +199,13 @@ class GridConfig:
         return {k: v for k, v in self.data.items() if k != "rho"}
 
     def train_record(self) -> dict[str, Any]:
-        """Training parameters that change results (not progress or checkpoint cadence)."""
-        return {k: v for k, v in self.train.items() if k not in ("progress", "checkpoint_every")}
+        """Training parameters that change results (not progress or checkpoint cadence).
+
+        ``stack`` appears only when true, so that configs written before the option keep
+        their hashes and run ids.
+        """
+        return {k: v for k, v in self.train.items()
+                if k not in ("progress", "checkpoint_every") and (k != "stack" or v)}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready normalised config (defaults filled)."""
@@ -333,8 +341,9 @@ def _validate_tables(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     tr["checkpoint_every"] = _num("train.checkpoint_every", tr["checkpoint_every"], kind=int,
                                   low=0)
     tr["lr"] = _num("train.lr", tr["lr"], low=0.0, low_open=True)
-    if not isinstance(tr["progress"], bool):
-        raise _fail("train.progress", f"must be true or false, got {tr['progress']!r}")
+    for key in ("progress", "stack"):
+        if not isinstance(tr[key], bool):
+            raise _fail(f"train.{key}", f"must be true or false, got {tr[key]!r}")
     for key in ("samples", "encoder_samples", "hoffman_samples"):
         ev[key] = _num(f"eval.{key}", ev[key], kind=int, low=2)
     ev["tol"] = _num("eval.tol", ev["tol"], low=0.0, low_open=True)
