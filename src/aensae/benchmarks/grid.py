@@ -8,7 +8,7 @@ A config (``configs/quick.toml``, ``configs/paper.toml``, or any path) has the t
 - ``[train]``: ``steps``, ``batch_size``, ``lr``, ``dead_window`` (samples), ``dead_last``,
   ``checkpoint_every``, ``progress``, ``stack`` (batched products for the ReLU-family
   models of a group, :class:`~aensae.saes.TrainConfig`'s ``stack``: equal to separate
-  training to rounding, not bit for bit; about 1.7x faster per model-step on a GPU, where
+  training to rounding, not bit for bit; about 1.5x faster per model-step on a GPU, where
   separate small products are bound by kernel launches);
 - ``[eval]``: ``samples`` (held-out signals), ``encoder_samples`` (Jacobians, jumps),
   ``hoffman_samples``, ``tol`` (certificate: gap <= tol ||x||^2);
