@@ -247,8 +247,9 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
     model, over the floor, timed between two floors like a block (so with the caches a
     step leaves it). It is memory-bound: per parameter it reads the weight, gradient and
     both moments and writes three of them, 7 float32 values (14.7 MB per paper-size model),
-    and eight models' state does not fit a typical last-level cache. It is the part of a
-    step's excess over the floor that no reordering of the step can remove.
+    and eight models' state does not fit a typical last-level cache. That traffic is
+    Adam's own, so this share of a step's excess over the floor stays whatever else in
+    the step is made faster.
     """
     import platform
 
