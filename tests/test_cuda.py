@@ -50,7 +50,9 @@ def _assert_same_state(a, b) -> None:
 def test_auto_device_is_cuda_and_models_train_there() -> None:
     assert resolve_device("auto").type == "cuda"
     models = _models(torch.float32)
-    train(models, [x.float() for x in _stream(3)], TrainConfig(steps=3, device="auto", **CFG))
+    res = train(models, [x.float() for x in _stream(3)],
+                TrainConfig(steps=3, device="auto", **CFG))
+    assert {r.device for r in res.values()} == {"cuda"}
     for name, model in models.items():
         for t in model.state_dict().values():
             assert t.device.type == "cuda", name

@@ -190,6 +190,7 @@ def test_trainer_tracks_dead_latents_of_a_constructed_model() -> None:
     assert dead["fractions"] == [5 / M] * 5
     assert dead["final"] == 5 / M and dead["median_last"] == 5 / M
     assert dead["window_samples"] == 16
+    assert res["model"].device == "cpu"
 
 
 # ----------------------------------------------------------------------------- errors

@@ -107,10 +107,8 @@ def _train_group(grid: GridConfig, out: Path, point: DataPoint, specs: list[RunS
     import torch
 
     from aensae.saes import create, save
-    from aensae.saes.trainer import resolve_device
 
     dtype = {"float32": torch.float32, "float64": torch.float64}[grid.experiment["dtype"]]
-    device = str(resolve_device(grid.experiment["device"]))  # what "auto" became
     ids = [s.run_id(grid) for s in specs]
     for spec, rid in zip(specs, ids, strict=True):
         folder = out / "runs" / rid
@@ -130,7 +128,7 @@ def _train_group(grid: GridConfig, out: Path, point: DataPoint, specs: list[RunS
         res.update({"train_loss_first": losses[0] if losses else None,
                     "train_loss_last": losses[-1] if losses else None,
                     "group_seconds": seconds, "group_models": len(models),
-                    "device": device, "torch_version": torch.__version__})
+                    "torch_version": torch.__version__})
         atomic_write_json(folder / "trained.json", res)
     shutil.rmtree(gdir, ignore_errors=True)
     return seconds

@@ -127,7 +127,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     from aensae._io import atomic_write_json
     from aensae.saes import ARCHITECTURES, TrainConfig, create, save, train
     from aensae.saes.evaluate import evaluate
-    from aensae.saes.trainer import CHECKPOINT_FILE, resolve_device
+    from aensae.saes.trainer import CHECKPOINT_FILE
     from aensae.synthetic import SyntheticStream, spiked_dictionary
 
     if args.arch not in ARCHITECTURES:
@@ -170,7 +170,6 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     stream = SyntheticStream(dic.D, args.k, args.batch_size, seed=args.seed, **common)
     X_eval, H_eval = SyntheticStream(dic.D, args.k, args.eval_samples, seed=args.seed,
                                      **common).torch_batch(EVAL_INDEX, dtype=torch.float64)
-    device = cfg.device
 
     def data(start: int):
         # only X is needed for training: no true codes, batches generated a chunk at a time
@@ -190,7 +189,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "aensae_version": __version__,
         "torch_version": torch.__version__,
-        "device": str(resolve_device(device)),
+        "device": res.device,
         "dead": res.dead,
         "final": final,
         "evals": res.evals,

@@ -165,6 +165,7 @@ class ModelResult:
     dead: dict[str, Any] = field(default_factory=dict)
     evals: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    device: str = ""  # the device trained on: what ``TrainConfig.device`` resolved to
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy."""
@@ -501,6 +502,7 @@ def train(
                                          f"finite after step {run.step}")
         res = run.results[k]
         res.steps = run.step
+        res.device = str(run.device)  # set here, not at start: a resume may change it
         res.dead = run.dead[k].summary()
         res.seconds += elapsed
     return run.results
