@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_trainer import M, N, _assert_same_state, _stream  # the trainer tests' helpers
 
 from aensae.saes import TrainConfig, create, load, save, train
 from aensae.saes.evaluate import evaluate
@@ -18,13 +19,7 @@ from aensae.saes.trainer import resolve_device
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-N, M = 8, 16
 CFG = {"dead_window": 32, "dead_last": 2, "lr": 3e-3}
-
-
-def _stream(n_batches: int, b: int = 16, seed: int = 0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(b, N, generator=g, dtype=torch.float64) for _ in range(n_batches)]
 
 
 def _models(dtype: torch.dtype = torch.float64) -> dict:
@@ -40,18 +35,10 @@ def _models(dtype: torch.dtype = torch.float64) -> dict:
     }
 
 
-def _assert_same_state(a, b) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert list(sa) == list(sb)
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-
-
 def test_auto_device_is_cuda_and_models_train_there() -> None:
     assert resolve_device("auto").type == "cuda"
     models = _models(torch.float32)
-    res = train(models, [x.float() for x in _stream(3)],
-                TrainConfig(steps=3, device="auto", **CFG))
+    res = train(models, _stream(3), TrainConfig(steps=3, device="auto", **CFG))
     assert {r.device for r in res.values()} == {"cuda"}
     for name, model in models.items():
         for t in model.state_dict().values():
@@ -74,7 +61,7 @@ def test_cuda_training_matches_cpu_training() -> None:
 
 
 def test_cuda_joint_training_equals_separate_training() -> None:
-    data = [x.float() for x in _stream(10)]
+    data = _stream(10)
     cfg = TrainConfig(steps=10, device="cuda", **CFG)
     joint = _models(torch.float32)
     res_joint = train(joint, data, cfg)
@@ -99,7 +86,7 @@ def test_cuda_stacked_training_matches_cpu_separate() -> None:
 
 
 def test_cuda_resume_equals_uninterrupted(tmp_path) -> None:
-    data = [x.float() for x in _stream(12)]
+    data = _stream(12)
     cfg = TrainConfig(steps=12, checkpoint_every=4, device="cuda", **CFG)
     ref = _models(torch.float32)
     train(ref, data, cfg, checkpoint_dir=tmp_path / "ref")
@@ -120,8 +107,8 @@ def test_cuda_resume_equals_uninterrupted(tmp_path) -> None:
 
 def test_cuda_model_saves_and_loads_on_either_device(tmp_path) -> None:
     models = _models(torch.float32)
-    train(models, [x.float() for x in _stream(4)], TrainConfig(steps=4, device="cuda", **CFG))
-    x = _stream(1, b=32, seed=9)[0].float()
+    train(models, _stream(4), TrainConfig(steps=4, device="cuda", **CFG))
+    x = _stream(1, b=32, seed=9)[0]
     for name, model in models.items():
         model.eval()
         x_hat, h = model(x.cuda())
@@ -137,7 +124,7 @@ def test_cuda_model_saves_and_loads_on_either_device(tmp_path) -> None:
 
 
 def test_cuda_nan_batch_and_loss_are_errors() -> None:
-    data = [x.float() for x in _stream(4)]
+    data = _stream(4)
     data[2][1, 3] = float("nan")
     with pytest.raises(FloatingPointError, match="batch at step 2 holds 1 NaN/inf"):
         train(create("aen", N, M), data, TrainConfig(steps=4, device="cuda"))
@@ -145,7 +132,7 @@ def test_cuda_nan_batch_and_loss_are_errors() -> None:
     with torch.no_grad():
         bad.b_enc[0] = float("inf")
     with pytest.raises(FloatingPointError, match="loss of model 'bad' \\(topk\\) is nan"):
-        train({"bad": bad}, [x.float() for x in _stream(2)], TrainConfig(steps=2,
+        train({"bad": bad}, _stream(2), TrainConfig(steps=2,
                                                                           device="cuda"))
 
 
