@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "InputError",
     "check_array",
     "check_finite",
     "check_int",
@@ -22,6 +23,16 @@ __all__ = [
     "check_rho",
     "is_torch",
 ]
+
+
+class InputError(ValueError):
+    """Bad input from the user: a value, a file, a device or an output location.
+
+    The message is one line that names the option or key as the user wrote it, the value
+    and what was expected. The command line (:func:`aensae.cli.main`) prints it to stderr
+    and exits with status 2; any other exception is a bug and keeps its traceback. It
+    subclasses ``ValueError`` so library callers may catch either.
+    """
 
 
 def is_torch(x: Any) -> bool:
