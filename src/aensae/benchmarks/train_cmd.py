@@ -123,8 +123,10 @@ def register(top: Any, bench: Any) -> None:
                         "run has finished)")
     p.set_defaults(func=_train_main)
 
+    intro, formulas = __doc__.split("\n\n")[2:4]
     b = add_command(bench, "train", help="ms per training step vs the matrix-product floor",
-                    doc=__doc__.split("\n\n")[2])
+                    doc=intro.replace("::", ":") + " "
+                    + "; ".join(" ".join(line.split()) for line in formulas.splitlines()) + ".")
     b.add_argument("--json", metavar="PATH", default=None,
                    help="write the results here as JSON (default: print only)")
     b.add_argument("--n", type=int, default=256, help="signal dimension d_in (>= 2)")
