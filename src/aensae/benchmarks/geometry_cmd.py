@@ -337,6 +337,9 @@ def check_geometry_args(args: argparse.Namespace) -> tuple[int, float]:
         check_int("--encoder-samples", args.encoder_samples, low=2)
         check_int("--seed", args.seed, low=0)
     if args.sae is not None:
+        if samples < 2:
+            raise InputError(f"--samples must be >= 2 with --sae (the encoder's bounds compare "
+                             f"pairs of signals), got {samples}")
         if str(args.sae) == "" or not Path(args.sae).is_dir():
             raise InputError(f"--sae {str(args.sae)!r}: no such folder (expected a folder "
                              "written by aensae train)")

@@ -177,7 +177,9 @@ def check_train_args(args: argparse.Namespace) -> tuple[dict[str, float | int], 
             check_int("--d-sae", args.d_sae, low=1)
         check_int("--k", args.k, low=1, high=args.m)
         check_real("--lo", args.lo, low=0.0, low_inclusive=False)
-        check_real("--hi", args.hi, low=args.lo)
+        check_real("--hi", args.hi)
+        if args.hi < args.lo:
+            raise InputError(f"--hi must be >= --lo = {args.lo!r}, got {args.hi!r}")
         check_real("--noise-std", args.noise_std, low=0.0)
         check_int("--steps", args.steps, low=1)
         check_int("--batch-size", args.batch_size, low=1)
