@@ -479,3 +479,30 @@ def test_non_utf8_config_names_the_file(tmp_path, capsys) -> None:
 def test_missing_config_file_is_one_line(tmp_path, capsys) -> None:
     assert cli.main(["reproduce", "--config", str(tmp_path / "nope.toml")]) == 2
     one_line_error(capsys, "--config", "file not found")
+
+
+def test_train_refuses_a_checkpoint_of_another_configuration(tmp_path, capsys,
+                                                             monkeypatch) -> None:
+    """A half-finished run of another --rho would have resumed on the wrong data stream."""
+    from aensae.saes import trainer
+
+    out = tmp_path / "run"
+    argv = ["train", "--arch", "relu_l1", "--checkpoint-every", "1", "--out", str(out),
+            *TINY_TRAIN]
+    original = trainer._Run.step_all
+
+    def interrupted(self, X):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return original(self, X)
+
+    monkeypatch.setattr(trainer._Run, "step_all", interrupted)
+    assert cli.main(argv) == 130
+    monkeypatch.setattr(trainer._Run, "step_all", original)
+    capsys.readouterr()
+    assert (out / "checkpoint.pt").is_file()
+    assert cli.main([*argv, "--rho", "0.5"]) == 2
+    one_line_error(capsys, "holds a checkpoint of another", "--overwrite")
+    assert cli.main(argv) == 0  # the same configuration resumes
+    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "metrics.json",
+                                                     "sae.safetensors"]

@@ -89,7 +89,8 @@ def test_train_resumes_a_half_finished_run(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(trainer._Run, "step_all", interrupted)
     assert _run([*base, str(half), *TINY]) == 130  # Ctrl-C: one line, status 130
-    assert sorted(p.name for p in half.iterdir()) == ["checkpoint.pt"]
+    assert sorted(p.name for p in half.iterdir()) == ["checkpoint.pt",
+                                                      "checkpoint_config.json"]
     monkeypatch.setattr(trainer._Run, "step_all", original)
     assert _run([*base, str(half), *TINY]) == 0
     assert not (half / "checkpoint.pt").exists()

@@ -5,7 +5,8 @@ SAE on ``SyntheticStream`` batches and writes ``DIR/sae.safetensors``, ``DIR/cfg
 and, last, ``DIR/metrics.json`` (config, seed, aensae version, dead-latent windows,
 evaluation metrics against the true dictionary and codes). A folder whose metrics.json
 records the same configuration is a finished run and is skipped; a half-finished one
-resumes from ``DIR/checkpoint.pt``.
+resumes from ``DIR/checkpoint.pt`` when ``DIR/checkpoint_config.json`` records the same
+configuration.
 
 ``aensae bench train`` times a training step of the paper configuration (n=256, m=1024,
 batch 256, aen, float32, CPU) including data generation, against the floor: the same
@@ -144,6 +145,10 @@ def register(top: Any, bench: Any) -> None:
 # ----------------------------------------------------------------------------- train
 #: The files ``aensae train`` writes as one set (swapped in together when the run ends).
 OUTPUT_FILES = ("sae.safetensors", "cfg.json", "metrics.json")
+#: The run configuration of ``checkpoint.pt``, beside it while a run is unfinished: a
+#: resume must match it (the checkpoint itself records the models and the optimizer, not
+#: the data stream).
+CHECKPOINT_CONFIG = "checkpoint_config.json"
 
 
 def _hyper_from_args(args: argparse.Namespace) -> dict[str, float | int]:
@@ -249,9 +254,20 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
             return done
         raise InputError(f"--out {str(out)!r} holds a finished run with a different "
                          "configuration; choose another --out or pass --overwrite")
-    ckpt = out / CHECKPOINT_FILE
+    ckpt, ckpt_config = out / CHECKPOINT_FILE, out / CHECKPOINT_CONFIG
     if args.overwrite:
         ckpt.unlink(missing_ok=True)
+        ckpt_config.unlink(missing_ok=True)
+    elif ckpt.is_file():
+        try:
+            saved = json.loads(ckpt_config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            saved = None
+        if saved != json.loads(json.dumps(run_config)):
+            raise InputError(f"--out {str(out)!r} holds a checkpoint of another (or an "
+                             f"unrecorded) configuration ({CHECKPOINT_FILE} without a "
+                             f"matching {CHECKPOINT_CONFIG}); choose another --out or pass "
+                             "--overwrite to start afresh")
 
     model = create(args.arch, args.n, d_sae, seed=args.seed, dtype=dtype, **hyper)
     dic = spiked_dictionary(args.n, args.m, args.rho, seed=args.seed)
@@ -269,6 +285,8 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    if args.checkpoint_every:
+        atomic_write_json(ckpt_config, run_config)  # what a resume must match
     results = train(model, data, cfg, eval_fn=eval_fn, checkpoint_dir=out,
                     resume=not args.overwrite)
     res = results["model"]
@@ -291,6 +309,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         save(model, stage)
         atomic_write_json(stage / "metrics.json", record)
     ckpt.unlink(missing_ok=True)
+    ckpt_config.unlink(missing_ok=True)
     return record
 
 
