@@ -398,8 +398,13 @@ def test_named_configs_are_package_data(tmp_path, monkeypatch) -> None:
 def test_wheel_ships_the_named_configs(tmp_path) -> None:
     """The built wheel holds the configs (CI also installs it and runs the tiny grid)."""
     root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"  # a copy: the build leaves build/ and *.egg-info beside it
+    shutil.copytree(root / "src", src / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(root / name, src / name)
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                           "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+                           "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
                           capture_output=True, text=True, cwd=tmp_path)
     if proc.returncode != 0:
         pytest.skip(f"no wheel build here: {proc.stderr.strip()[-200:]}")
