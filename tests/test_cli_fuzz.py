@@ -167,7 +167,7 @@ def test_fuzz_train(tmp_path, data) -> None:
             "--device": ([None, "cpu", "auto"], ["cuda:7", "", "bogus", "mps"]),
             "--dtype": ([None, "float64"], ["float16"]),
             "--seed": ([None, "0", "3"], ["-1"]),
-            "--set": ([None], ["bogus=1", "x", "gamma=y", "=1"]),
+            "--set": ([None], ["bogus=1", "x", "gamma=y", "=1", "aux_k=100"]),
             "--k-top": ((["1", "2"] if "topk" in arch else [None]), ["0", "100"]),
         })
         if data.draw(st.booleans(), "overwrite"):

@@ -511,3 +511,14 @@ def test_train_refuses_a_checkpoint_of_another_configuration(tmp_path, capsys,
     assert cli.main(argv) == 0  # the same configuration resumes
     assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "metrics.json",
                                                      "sae.safetensors"]
+
+
+def test_grid_k_top_above_the_latents_is_a_config_error(tmp_path) -> None:
+    """Found while hardening: the model refused it only when built, after the exact
+    reference had been computed."""
+    from aensae._validation import InputError
+
+    cfg = {"data": {"n": 4, "m": 8, "k": 1},
+           "family": [{"name": "t", "arch": "topk", "hyper": {"k_top": 9}}]}
+    with pytest.raises(InputError, match=r"family 't'.k_top: must be <= the latents d_sae=8"):
+        load_config(cfg)

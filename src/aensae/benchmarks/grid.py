@@ -447,6 +447,10 @@ def _validate_family(i: int, raw: Any, d_sae: int) -> Family:
             cls.validate_hyper({**h, **probe})
         except (TypeError, ValueError) as err:  # the architecture's own checks
             raise _fail(where, str(err)) from None
+        for key in ("k_top", "aux_k"):  # checked by the model only when it is built
+            if h.get(key, 0) > d_sae:
+                raise _fail(f"{where}.{key}", f"must be <= the latents d_sae={d_sae}, got "
+                                              f"{h[key]}")
     return fam
 
 

@@ -456,7 +456,8 @@ def _run_grid(grid: GridConfig, out: Path, *, progress: bool,
     specs = grid.runs(penalties)
     ids = [s.run_id(grid) for s in specs]
     if len(set(ids)) != len(ids):
-        raise ValueError("the grid expands to duplicate runs (two families with identical "
+        raise InputError("config [[family]]: the grid expands to duplicate runs (two "
+                         "families with identical "
                          "settings); make them differ")
     groups: dict[tuple[float, int], list[RunSpec]] = defaultdict(list)
     for s in specs:

@@ -201,8 +201,10 @@ def check_train_args(args: argparse.Namespace) -> tuple[dict[str, float | int], 
     with user_input(f"--arch {args.arch} hyperparameters: "):
         hyper = ARCHITECTURES[args.arch].validate_hyper(hyper)
         d_sae = args.m if args.d_sae is None else args.d_sae
-        if "k_top" in hyper and hyper["k_top"] > d_sae:
-            raise ValueError(f"k_top must lie in [1, d_sae={d_sae}], got {hyper['k_top']}")
+        for key in ("k_top", "aux_k"):  # checked by the model only when it is built
+            if hyper.get(key, 0) > d_sae:
+                raise ValueError(f"{key} must be <= the latents d_sae={d_sae}, got "
+                                 f"{hyper[key]}")
     check_device("--device", args.device)
     return hyper, check_output_dir("--out", args.out)
 
