@@ -297,6 +297,14 @@ def _scalar(where: str, value: Any) -> int | float:
     return _num(where, value, kind=int if isinstance(value, int) else float)
 
 
+def _choice(where: str, value: Any) -> str:
+    """A string value of a choice hyperparameter (``init``); checked against its choices
+    with the family's other hyperparameters."""
+    if not isinstance(value, str):
+        raise _fail(where, f"must be a string, got {value!r}")
+    return value
+
+
 def _list(where: str, value: Any, item: Any) -> list[Any]:
     if not isinstance(value, list) or not value:
         raise _fail(where, f"must be a non-empty list, got {value!r}")
@@ -388,7 +396,9 @@ def _validate_family(i: int, raw: Any, d_sae: int) -> Family:
     both = sorted(set(hyper) & set(sweep))
     if both:
         raise _fail(where, f"{', '.join(both)} given in both hyper and sweep")
-    sweep = {k: _list(f"{where}.sweep.{k}", v, _scalar) for k, v in sweep.items()}
+    sweep = {k: _list(f"{where}.sweep.{k}", v,
+                      _choice if cls.HYPER[k].kind == "choice" else _scalar)
+             for k, v in sweep.items()}
     param = SPARSITY_PARAM[arch]
     target = raw.get("target_l0")
     targets: tuple[float, ...] = ()

@@ -22,9 +22,9 @@ from aensae._io import atomic_write_text
 __all__ = ["ID_COLUMNS", "REQUIRED_COLUMNS", "column_order", "read_table", "write_table"]
 
 #: Columns that identify a run and its provenance, first in every table.
-ID_COLUMNS = ("run_id", "kind", "family", "arch", "rho", "seed", "target_l0", "calibrated",
-              "calibrated_param", "calibrated_value", "calibration_extrapolated", "variant",
-              "config_name", "config_hash", "aensae_version")
+ID_COLUMNS = ("run_id", "kind", "family", "arch", "init", "rho", "seed", "target_l0",
+              "calibrated", "calibrated_param", "calibrated_value", "calibration_extrapolated",
+              "variant", "config_name", "config_hash", "aensae_version")
 #: Columns every results table holds (checked by the tests).
 REQUIRED_COLUMNS = ID_COLUMNS + (
     "n", "m", "d_sae", "k", "steps", "batch_size", "lr", "dead_window_samples",

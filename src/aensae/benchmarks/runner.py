@@ -146,7 +146,8 @@ def _evaluate_run(grid: GridConfig, out: Path, point: DataPoint, spec: RunSpec,
     metrics = evaluate_sae(model, point, encoder_samples=grid.eval["encoder_samples"],
                            hoffman_samples=grid.eval["hoffman_samples"], tol=grid.eval["tol"])
     dead = trained["dead"]
-    row = {"kind": "sae", "family": spec.family, "arch": spec.arch, "rho": spec.rho,
+    row = {"kind": "sae", "family": spec.family, "arch": spec.arch,
+           "init": model.hyper["init"], "rho": spec.rho,
            "seed": spec.seed, "target_l0": spec.target_l0, "calibrated": spec.calibrated,
            "variant": spec.variant, **{f"hp_{k}": v for k, v in spec.hyper.items()},
            "dead_final": dead["final"], "dead_median_last": dead["median_last"],

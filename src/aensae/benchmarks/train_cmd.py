@@ -31,6 +31,8 @@ __all__ = ["bench_train", "parse_set", "register", "run_train"]
 
 ARCH_CHOICES = ("relu_l1", "elastic_net", "adaptive_lasso", "aen", "topk", "batchtopk",
                 "jumprelu")
+#: ``--init`` values (:data:`aensae.saes.base.INIT_CHOICES`, kept here to import no torch).
+INIT_CHOICES = ("tied", "independent")
 #: Batch index of the evaluation set in a stream of its own batch size (never trained on).
 EVAL_INDEX = 2**40
 
@@ -78,6 +80,9 @@ def register(top: Any, bench: Any) -> None:
     hp.add_argument("--l2", type=float, default=None)
     hp.add_argument("--gamma", type=float, default=None)
     hp.add_argument("--k-top", type=int, default=None)
+    hp.add_argument("--init", default=None, choices=INIT_CHOICES,
+                    help="initialisation: tied (W_enc = W_dec^T, zero biases; the default) or "
+                         "independent (torch.nn.Linear's draws, the AEN-SAE reference's)")
     hp.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="any other hyperparameter, e.g. --set warmup_steps=500")
     p.add_argument("--seed", type=int, default=0)
@@ -107,9 +112,10 @@ def register(top: Any, bench: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- train
-def _hyper_from_args(args: argparse.Namespace) -> dict[str, float | int]:
-    hyper = parse_set(args.set)
-    for flag, name in (("l1", "l1"), ("l2", "l2"), ("gamma", "gamma"), ("k_top", "k_top")):
+def _hyper_from_args(args: argparse.Namespace) -> dict[str, float | int | str]:
+    hyper: dict[str, float | int | str] = dict(parse_set(args.set))
+    for flag, name in (("l1", "l1"), ("l2", "l2"), ("gamma", "gamma"), ("k_top", "k_top"),
+                       ("init", "init")):
         value = getattr(args, flag)
         if value is not None:
             if name in hyper:
@@ -187,6 +193,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     record = {
         "config": run_config,
         "seed": args.seed,
+        "init": model.hyper["init"],
         "aensae_version": __version__,
         "torch_version": torch.__version__,
         "device": res.device,
