@@ -30,6 +30,9 @@ def register(top: Any, bench: Any) -> None:
                    help="output folder (default: results/<config name>)")
     p.add_argument("--device", default=None,
                    help="override [experiment] device (e.g. cuda); part of the config hash")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes training groups in parallel (default: [experiment] "
+                        "workers of the config; 0 = the cores available)")
     p.add_argument("--no-figures", action="store_true", help="skip figures and report")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     p.set_defaults(func=_reproduce_main)
@@ -49,7 +52,8 @@ def _reproduce_main(args: argparse.Namespace) -> int:
         if args.device is not None:
             grid.experiment["device"] = args.device
         out = args.out if args.out is not None else Path("results") / grid.name
-        table = reproduce(grid, out, progress=args.progress, draw=not args.no_figures)
+        table = reproduce(grid, out, progress=args.progress, draw=not args.no_figures,
+                          workers=args.workers)
     except (ValueError, FileNotFoundError) as err:
         print(f"aensae reproduce: error: {err}", file=sys.stderr)
         return 2

@@ -34,6 +34,7 @@ from typing import Any
 
 from aensae import __version__
 from aensae._io import atomic_write_json
+from aensae._validation import InputError
 from aensae.benchmarks._data import DataPoint, data_point, train_models
 from aensae.benchmarks.grid import GridConfig, RunSpec, canonical_hash
 from aensae.benchmarks.results import write_table
@@ -156,6 +157,11 @@ def _evaluate_run(grid: GridConfig, out: Path, point: DataPoint, spec: RunSpec,
            "train_seconds": trained["group_seconds"] / trained["group_models"],
            "group_models": trained["group_models"], **metrics,
            "eval_seconds": time.perf_counter() - t0}
+    if spec.target_l0 is not None:
+        tol = grid.calibrate["tolerance"]
+        ratio = metrics["l0"] / spec.target_l0
+        row.update({"l0_ratio": ratio, "l0_tolerance": tol,
+                    "l0_matched": bool(1.0 / tol <= ratio <= tol)})
     if calib is not None:
         row.update({"calibrated_param": calib["param"],
                     "calibrated_value": spec.hyper[calib["param"]],
@@ -189,6 +195,34 @@ def build_rows(grid: GridConfig, out: Path, specs: list[RunSpec]) -> list[dict[s
         if path.is_file():
             rows.append({**prov, **json.loads(path.read_text())["row"],
                          "run_id": spec.run_id(grid)})
+    rows += unreachable_rows(grid, out, prov)
+    return rows
+
+
+def unreachable_rows(grid: GridConfig, out: Path, prov: dict[str, Any]
+                     ) -> list[dict[str, Any]]:
+    """One ``kind = "unreachable"`` row per calibration target no penalty reached.
+
+    The row holds the family, its init, rho, the target, the L0 range the calibration saw
+    (``l0_seen_min``, ``l0_seen_max``) and the penalty range it searched; no run exists
+    for it, so no figure or verdict treats it as a matched point.
+    """
+    from aensae.benchmarks.calibrate import load_rho
+
+    rows: list[dict[str, Any]] = []
+    for rho in grid.rhos:
+        for rec in load_rho(grid, out, rho) or []:
+            for target, (lo, hi) in sorted(rec["unreachable"].items()):
+                rows.append({**prov, "kind": "unreachable", "family": rec["family"],
+                             "arch": rec["arch"], "init": rec["hyper"].get("init", "tied"),
+                             "rho": rho, "seed": rec["seed"], "target_l0": target,
+                             "variant": rec["variant"], "calibrated": True,
+                             "calibrated_param": rec["param"], "l0_seen_min": lo,
+                             "l0_seen_max": hi, "penalty_searched_min": rec["limits"][0],
+                             "penalty_searched_max": rec["limits"][1],
+                             "calibration_steps": rec["steps"],
+                             "run_id": f"unreachable-{rec['family']}-{rec['variant']}-"
+                                       f"rho{rho:g}-t{target:g}"})
     return rows
 
 
@@ -231,7 +265,7 @@ def _probe_rate(grid: GridConfig, point: DataPoint, specs: list[RunSpec]) -> flo
     return (time.perf_counter() - t0) / (steps * len(models))
 
 
-def _estimate(grid: GridConfig, out: Path, cal_steps: int) -> None:
+def _estimate(grid: GridConfig, out: Path, cal_steps: int, workers: int) -> None:
     """Print the ETA of the remaining calibration and training before any of it runs.
 
     The rate comes from :func:`_probe_rate` on one data point's runs (penalties of
@@ -256,7 +290,8 @@ def _estimate(grid: GridConfig, out: Path, cal_steps: int) -> None:
         return
     first = [s for s in specs if (s.rho, s.seed) == (specs[0].rho, specs[0].seed)]
     rate = _probe_rate(grid, data_point(grid, specs[0].rho, specs[0].seed), first)
-    _log(f"ETA: {_hms(rate * (cal_steps + main))} for {cal_steps:,} calibration and "
+    _log(f"ETA: {_hms(rate * (cal_steps + main) / workers)} on {workers} worker(s) for "
+         f"{cal_steps:,} calibration (first ladders; widening and refinement add more) and "
          f"{main:,} training model-steps ({todo} runs to train; probe: {1e3 * rate:.2f} ms "
          f"per model-step on {resolve_device(grid.experiment['device'])}, "
          f"{torch.get_num_threads()} "
@@ -272,37 +307,52 @@ def runs_after_calibration(grid: GridConfig, out: Path) -> list[RunSpec]:
 
 
 def reproduce(grid: GridConfig, out: str | Path, *, progress: bool = True,
-              draw: bool = True, on_group: Callable[[int], None] | None = None) -> Path:
+              draw: bool = True, on_group: Callable[[int], None] | None = None,
+              workers: int | None = None) -> Path:
     """Run ``grid`` into ``out`` (resumable), write the table, figures and report.
 
     ``on_group(i)`` is called after the ``i``-th group finished (tests use it to
-    interrupt a run part-way). Returns the path of the results table. With
-    ``experiment.threads > 0`` torch and the BLAS libraries use that many threads.
+    interrupt a run part-way). Returns the path of the results table.
+
+    ``workers`` processes (default ``experiment.workers``; 0 = the cores available) run
+    the independent tasks (:mod:`aensae.benchmarks.executors`), each with
+    ``experiment.threads`` threads (0 = an equal share of the cores). A task's numbers
+    depend on its thread count, not on which worker ran it, so at a given ``threads`` the
+    table is the same for any number of workers (timing columns aside).
     """
-    import torch
+    from aensae.benchmarks.executors import available_cores, make_executor
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_manifest(grid, out)
     t_start = time.perf_counter()
-    threads = grid.experiment["threads"]
-    if threads > 0:
-        # torch's intra-op pool, every BLAS / OpenMP pool and numba's parallel loops (the
-        # exact solver): an idle OpenMP worker left by a wider team spin-waits beside the
-        # training loop and takes a core from it
-        import numba
-        from threadpoolctl import threadpool_limits
+    if workers is None:
+        workers = grid.experiment["workers"]
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise InputError(f"--workers must be an integer >= 0 (0 = the cores available), got "
+                         f"{workers!r}")
+    workers = workers or available_cores()
+    threads = grid.experiment["threads"] or max(1, available_cores() // workers)
+    executor = make_executor(workers, threads)
+    _log(f"workers: {workers} process(es) of {threads} thread(s)")
+    # this process runs the tasks itself when workers = 1: the same thread limits as a
+    # worker's (an idle OpenMP worker left by a wider team spin-waits beside the training
+    # loop and takes a core from it)
+    import numba
+    import torch
+    from threadpoolctl import threadpool_limits
 
-        torch.set_num_threads(threads)
-        numba_threads = numba.get_num_threads()
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        try:
-            with threadpool_limits(limits=threads):
-                specs = _run_grid(grid, out, progress=progress, on_group=on_group)
-        finally:
-            numba.set_num_threads(numba_threads)
-    else:
-        specs = _run_grid(grid, out, progress=progress, on_group=on_group)
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        with threadpool_limits(limits=threads):
+            specs = _run_grid(grid, out, progress=progress, on_group=on_group,
+                              executor=executor)
+    finally:
+        executor.close()
+        torch.set_num_threads(torch_threads)
+        numba.set_num_threads(numba_threads)
     # outside the thread limits: the solver benchmark measures its anchors' own threading
     _speed(grid, out)
     rows = build_rows(grid, out, specs)
@@ -320,38 +370,43 @@ def reproduce(grid: GridConfig, out: str | Path, *, progress: bool = True,
 
 
 def _run_grid(grid: GridConfig, out: Path, *, progress: bool,
-              on_group: Callable[[int], None] | None) -> list[RunSpec]:
+              on_group: Callable[[int], None] | None, executor: Any) -> list[RunSpec]:
     """Exact reference, calibration and every SAE run; returns the planned runs."""
     from tqdm.auto import tqdm
 
-    from aensae.benchmarks.calibrate import calibrate
+    from aensae.benchmarks.calibrate import calibrate, load_rho
 
     table = out / RESULTS_FILE
     steps = grid.train["steps"]
     _log(f"aensae reproduce: config {grid.name!r} ({grid.source}) -> {out}")
-    n_cal = len(grid.calibration_jobs()) * len(grid.rhos) * grid.calibrate["ladder"] \
-        * grid.calibrate["rounds"]
-    cal_done = all((out / "calibration" / f"rho{r:g}.json").is_file() for r in grid.rhos)
-    cal_steps = 0 if cal_done else n_cal * grid.calibrate["steps"]
-    _estimate(grid, out, cal_steps)
-    for rho in grid.rhos:
-        for seed in grid.seeds:
-            _run_exact(grid, out, data_point(grid, rho, seed))
-    bar = tqdm(total=max(cal_steps, 1), unit="model-step", desc="calibrate",
+    has_cal = bool(grid.calibration_jobs())
+    cal_rhos = [r for r in grid.rhos if has_cal and load_rho(grid, out, r) is None]
+    n_cal = len(grid.calibration_jobs()) * len(cal_rhos) * grid.calibrate["ladder"]
+    cal_steps = n_cal * grid.calibrate["steps"]
+    _estimate(grid, out, cal_steps, executor.workers)
+    # phase 1: exact references per (rho, seed) and calibration per rho, in parallel
+    first = [(_exact_task, (grid, out, rho, seed)) for rho in grid.rhos
+             for seed in grid.seeds if not (out / _exact_dir(grid, rho, seed)[0]
+                                           / "metrics.json").is_file()]
+    first += [(_calibrate_task, (grid, out, rho)) for rho in cal_rhos]
+    bar = tqdm(total=max(len(first), 1), unit="task", desc="calibrate",
                disable=not progress, dynamic_ncols=True, position=0)
-    if cal_steps:
-        _log(f"calibration: {n_cal} short runs of {grid.calibrate['steps']} steps")
-    calib = calibrate(grid, out, progress=False,
-                      on_models=lambda k, s: (bar.update(k * s), bar.refresh()))
+    if cal_rhos:
+        _log(f"calibration: {len(cal_rhos)} rho value(s), {len(grid.calibration_jobs())} "
+             f"variant(s), ladders of {grid.calibrate['ladder']} x "
+             f"{grid.calibrate['steps']} steps, widened until each target is bracketed")
+    for _ in executor.run(_call, first):
+        bar.update(1)
+    calib = calibrate(grid, out)  # every rho is on disk now; raises if all unreachable
     penalties = {key: rec["penalties"] for key, rec in calib.items()}
     specs = grid.runs(penalties)
     ids = [s.run_id(grid) for s in specs]
     if len(set(ids)) != len(ids):
-        raise ValueError("the grid expands to duplicate runs (two families with identical "
-                         "settings); make them differ")
-    groups: dict[tuple[float, int], list[RunSpec]] = defaultdict(list)
+        raise InputError("config: the grid expands to duplicate runs (two families with "
+                         "identical settings); make them differ")
+    groups: dict[tuple[float, int, str], list[RunSpec]] = defaultdict(list)
     for s in specs:
-        groups[(s.rho, s.seed)].append(s)
+        groups[(s.rho, s.seed, s.family)].append(s)
     finished = [s for s in specs if (_run_files(out, grid, s) / "metrics.json").is_file()]
     to_train = [s for s in specs if not (_run_files(out, grid, s) / "trained.json").is_file()]
     total = len(to_train) * steps
@@ -359,27 +414,56 @@ def _run_grid(grid: GridConfig, out: Path, *, progress: bool,
          f"{len(to_train)} to train ({total:,} model-steps)")
     bar.set_description("train")
     bar.reset(total=max(total, 1))
-    for gi, ((rho, seed), members) in enumerate(groups.items()):
+    tasks, costs = [], []
+    for members in groups.values():
         pending = [s for s in members
                    if not (_run_files(out, grid, s) / "metrics.json").is_file()]
         if not pending:
             continue
-        bar.set_postfix_str(f"rho={rho:g} seed={seed} ({len(pending)} models)")
-        point = data_point(grid, rho, seed)
-        train_now = [s for s in pending
-                     if not (_run_files(out, grid, s) / "trained.json").is_file()]
-        if train_now:
-            _train_group(grid, out, point, train_now, progress and grid.train["progress"])
-            bar.update(len(train_now) * steps)
-        for s in pending:
-            c = calib.get((s.family, s.variant, s.rho)) if s.calibrated else None
-            _evaluate_run(grid, out, point, s, c)
+        cal = {s.run_id(grid): calib.get((s.family, s.variant, s.rho)) if s.calibrated
+               else None for s in pending}
+        tasks.append((_group_task, (grid, out, pending, cal,
+                                    progress and grid.train["progress"]
+                                    and executor.workers == 1)))
+        costs.append(sum(not (_run_files(out, grid, s) / "trained.json").is_file()
+                         for s in pending) * steps)
+    for gi, (i, _) in enumerate(executor.run(_call, tasks)):
+        bar.update(costs[i])
         write_table(table, build_rows(grid, out, specs))
         if on_group is not None:
             on_group(gi)
     bar.close()
     shutil.rmtree(out / "groups", ignore_errors=True)
     return specs
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """``fn(*args)``: the one function executors run (a task names its own function)."""
+    return fn(*args)
+
+
+def _exact_task(grid: GridConfig, out: Path, rho: float, seed: int) -> None:
+    """Exact reference rows of one ``(rho, seed)``."""
+    _run_exact(grid, out, data_point(grid, rho, seed))
+
+
+def _calibrate_task(grid: GridConfig, out: Path, rho: float) -> None:
+    """Calibration of every variant at ``rho`` (written to ``out/calibration``)."""
+    from aensae.benchmarks.calibrate import calibrate_rho
+
+    calibrate_rho(grid, out, rho)
+
+
+def _group_task(grid: GridConfig, out: Path, pending: list[RunSpec],
+                calib: dict[str, dict[str, Any] | None], progress: bool) -> None:
+    """Train the not-yet-trained ``pending`` runs of one group together; evaluate all."""
+    point = data_point(grid, pending[0].rho, pending[0].seed)
+    train_now = [s for s in pending
+                 if not (_run_files(out, grid, s) / "trained.json").is_file()]
+    if train_now:
+        _train_group(grid, out, point, train_now, progress)
+    for s in pending:
+        _evaluate_run(grid, out, point, s, calib[s.run_id(grid)])
 
 
 def _hms(seconds: float) -> str:
