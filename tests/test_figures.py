@@ -91,8 +91,10 @@ def test_report_verdicts_follow_the_data(tmp_path) -> None:
     assert "verdict (AEN mitigates at competitive reconstruction): supported" in text
     assert "verdict (starvation grows with rho): supported" in text
     assert "1. **The l2 term" in text and "**verdict: supported**" in text
-    # equal support F1 everywhere (7 L0 points x 2 rho): a tie, neither verdict
-    assert "inconclusive (better in 0, worse in 0, tied in 14 of 14 cells)" in text
+    # equal support F1 everywhere (3 targets x 2 rho): undecided cells, neither verdict
+    assert "inconclusive (better in 0, worse in 0, undecided in 6 of 6 cells)" in text
+    assert "**Verdict rule for matched comparisons:**" in text
+    assert "Flagged" not in text  # every EV is positive
     # the same table with AEN worse: the report says the claims are contradicted
     write_table(tmp_path / "results.csv", _rows(aen_dead_hi=0.6, aen_bias=0.5))
     text = write_report(tmp_path).read_text()
