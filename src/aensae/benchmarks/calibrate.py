@@ -44,7 +44,7 @@ import numpy as np
 
 from aensae._io import atomic_write_json
 from aensae._validation import InputError
-from aensae.benchmarks._data import data_point, train_models
+from aensae.benchmarks._data import cache_save, data_point, model_key, train_models
 from aensae.benchmarks.grid import GridConfig, canonical_hash
 
 __all__ = ["SPAN", "WIDEN", "bracket_search", "calibrate", "calibrate_rho",
@@ -139,9 +139,26 @@ def add_points(state: dict[str, Any], l0s: list[float], penalties: list[float]) 
         state["points"].append([float(p), float(v)])
 
 
-def next_penalties(state: dict[str, Any], rounds: int) -> list[float]:
+def _closest(points: list[list[float]], target: float, tol: float | None
+             ) -> float | None:
+    """The measured penalty whose L0 is nearest ``target`` in ratio, if within ``tol``."""
+    if tol is None:
+        return None
+    best = None
+    for p, v in points:
+        if v > 0 and 1.0 / tol <= v / target <= tol:
+            err = abs(math.log(v / target))
+            if best is None or err < best[0]:
+                best = (err, p)
+    return None if best is None else best[1]
+
+
+def next_penalties(state: dict[str, Any], rounds: int, tol: float | None = None
+                   ) -> list[float]:
     """Penalties to measure next: widening while a reachable target is unbracketed, then
-    ``rounds`` refinement passes; empty when the search is over."""
+    up to ``rounds`` refinement passes; empty when the search is over. With ``tol``
+    (passes as long as the main runs) a target that a measured penalty already reaches
+    within the factor ``tol`` is not refined further."""
     pts = state["points"]
     ps = [p for p, _ in pts]
     lo_lim, hi_lim = state["limits"]
@@ -160,16 +177,20 @@ def next_penalties(state: dict[str, Any], rounds: int) -> list[float]:
     if state["refined"] >= rounds:
         return []
     state["refined"] += 1
-    refine = set()
+    refine: set[float] = set()
     for t in state["targets"]:
-        if _bracketed(pts, t):
+        if _bracketed(pts, t) and _closest(pts, t, tol) is None:
             refine.add(penalty_for_target(np.array(ps), np.array([v for _, v in pts]), t,
                                           (lo_lim, hi_lim))[0])
     return sorted(refine - set(ps))
 
 
-def finish(state: dict[str, Any]) -> dict[str, Any]:
-    """Penalties of the bracketed targets; L0 range of the unreachable ones."""
+def finish(state: dict[str, Any], tol: float | None = None) -> dict[str, Any]:
+    """Penalties of the bracketed targets; L0 range of the unreachable ones.
+
+    With ``tol`` the measured penalty nearest the target (within the factor ``tol``) is
+    chosen over the interpolated one: its L0 at the main length is already known.
+    """
     pts = np.asarray(state["points"], dtype=float)
     _, ll = _envelope(pts[:, 0], pts[:, 1])
     seen = [float(math.exp(ll.min())), float(math.exp(ll.max()))]
@@ -178,6 +199,9 @@ def finish(state: dict[str, Any]) -> dict[str, Any]:
     for t in state["targets"]:
         if _bracketed(state["points"], t):
             p, ex = penalty_for_target(pts[:, 0], pts[:, 1], t, tuple(state["limits"]))
+            near = _closest(state["points"], t, tol)
+            if near is not None:
+                p, ex = near, False
             out["penalties"][t] = p
             out["extrapolated"][t] = ex
         else:
@@ -186,8 +210,16 @@ def finish(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _measure(grid: GridConfig, jobs: list[tuple[str, dict[str, Any]]], point: Any,
-             progress: bool) -> list[float]:
-    """Train ``(arch, hyper)`` models together; the held-out L0 of each."""
+             progress: bool, out_dir: Path | None = None) -> list[float]:
+    """Train ``(arch, hyper)`` models together; the held-out L0 of each.
+
+    When the pass is as long as the main runs (``calibrate.steps == train.steps``, no
+    stacking) and ``out_dir`` is given, each model is kept in the model cache
+    (:func:`~aensae.benchmarks._data.cache_save`): a run of the grid with the same
+    penalty and seed is that model and is not trained again.
+    """
+    import time
+
     import torch
 
     from aensae import metrics
@@ -197,16 +229,30 @@ def _measure(grid: GridConfig, jobs: list[tuple[str, dict[str, Any]]], point: An
     models = {f"c{i}": create(arch, grid.data["n"], grid.d_sae, seed=point.seed, dtype=dtype,
                               **hyper)
               for i, (arch, hyper) in enumerate(jobs)}
-    train_models(grid, models, point, grid.calibrate["steps"], None, progress=progress)
+    t0 = time.perf_counter()
+    results = train_models(grid, models, point, grid.calibrate["steps"], None,
+                           progress=progress)
+    seconds = time.perf_counter() - t0
+    keep = out_dir is not None and full_length(grid)
     out = []
     X = torch.as_tensor(point.X_eval)
-    for model in models.values():
+    for (name, model), (arch, hyper) in zip(models.items(), jobs, strict=True):
+        if keep:
+            res = results[name].to_dict()
+            res.update({"group_seconds": seconds, "group_models": len(models),
+                        "trained_in": "calibration"})
+            cache_save(out_dir, model_key(grid, arch, hyper, point.seed), model, res)
         model.eval()
         with torch.no_grad():
             p = model.W_dec
             h = model.encode(X.to(p.device, p.dtype))
         out.append(metrics.l0(h.to("cpu", torch.float64).numpy()))
     return out
+
+
+def full_length(grid: GridConfig) -> bool:
+    """Whether calibration passes are main runs (same length, no stacking)."""
+    return grid.calibrate["steps"] == grid.train["steps"] and not grid.train["stack"]
 
 
 def _identity(grid: GridConfig) -> dict[str, Any]:
@@ -250,6 +296,7 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
     point = data_point(grid, rho, seed)
     c = grid.calibrate
     states, todo = {}, {}
+    tol = c["tolerance"] if full_length(grid) else None
     for fam, hyper, variant in jobs:
         bounds = tuple(fam.calibrate_range)  # type: ignore[arg-type]
         states[(fam.name, variant)] = (fam, hyper, new_state(bounds, list(fam.target_l0)))
@@ -259,7 +306,7 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
         jobs_now = [(states[key][0].arch, {**states[key][1],
                                            states[key][0].sparsity_param: p})
                     for key, p in batch]
-        l0s = _measure(grid, jobs_now, point, progress)
+        l0s = _measure(grid, jobs_now, point, progress, out_dir)
         if on_models is not None:
             on_models(len(batch), c["steps"])
         for key in todo:
@@ -267,12 +314,12 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
             add_points(states[key][2], [v for _, v in got], [p for p, _ in got])
         todo = {}
         for key, (_, _, st) in states.items():
-            nxt = next_penalties(st, c["rounds"])
+            nxt = next_penalties(st, c["rounds"], tol)
             if nxt:
                 todo[key] = nxt
     records = []
     for (name, variant), (fam, hyper, st) in states.items():
-        res = finish(st)
+        res = finish(st, tol)
         records.append({
             "family": name, "arch": fam.arch, "variant": variant, "rho": rho,
             "param": fam.sparsity_param, "hyper": hyper, "seed": seed, "steps": c["steps"],

@@ -34,6 +34,7 @@ timestamps in the metadata, a fixed SVG hash salt, sorted inputs.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -81,8 +82,10 @@ def _curve(rows: list[dict[str, Any]], x: str, y: Callable[[dict[str, Any]], flo
     pts: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
     for r in rows:
         pts[_point_key(r)].append((_num(r[x]), y(r)))
-    xy = sorted((float(np.nanmean([p[0] for p in v])), float(np.nanmean([p[1] for p in v])))
-                for v in pts.values())
+    with warnings.catch_warnings():  # a key whose values are all NaN stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        xy = sorted((float(np.nanmean([p[0] for p in v])),
+                     float(np.nanmean([p[1] for p in v]))) for v in pts.values())
     arr = np.array(xy, dtype=float).reshape(-1, 2)
     return arr[:, 0], arr[:, 1]
 

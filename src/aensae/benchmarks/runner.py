@@ -104,9 +104,15 @@ def _run_files(out: Path, grid: GridConfig, spec: RunSpec) -> Path:
 
 def _train_group(grid: GridConfig, out: Path, point: DataPoint, specs: list[RunSpec],
                  progress: bool) -> float:
-    """Train the ``specs`` of one data point together, save each model and trained.json."""
+    """Train the ``specs`` of one data point together, save each model and trained.json.
+
+    A run whose model the calibration already trained to full length (the model cache,
+    :func:`~aensae.benchmarks._data.model_key`) is taken from there: the same
+    computation, so the same model bit for bit.
+    """
     import torch
 
+    from aensae.benchmarks._data import cache_load, model_key
     from aensae.saes import create, save
 
     dtype = {"float32": torch.float32, "float64": torch.float64}[grid.experiment["dtype"]]
@@ -115,23 +121,39 @@ def _train_group(grid: GridConfig, out: Path, point: DataPoint, specs: list[RunS
         folder = out / "runs" / rid
         if not (folder / "config.json").is_file():
             atomic_write_json(folder / "config.json", {"run_id": rid, **spec.record(grid)})
-    models = {rid: create(s.arch, grid.data["n"], grid.d_sae, seed=s.seed, dtype=dtype,
-                          **s.hyper) for s, rid in zip(specs, ids, strict=True)}
-    gdir = out / "groups" / f"rho{point.rho:g}-s{point.seed}-{canonical_hash(sorted(ids))}"
-    t0 = time.perf_counter()
-    results = train_models(grid, models, point, grid.train["steps"], gdir, progress=progress)
-    seconds = time.perf_counter() - t0
-    for rid, model in models.items():
+    models, records = {}, {}
+    for s, rid in zip(specs, ids, strict=True):
+        hit = None if grid.train["stack"] else cache_load(
+            out, model_key(grid, s.arch, s.hyper, s.seed))
+        if hit is None:
+            models[rid] = create(s.arch, grid.data["n"], grid.d_sae, seed=s.seed, dtype=dtype,
+                                 **s.hyper)
+        else:
+            records[rid] = hit
+    seconds = 0.0
+    if models:
+        gdir = out / "groups" / (f"rho{point.rho:g}-s{point.seed}-"
+                                 f"{canonical_hash(sorted(models))}")
+        t0 = time.perf_counter()
+        results = train_models(grid, models, point, grid.train["steps"], gdir,
+                               progress=progress)
+        seconds = time.perf_counter() - t0
+        for rid, model in models.items():
+            res = results[rid].to_dict()
+            res.update({"group_seconds": seconds, "group_models": len(models),
+                        "trained_in": "grid"})
+            records[rid] = (model, res)
+        shutil.rmtree(gdir, ignore_errors=True)
+    for rid in ids:
+        model, res = records[rid]
+        res = dict(res)
         folder = out / "runs" / rid
         save(model, folder)
-        res = results[rid].to_dict()
         losses = res.pop("train_loss")
         res.update({"train_loss_first": losses[0] if losses else None,
                     "train_loss_last": losses[-1] if losses else None,
-                    "group_seconds": seconds, "group_models": len(models),
                     "torch_version": torch.__version__})
         atomic_write_json(folder / "trained.json", res)
-    shutil.rmtree(gdir, ignore_errors=True)
     return seconds
 
 
@@ -155,7 +177,8 @@ def _evaluate_run(grid: GridConfig, out: Path, point: DataPoint, spec: RunSpec,
            "dead_windows": dead["windows"], "dead_last": dead["last"],
            "train_loss_last": trained["train_loss_last"],
            "train_seconds": trained["group_seconds"] / trained["group_models"],
-           "group_models": trained["group_models"], **metrics,
+           "group_models": trained["group_models"],
+           "trained_in": trained.get("trained_in", "grid"), **metrics,
            "eval_seconds": time.perf_counter() - t0}
     if spec.target_l0 is not None:
         tol = grid.calibrate["tolerance"]
