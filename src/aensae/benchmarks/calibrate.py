@@ -28,8 +28,14 @@ the L0 it reached and their ratio, and comparisons at matched L0 use only runs w
 
 If every target of a family at some rho is unreachable, the config cannot be run as
 written: :func:`calibrate` raises :class:`~aensae._validation.InputError` naming the
-family and rho (after writing what it measured). Results are written per rho to
-``calibration/rho<R>.json`` (atomically) and reused.
+family and rho (after writing what it measured). Results are written per rho and
+variant to ``calibration/rho<R>-<family>-<variant>.json`` (atomically) and reused; each
+is an independent task of the runner.
+
+When a pass is as long as the main runs (``calibrate.steps == train.steps``), its models
+are main runs of the first seed: they are kept in the model cache and the grid takes
+them from there, a measured penalty within the tolerance is preferred to an
+interpolated one, and only targets not yet reached within the tolerance are refined.
 """
 
 from __future__ import annotations
@@ -47,8 +53,8 @@ from aensae._validation import InputError
 from aensae.benchmarks._data import cache_save, data_point, model_key, train_models
 from aensae.benchmarks.grid import GridConfig, canonical_hash
 
-__all__ = ["SPAN", "WIDEN", "bracket_search", "calibrate", "calibrate_rho",
-           "penalty_for_target"]
+__all__ = ["SPAN", "WIDEN", "bracket_search", "calibrate", "calibrate_rho", "load_rho",
+           "missing_units", "penalty_for_target"]
 
 _L0_FLOOR = 1e-3
 #: Widest search, as factors of ``calibrate_range``'s low and high ends.
@@ -255,45 +261,64 @@ def full_length(grid: GridConfig) -> bool:
     return grid.calibrate["steps"] == grid.train["steps"] and not grid.train["stack"]
 
 
-def _identity(grid: GridConfig) -> dict[str, Any]:
-    jobs = grid.calibration_jobs()
-    return {"data": grid.data_record(), "train": grid.train_record(),
-            "calibrate": {k: v for k, v in grid.calibrate.items() if k != "tolerance"},
-            "eval_samples": grid.eval["samples"], "span": list(SPAN), "widen": WIDEN,
-            "jobs": [[f.name, f.arch, h, list(f.target_l0), list(f.calibrate_range or ())]
-                     for f, h, _ in jobs], "seed": grid.seeds[0], "d_sae": grid.d_sae}
+def _identity(grid: GridConfig, rho: float, fam: Any, hyper: dict[str, Any]) -> str:
+    """Hash of everything one variant's calibration at ``rho`` depends on."""
+    return canonical_hash({
+        "data": grid.data_record(), "train": grid.train_record(),
+        "calibrate": grid.calibrate, "eval_samples": grid.eval["samples"],
+        "span": list(SPAN), "widen": WIDEN, "seed": grid.seeds[0], "d_sae": grid.d_sae,
+        "dtype": grid.experiment["dtype"], "rho": rho,
+        "job": [fam.name, fam.arch, hyper, list(fam.target_l0),
+                list(fam.calibrate_range or ())]})
 
 
-def calibration_path(out_dir: Path, rho: float) -> Path:
-    """``out_dir/calibration/rho<R>.json``."""
-    return Path(out_dir) / "calibration" / f"rho{rho:g}.json"
+def calibration_path(out_dir: Path, rho: float, family: str, variant: str) -> Path:
+    """``out_dir/calibration/rho<R>-<family>-<variant>.json``."""
+    return Path(out_dir) / "calibration" / f"rho{rho:g}-{family}-{variant}.json"
 
 
-def load_rho(grid: GridConfig, out_dir: Path, rho: float) -> list[dict[str, Any]] | None:
-    """The saved records of ``rho`` when they belong to this grid, else ``None``."""
-    path = calibration_path(out_dir, rho)
+def _load_unit(grid: GridConfig, out_dir: Path, rho: float, fam: Any, hyper: dict[str, Any],
+               variant: str) -> dict[str, Any] | None:
+    path = calibration_path(out_dir, rho, fam.name, variant)
     if not path.is_file():
         return None
     saved = json.loads(path.read_text())
-    if saved.get("hash") != canonical_hash({**_identity(grid), "rho": rho}):
+    if saved.get("hash") != _identity(grid, rho, fam, hyper):
         return None
-    return [_restore(rec) for rec in saved["records"]]
+    return _restore(saved["record"])
+
+
+def load_rho(grid: GridConfig, out_dir: Path, rho: float) -> list[dict[str, Any]] | None:
+    """The saved records of every variant at ``rho`` (``None`` if any is missing)."""
+    out = []
+    for fam, hyper, variant in grid.calibration_jobs():
+        rec = _load_unit(grid, out_dir, rho, fam, hyper, variant)
+        if rec is None:
+            return None
+        out.append(rec)
+    return out
+
+
+def missing_units(grid: GridConfig, out_dir: Path) -> list[tuple[float, str, str]]:
+    """``(rho, family, variant)`` whose calibration is not on disk yet."""
+    return [(rho, fam.name, variant) for rho in grid.rhos
+            for fam, hyper, variant in grid.calibration_jobs()
+            if _load_unit(grid, out_dir, rho, fam, hyper, variant) is None]
 
 
 def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool = False,
-                  on_models: Callable[[int, int], None] | None = None
-                  ) -> list[dict[str, Any]]:
-    """Calibrate every variant at ``rho`` (reusing a saved file); return its records.
+                  on_models: Callable[[int, int], None] | None = None,
+                  only: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """Calibrate the variants at ``rho`` (all, or the ``(family, variant)`` in ``only``),
+    reusing saved files; return their records.
 
-    All variants' penalties of a round are trained together on one stream.
+    The penalties of a round of all these variants are trained together on one stream.
     ``on_models(n_models, steps)`` is called after each training pass.
     """
-    saved = load_rho(grid, out_dir, rho)
-    if saved is not None:
-        return saved
-    jobs = grid.calibration_jobs()
+    jobs = [j for j in grid.calibration_jobs() if only is None or (j[0].name, j[2]) in only]
+    done = {(j[0].name, j[2]): _load_unit(grid, out_dir, rho, *j) for j in jobs}
+    jobs = [j for j in jobs if done[(j[0].name, j[2])] is None]
     seed = grid.seeds[0]
-    point = data_point(grid, rho, seed)
     c = grid.calibrate
     states, todo = {}, {}
     tol = c["tolerance"] if full_length(grid) else None
@@ -301,6 +326,7 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
         bounds = tuple(fam.calibrate_range)  # type: ignore[arg-type]
         states[(fam.name, variant)] = (fam, hyper, new_state(bounds, list(fam.target_l0)))
         todo[(fam.name, variant)] = initial_ladder(bounds, c["ladder"])
+    point = data_point(grid, rho, seed) if todo else None
     while todo:
         batch = [(key, p) for key, ps in todo.items() for p in ps]
         jobs_now = [(states[key][0].arch, {**states[key][1],
@@ -317,21 +343,20 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
             nxt = next_penalties(st, c["rounds"], tol)
             if nxt:
                 todo[key] = nxt
-    records = []
     for (name, variant), (fam, hyper, st) in states.items():
         res = finish(st, tol)
-        records.append({
+        rec = {
             "family": name, "arch": fam.arch, "variant": variant, "rho": rho,
             "param": fam.sparsity_param, "hyper": hyper, "seed": seed, "steps": c["steps"],
             "bounds": st["bounds"], "limits": st["limits"], "targets": st["targets"],
             "points": res["points"],
             "penalties": {repr(t): v for t, v in res["penalties"].items()},
             "extrapolated": {repr(t): v for t, v in res["extrapolated"].items()},
-            "unreachable": {repr(t): v for t, v in res["unreachable"].items()}})
-    key_hash = canonical_hash({**_identity(grid), "rho": rho})
-    atomic_write_json(calibration_path(out_dir, rho),
-                      {"hash": key_hash, "rho": rho, "records": records})
-    return [_restore(rec) for rec in records]
+            "unreachable": {repr(t): v for t, v in res["unreachable"].items()}}
+        atomic_write_json(calibration_path(out_dir, rho, name, variant),
+                          {"hash": _identity(grid, rho, fam, hyper), "record": rec})
+        done[(name, variant)] = _restore(rec)
+    return [done[k] for k in done]
 
 
 def check_reachable(records: list[dict[str, Any]]) -> None:

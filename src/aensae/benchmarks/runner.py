@@ -397,67 +397,93 @@ def _run_grid(grid: GridConfig, out: Path, *, progress: bool,
     """Exact reference, calibration and every SAE run; returns the planned runs."""
     from tqdm.auto import tqdm
 
-    from aensae.benchmarks.calibrate import calibrate, load_rho
+    from aensae.benchmarks.calibrate import calibrate, missing_units
 
     table = out / RESULTS_FILE
     steps = grid.train["steps"]
     _log(f"aensae reproduce: config {grid.name!r} ({grid.source}) -> {out}")
-    has_cal = bool(grid.calibration_jobs())
-    cal_rhos = [r for r in grid.rhos if has_cal and load_rho(grid, out, r) is None]
-    n_cal = len(grid.calibration_jobs()) * len(cal_rhos) * grid.calibrate["ladder"]
+    units = missing_units(grid, out)
+    n_cal = len(units) * grid.calibrate["ladder"]
     cal_steps = n_cal * grid.calibrate["steps"]
     _estimate(grid, out, cal_steps, executor.workers)
-    # phase 1: exact references per (rho, seed) and calibration per rho, in parallel
-    first = [(_exact_task, (grid, out, rho, seed)) for rho in grid.rhos
-             for seed in grid.seeds if not (out / _exact_dir(grid, rho, seed)[0]
-                                           / "metrics.json").is_file()]
-    first += [(_calibrate_task, (grid, out, rho)) for rho in cal_rhos]
-    bar = tqdm(total=max(len(first), 1), unit="task", desc="calibrate",
+    # phase 1, in parallel: calibration per (rho, variant), the groups of families that
+    # need no calibration, exact references per (rho, seed); the longest first
+    direct = _plan_groups(grid, out, [s for s in grid.runs(_no_penalties(grid))
+                                      if not s.calibrated], None, progress, executor)
+    first = [(_calibrate_task, (grid, out, rho, [(fam, var)])) for rho, fam, var in units]
+    first += direct[0]
+    first += [(_exact_task, (grid, out, rho, seed)) for rho in grid.rhos
+              for seed in grid.seeds if not (out / _exact_dir(grid, rho, seed)[0]
+                                            / "metrics.json").is_file()]
+    bar = tqdm(total=max(len(first), 1), unit="task", desc="calibrate + direct",
                disable=not progress, dynamic_ncols=True, position=0)
-    if cal_rhos:
-        _log(f"calibration: {len(cal_rhos)} rho value(s), {len(grid.calibration_jobs())} "
-             f"variant(s), ladders of {grid.calibrate['ladder']} x "
-             f"{grid.calibrate['steps']} steps, widened until each target is bracketed")
-    for _ in executor.run(_call, first):
+    if units:
+        _log(f"calibration: {len(units)} (rho, variant) unit(s), ladders of "
+             f"{grid.calibrate['ladder']} x {grid.calibrate['steps']} steps, widened until "
+             "each target is bracketed, then refined")
+    done_groups = 0
+    for _, res in executor.run(_call, first):
         bar.update(1)
-    calib = calibrate(grid, out)  # every rho is on disk now; raises if all unreachable
+        if res == "group":
+            write_table(table, build_rows(grid, out, grid.runs(_no_penalties(grid))))
+            if on_group is not None:
+                on_group(done_groups)
+            done_groups += 1
+    calib = calibrate(grid, out)  # every unit is on disk now; raises if all unreachable
     penalties = {key: rec["penalties"] for key, rec in calib.items()}
     specs = grid.runs(penalties)
     ids = [s.run_id(grid) for s in specs]
     if len(set(ids)) != len(ids):
         raise InputError("config: the grid expands to duplicate runs (two families with "
                          "identical settings); make them differ")
-    groups: dict[tuple[float, int, str], list[RunSpec]] = defaultdict(list)
-    for s in specs:
-        groups[(s.rho, s.seed, s.family)].append(s)
     finished = [s for s in specs if (_run_files(out, grid, s) / "metrics.json").is_file()]
     to_train = [s for s in specs if not (_run_files(out, grid, s) / "trained.json").is_file()]
     total = len(to_train) * steps
-    _log(f"plan: {len(specs)} SAE runs in {len(groups)} groups; {len(finished)} finished, "
-         f"{len(to_train)} to train ({total:,} model-steps)")
+    n_groups = len({(s.rho, s.seed, s.family) for s in specs})
+    _log(f"plan: {len(specs)} SAE runs in {n_groups} groups; {len(finished)} finished, "
+         f"{len(to_train)} to train ({total:,} model-steps; runs the calibration trained "
+         "are taken from it)")
     bar.set_description("train")
     bar.reset(total=max(total, 1))
+    tasks, costs = _plan_groups(grid, out, specs, calib, progress, executor)
+    for i, _ in executor.run(_call, tasks):
+        bar.update(costs[i])
+        write_table(table, build_rows(grid, out, specs))
+        if on_group is not None:
+            on_group(done_groups)
+        done_groups += 1
+    bar.close()
+    shutil.rmtree(out / "groups", ignore_errors=True)
+    return specs
+
+
+def _no_penalties(grid: GridConfig) -> dict[tuple[str, str, float], dict[float, float]]:
+    """Empty penalties for every calibrated variant: ``grid.runs`` then plans only the
+    runs that need no calibration."""
+    return {(f.name, v, rho): {} for f, _, v in grid.calibration_jobs() for rho in grid.rhos}
+
+
+def _plan_groups(grid: GridConfig, out: Path, specs: list[RunSpec],
+                 calib: dict[tuple[str, str, float], dict[str, Any]] | None, progress: bool,
+                 executor: Any) -> tuple[list[tuple[Any, tuple[Any, ...]]], list[int]]:
+    """One task per (rho, seed, family) group with unfinished runs, and its model-steps."""
+    groups: dict[tuple[float, int, str], list[RunSpec]] = defaultdict(list)
+    for s in specs:
+        groups[(s.rho, s.seed, s.family)].append(s)
     tasks, costs = [], []
     for members in groups.values():
         pending = [s for s in members
                    if not (_run_files(out, grid, s) / "metrics.json").is_file()]
         if not pending:
             continue
-        cal = {s.run_id(grid): calib.get((s.family, s.variant, s.rho)) if s.calibrated
-               else None for s in pending}
+        cal = {s.run_id(grid): (calib or {}).get((s.family, s.variant, s.rho))
+               if s.calibrated else None for s in pending}
         tasks.append((_group_task, (grid, out, pending, cal,
                                     progress and grid.train["progress"]
                                     and executor.workers == 1)))
         costs.append(sum(not (_run_files(out, grid, s) / "trained.json").is_file()
-                         for s in pending) * steps)
-    for gi, (i, _) in enumerate(executor.run(_call, tasks)):
-        bar.update(costs[i])
-        write_table(table, build_rows(grid, out, specs))
-        if on_group is not None:
-            on_group(gi)
-    bar.close()
-    shutil.rmtree(out / "groups", ignore_errors=True)
-    return specs
+                         for s in pending) * grid.train["steps"])
+    return tasks, costs
 
 
 def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
@@ -465,20 +491,24 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     return fn(*args)
 
 
-def _exact_task(grid: GridConfig, out: Path, rho: float, seed: int) -> None:
+def _exact_task(grid: GridConfig, out: Path, rho: float, seed: int) -> str:
     """Exact reference rows of one ``(rho, seed)``."""
     _run_exact(grid, out, data_point(grid, rho, seed))
+    return "exact"
 
 
-def _calibrate_task(grid: GridConfig, out: Path, rho: float) -> None:
-    """Calibration of every variant at ``rho`` (written to ``out/calibration``)."""
+def _calibrate_task(grid: GridConfig, out: Path, rho: float,
+                    only: list[tuple[str, str]]) -> str:
+    """Calibration of the ``(family, variant)`` in ``only`` at ``rho`` (written to
+    ``out/calibration``)."""
     from aensae.benchmarks.calibrate import calibrate_rho
 
-    calibrate_rho(grid, out, rho)
+    calibrate_rho(grid, out, rho, only=only)
+    return "calibration"
 
 
 def _group_task(grid: GridConfig, out: Path, pending: list[RunSpec],
-                calib: dict[str, dict[str, Any] | None], progress: bool) -> None:
+                calib: dict[str, dict[str, Any] | None], progress: bool) -> str:
     """Train the not-yet-trained ``pending`` runs of one group together; evaluate all."""
     point = data_point(grid, pending[0].rho, pending[0].seed)
     train_now = [s for s in pending
@@ -487,6 +517,7 @@ def _group_task(grid: GridConfig, out: Path, pending: list[RunSpec],
         _train_group(grid, out, point, train_now, progress)
     for s in pending:
         _evaluate_run(grid, out, point, s, calib[s.run_id(grid)])
+    return "group"
 
 
 def _hms(seconds: float) -> str:
