@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -264,7 +265,7 @@ def test_other_config_in_out_dir_is_an_error(tiny_run) -> None:
 
 # ----------------------------------------------------------------------------- configs
 def test_named_configs_load_and_expand() -> None:
-    for name in ("quick", "paper", "tiny"):
+    for name in ("quick", "paper", "tiny", "claims"):
         assert (CONFIG_DIR / f"{name}.toml").is_file()
         grid = load_config(name)
         jobs = grid.calibration_jobs()
@@ -279,8 +280,24 @@ def test_named_configs_load_and_expand() -> None:
     archs = {f.arch for f in paper.families}
     assert archs == {"relu_l1", "elastic_net", "adaptive_lasso", "aen", "topk", "batchtopk",
                      "jumprelu"}
-    quick = load_config("quick")
-    assert quick.rhos == [0.0, 0.5, 0.9] and len(quick.seeds) == 2
+    quick = load_config("quick")  # issue 11's main job
+    assert quick.rhos == [0.0, 0.5, 0.9] and quick.seeds == [0]
+    assert (quick.data["n"], quick.data["m"], quick.d_sae, quick.data["k"]) == (64, 256, 256, 4)
+    assert (quick.train["steps"], quick.train["batch_size"], quick.train["lr"]) == \
+        (10000, 256, 1e-3)
+    for name, grid_ in (("quick", quick), ("claims", load_config("claims"))):
+        inits = defaultdict(set)
+        for f in grid_.families:
+            assert len(f.target_l0) >= 3 or name == "claims", f.name
+            for h in f.variants():
+                inits[f.arch].add(h.get("init", "tied"))
+        for arch in ("relu_l1", "elastic_net", "aen", "topk"):
+            assert inits[arch] == {"tied", "independent"}, (name, arch)
+    claims = load_config("claims")
+    assert claims.rhos == [0.0, 0.9] and claims.seeds == [0, 1, 2]
+    assert claims.train["steps"] == 30000
+    assert {f.arch for f in claims.families} == {"relu_l1", "elastic_net", "aen", "topk",
+                                                "batchtopk"}
 
 
 def _minimal() -> dict:
