@@ -441,13 +441,19 @@ def _settings_table(rows, rhos) -> list[str]:
             if any(c != "n/a" for c in cells):
                 lines.append(f"| {fam} | {t:g} | " + " | ".join(cells) + " |")
     vt, vi = claim3_verdict(rows, rhos, "tied"), claim3_verdict(rows, rhos, "independent")
-    same = vt.split(" (")[0] == vi.split(" (")[0]
+    ki, kt = vi.split(" (")[0], vt.split(" (")[0]
+    if "inconclusive" in (ki, kt):
+        follow = ("The data do not decide the claim under both settings, so they say nothing "
+                  "yet about its dependence on the initialisation (see the cells above).")
+    elif ki == kt:
+        follow = "The verdict does not depend on the initialisation."
+    else:
+        follow = ("The verdict depends on the initialisation: a test of the claim must state "
+                  "which encoder initialisation it uses, and the paper's own setting is the "
+                  "independent one.")
     lines += ["", f"Claim 3 (AEN mitigates starvation at competitive reconstruction) under the "
-                  f"paper's setting: **{vi}**; under the conventional setting: **{vt}**. " +
-              ("The verdict does not depend on the initialisation." if same else
-               "The verdict depends on the initialisation: a test of the claim must state "
-               "which encoder initialisation it uses, and the paper's own setting is the "
-               "independent one."), ""]
+                  f"paper's setting: **{vi}**; under the conventional setting: **{vt}**. "
+              + follow, ""]
     return lines
 
 

@@ -303,18 +303,28 @@ def _estimate(grid: GridConfig, out: Path, cal_steps: int, workers: int) -> None
     mid = {(f.name, v, rho): {t: math.sqrt(f.calibrate_range[0] * f.calibrate_range[1])
                               for t in f.target_l0}
            for f, _, v in jobs for rho in grid.rhos}
+    from aensae.benchmarks.calibrate import full_length
+
     specs = grid.runs(mid)
     todo = len(specs)
+    reuse = full_length(grid)
     if cal_steps == 0:
         todo = sum(not (_run_files(out, grid, s) / "trained.json").is_file()
                    for s in runs_after_calibration(grid, out))
+    elif reuse:
+        # full-length calibration: first-seed runs of calibrated families come from it;
+        # count one refinement run per target on top of the ladders
+        todo = sum(not (s.calibrated and s.seed == grid.seeds[0]) for s in specs)
+        cal_steps += sum(len(f.target_l0) for f, _, _ in jobs) * len(grid.rhos) \
+            * grid.calibrate["steps"]
     main = todo * grid.train["steps"]
     if main + cal_steps == 0:
         return
     first = [s for s in specs if (s.rho, s.seed) == (specs[0].rho, specs[0].seed)]
     rate = _probe_rate(grid, data_point(grid, specs[0].rho, specs[0].seed), first)
     _log(f"ETA: {_hms(rate * (cal_steps + main) / workers)} on {workers} worker(s) for "
-         f"{cal_steps:,} calibration (first ladders; widening and refinement add more) and "
+         f"{cal_steps:,} calibration (ladders and one refinement per target; widening adds "
+         "more) and "
          f"{main:,} training model-steps ({todo} runs to train; probe: {1e3 * rate:.2f} ms "
          f"per model-step on {resolve_device(grid.experiment['device'])}, "
          f"{torch.get_num_threads()} "
