@@ -2,8 +2,8 @@ r"""Matched-sparsity calibration: the penalty that gives each target L0, per fam
 
 The l1 (or JumpReLU L0) coefficient that yields a given L0 differs by orders of magnitude
 between architectures, inits and rho, so fixed penalty grids compare unlike with unlike.
-For every calibrated family variant and every rho, short passes (``calibrate.steps``
-steps, the first seed's data) train penalties together on one stream and measure each
+For every calibrated family variant and every rho, passes of ``calibrate.steps`` steps
+(the first seed's data) train penalties together on one stream and measure each
 model's L0 on the held-out set. The search, per variant:
 
 1. **ladder**: ``calibrate.ladder`` penalties log-spaced over ``calibrate_range``;
@@ -22,9 +22,9 @@ with ``(log p_j, log L0_j)`` sorted by ``p`` and made non-increasing in L0 (runn
 minimum; L0 floored at ``1e-3`` for models that went silent), linear interpolation of
 ``log p`` against ``log L0``. Inside the bracket this never extrapolates.
 
-Calibration uses short passes: L0 drifts with run length, so every run records its target,
-the L0 it reached and their ratio, and comparisons at matched L0 use only runs within
-``calibrate.tolerance`` (a ratio) of their target.
+L0 drifts with run length (a pass shorter than the runs misses it), so every run records
+its target, the L0 it reached and their ratio, and comparisons at matched L0 use only
+runs within ``calibrate.tolerance`` (a ratio) of their target.
 
 If every target of a family at some rho is unreachable, the config cannot be run as
 written: :func:`calibrate` raises :class:`~aensae._validation.InputError` naming the

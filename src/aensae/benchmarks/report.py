@@ -536,9 +536,9 @@ def _scale_notes(rows) -> list[str]:
         ]
     else:
         lines.append(f"- Runs are {int(steps):,} steps long: the paper's scale.")
-    lines.append("- Calibration is a short pass; L0 drifts with run length, so every run "
-                 "records the L0 it reached and comparisons keep only runs within the "
-                 "tolerance of their target (see Matched sparsity).")
+    lines.append("- L0 drifts with run length (calibration passes shorter than the runs "
+                 "miss it), so every run records the L0 it reached and comparisons keep only "
+                 "runs within the tolerance of their target (see Matched sparsity).")
     return lines
 
 
