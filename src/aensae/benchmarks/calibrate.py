@@ -9,8 +9,8 @@ model's L0 on the held-out set. The search, per variant:
 1. **ladder**: ``calibrate.ladder`` penalties log-spaced over ``calibrate_range``;
 2. **bracket**: while some target is not bracketed (no measured penalty with L0 >= the
    target beside one with L0 <= it), widen geometrically in the direction it lies --
-   each round adds two penalties, ``WIDEN`` and ``WIDEN**2`` times beyond the current
-   end -- until the penalty reaches :data:`SPAN` = ``(1e-6, 1e3)`` times the range's
+   each round adds one penalty ``WIDEN`` times beyond the current end -- until the
+   penalty reaches :data:`SPAN` = ``(1e-6, 1e3)`` times the range's
    ends; a target still outside the L0 range seen is **unreachable**: recorded with that
    range, never trained, never drawn as a matched point;
 3. **refine**: ``calibrate.rounds`` passes train, for each bracketed target, the penalty
@@ -59,7 +59,7 @@ __all__ = ["SPAN", "WIDEN", "bracket_search", "calibrate", "calibrate_rho", "loa
 _L0_FLOOR = 1e-3
 #: Widest search, as factors of ``calibrate_range``'s low and high ends.
 SPAN = (1e-6, 1e3)
-#: Geometric widening step (each widening round adds ``WIDEN`` and ``WIDEN**2`` beyond).
+#: Geometric widening step (each widening round adds one penalty ``WIDEN`` times beyond).
 WIDEN = 10.0
 
 
@@ -175,9 +175,9 @@ def next_penalties(state: dict[str, Any], rounds: int, tol: float | None = None
         if _bracketed(pts, t):
             continue
         if t < l0_min and max(ps) < hi_lim:  # more penalty, lower L0
-            out.update(min(max(ps) * WIDEN ** j, hi_lim) for j in (1, 2))
+            out.add(min(max(ps) * WIDEN, hi_lim))
         elif t > l0_max and min(ps) > lo_lim:
-            out.update(max(min(ps) / WIDEN ** j, lo_lim) for j in (1, 2))
+            out.add(max(min(ps) / WIDEN, lo_lim))
     if out:
         return sorted(out)
     if state["refined"] >= rounds:
@@ -266,7 +266,8 @@ def _identity(grid: GridConfig, rho: float, fam: Any, hyper: dict[str, Any]) -> 
     return canonical_hash({
         "data": grid.data_record(), "train": grid.train_record(),
         "calibrate": grid.calibrate, "eval_samples": grid.eval["samples"],
-        "span": list(SPAN), "widen": WIDEN, "seed": grid.seeds[0], "d_sae": grid.d_sae,
+        "span": list(SPAN), "widen": WIDEN, "search": 2, "seed": grid.seeds[0],
+        "d_sae": grid.d_sae,
         "dtype": grid.experiment["dtype"], "rho": rho,
         "job": [fam.name, fam.arch, hyper, list(fam.target_l0),
                 list(fam.calibrate_range or ())]})
