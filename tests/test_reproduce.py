@@ -457,3 +457,23 @@ def test_all_targets_unreachable_is_an_input_error_naming_family_and_rho() -> No
            "unreachable": {2.0: [5.0, 9.0], 4.0: [5.0, 9.0]}}
     with pytest.raises(InputError, match=r"family 'aen' \(init independent\) at rho=0.9"):
         check_reachable([rec])
+
+
+def test_bad_worker_count_is_an_input_error(tmp_path) -> None:
+    from aensae._validation import InputError
+
+    with pytest.raises(InputError, match="--workers must be an integer >= 0"):
+        runner.reproduce(_tiny(), tmp_path / "out", progress=False, draw=False, workers=-1)
+    assert not (tmp_path / "out").exists()  # refused before any work
+    with pytest.raises(ValueError, match=r"experiment.workers: must be >= 0"):
+        load_config({**_minimal(), "experiment": {"workers": -2}})
+
+
+def test_init_sweep_and_unknown_init_in_a_grid() -> None:
+    fam = {"name": "r", "arch": "relu_l1", "hyper": {"l1": 1e-3},
+           "sweep": {"init": ["tied", "independent"]}}
+    grid = load_config({"family": [fam]})
+    assert sorted(s.hyper["init"] for s in grid.runs()) == ["independent", "tied"]
+    bad = {**fam, "sweep": {"init": ["tied", "xavier"]}}
+    with pytest.raises(ValueError, match="init must be one of tied, independent, got 'xavier'"):
+        load_config({"family": [bad]})

@@ -355,15 +355,15 @@ def reproduce(grid: GridConfig, out: str | Path, *, progress: bool = True,
     """
     from aensae.benchmarks.executors import available_cores, make_executor
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_manifest(grid, out)
-    t_start = time.perf_counter()
     if workers is None:
         workers = grid.experiment["workers"]
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise InputError(f"--workers must be an integer >= 0 (0 = the cores available), got "
                          f"{workers!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_manifest(grid, out)
+    t_start = time.perf_counter()
     workers = workers or available_cores()
     threads = grid.experiment["threads"] or max(1, available_cores() // workers)
     executor = make_executor(workers, threads)
