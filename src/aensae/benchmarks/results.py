@@ -31,6 +31,7 @@ REQUIRED_COLUMNS = ID_COLUMNS + (
     "l0", "mse", "explained_variance", "explained_variance_centred", "shrinkage",
     "code_bias", "dead_final", "dead_median_last", "supp_f1", "supp_precision",
     "supp_recall", "dict_hungarian_mean_cos", "dict_hungarian_mean_cos_deflated",
+    "dict_mmcs_learned", "l0_ratio", "l0_matched",
     "amort_rel_median", "amort_gap_median", "lip_exact_lasso_median",
     "lip_exact_enet_median", "hoffman_median", "lip_encoder_median", "jump_size_median",
     "exact_certified", "train_seconds")
