@@ -477,3 +477,31 @@ def test_init_sweep_and_unknown_init_in_a_grid() -> None:
     bad = {**fam, "sweep": {"init": ["tied", "xavier"]}}
     with pytest.raises(ValueError, match="init must be one of tied, independent, got 'xavier'"):
         load_config({"family": [bad]})
+
+
+def test_full_length_search_accepts_a_measured_point_within_the_tolerance() -> None:
+    """An L0 floor of 2.01 reaches the target 2 within a tolerance of 1.3: no widening
+    beyond it, the measured penalty is the answer; without a tolerance it is unreachable."""
+    from aensae.benchmarks.calibrate import (
+        add_points,
+        finish,
+        initial_ladder,
+        new_state,
+        next_penalties,
+    )
+
+    def run(tol):
+        measure, calls = _monotone_map(0.1, floor=2.01)
+        state = new_state((1e-2, 1.0), [2.0, 4.0])
+        todo = initial_ladder((1e-2, 1.0), 2)
+        while todo:
+            add_points(state, measure(todo), todo)
+            todo = next_penalties(state, 2, tol)
+        return finish(state, tol), calls
+
+    res, calls = run(1.3)
+    assert res["penalties"][2.0] == 1.0 and not res["unreachable"]  # L0(1.0) = 2.01
+    assert max(calls) == 1.0  # nothing widened
+    assert 4.0 in res["penalties"] and res["extrapolated"][4.0] is False
+    res, calls = run(None)
+    assert res["unreachable"][2.0] == pytest.approx([2.01, 10.0])

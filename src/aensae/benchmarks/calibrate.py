@@ -164,7 +164,7 @@ def next_penalties(state: dict[str, Any], rounds: int, tol: float | None = None
     """Penalties to measure next: widening while a reachable target is unbracketed, then
     up to ``rounds`` refinement passes; empty when the search is over. With ``tol``
     (passes as long as the main runs) a target that a measured penalty already reaches
-    within the factor ``tol`` is not refined further."""
+    within the factor ``tol`` is neither widened for nor refined further."""
     pts = state["points"]
     ps = [p for p, _ in pts]
     lo_lim, hi_lim = state["limits"]
@@ -172,7 +172,7 @@ def next_penalties(state: dict[str, Any], rounds: int, tol: float | None = None
     l0_max, l0_min = math.exp(ll.max()), math.exp(ll.min())
     out: set[float] = set()
     for t in state["targets"]:
-        if _bracketed(pts, t):
+        if _bracketed(pts, t) or _closest(pts, t, tol) is not None:
             continue
         if t < l0_min and max(ps) < hi_lim:  # more penalty, lower L0
             out.add(min(max(ps) * WIDEN, hi_lim))
@@ -195,7 +195,9 @@ def finish(state: dict[str, Any], tol: float | None = None) -> dict[str, Any]:
     """Penalties of the bracketed targets; L0 range of the unreachable ones.
 
     With ``tol`` the measured penalty nearest the target (within the factor ``tol``) is
-    chosen over the interpolated one: its L0 at the main length is already known.
+    chosen over the interpolated one: its L0 at the main length is already known (such a
+    target counts as reached even where the points do not bracket it, e.g. an L0 floor
+    of 2.01 for a target of 2).
     """
     pts = np.asarray(state["points"], dtype=float)
     _, ll = _envelope(pts[:, 0], pts[:, 1])
@@ -203,11 +205,12 @@ def finish(state: dict[str, Any], tol: float | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"points": state["points"], "penalties": {}, "extrapolated": {},
                            "unreachable": {}}
     for t in state["targets"]:
-        if _bracketed(state["points"], t):
+        near = _closest(state["points"], t, tol)
+        if near is not None:  # a measured full-length run within the tolerance
+            out["penalties"][t] = near
+            out["extrapolated"][t] = False
+        elif _bracketed(state["points"], t):
             p, ex = penalty_for_target(pts[:, 0], pts[:, 1], t, tuple(state["limits"]))
-            near = _closest(state["points"], t, tol)
-            if near is not None:
-                p, ex = near, False
             out["penalties"][t] = p
             out["extrapolated"][t] = ex
         else:
@@ -266,7 +269,7 @@ def _identity(grid: GridConfig, rho: float, fam: Any, hyper: dict[str, Any]) -> 
     return canonical_hash({
         "data": grid.data_record(), "train": grid.train_record(),
         "calibrate": grid.calibrate, "eval_samples": grid.eval["samples"],
-        "span": list(SPAN), "widen": WIDEN, "search": 2, "seed": grid.seeds[0],
+        "span": list(SPAN), "widen": WIDEN, "search": 3, "seed": grid.seeds[0],
         "d_sae": grid.d_sae,
         "dtype": grid.experiment["dtype"], "rho": rho,
         "job": [fam.name, fam.arch, hyper, list(fam.target_l0),
