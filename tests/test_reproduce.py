@@ -230,7 +230,8 @@ def test_parallel_workers_equal_the_serial_run(tmp_path, tiny_run, capsys) -> No
 
 def test_runs_taken_from_the_calibration_equal_a_fresh_training(tiny_run) -> None:
     """tiny calibrates at full length: its matched runs reuse calibration models. Oracle:
-    the same run trained again on its own."""
+    each such run trained again on its own (every rho: the same penalty recurs across
+    rho values, and the model of one rho must never stand in for another's)."""
     import torch
 
     from aensae.benchmarks._data import data_point, train_models
@@ -239,20 +240,21 @@ def test_runs_taken_from_the_calibration_equal_a_fresh_training(tiny_run) -> Non
     grid, out = tiny_run
     _, rows = read_table(out / "results.csv")
     reused = [r for r in rows if r.get("trained_in") == "calibration"]
-    assert reused, "tiny's calibration passes are as long as its runs"
-    r = reused[0]
-    folder = out / "runs" / r["run_id"]
-    spec = json.loads((folder / "config.json").read_text())
-    model = create(spec["arch"], grid.data["n"], grid.d_sae, seed=spec["seed"],
-                   **spec["hyper"])
-    point = data_point(grid, spec["rho"], spec["seed"])
-    res = train_models(grid, {"m": model}, point, grid.train["steps"], None, progress=False)
-    saved = load(folder)
-    for (name, a), (_, b) in zip(model.state_dict().items(), saved.state_dict().items(),
-                                 strict=True):
-        assert torch.equal(a, b), name
-    trained = json.loads((folder / "trained.json").read_text())
-    assert trained["dead"] == res["m"].to_dict()["dead"]
+    assert {r["rho"] for r in reused} == {0.0, 0.9}, "tiny's passes are as long as its runs"
+    for r in reused:
+        folder = out / "runs" / r["run_id"]
+        spec = json.loads((folder / "config.json").read_text())
+        model = create(spec["arch"], grid.data["n"], grid.d_sae, seed=spec["seed"],
+                       **spec["hyper"])
+        point = data_point(grid, spec["rho"], spec["seed"])
+        res = train_models(grid, {"m": model}, point, grid.train["steps"], None,
+                           progress=False)
+        saved = load(folder)
+        for (name, a), (_, b) in zip(model.state_dict().items(),
+                                     saved.state_dict().items(), strict=True):
+            assert torch.equal(a, b), (r["run_id"], name)
+        trained = json.loads((folder / "trained.json").read_text())
+        assert trained["dead"] == res["m"].to_dict()["dead"]
 
 
 def test_other_config_in_out_dir_is_an_error(tiny_run) -> None:

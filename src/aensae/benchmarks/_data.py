@@ -88,14 +88,15 @@ def train_models(
 
 
 # ----------------------------------------------------------------------------- model cache
-def model_key(grid: GridConfig, arch: str, hyper: dict[str, Any], seed: int) -> str:
+def model_key(grid: GridConfig, arch: str, hyper: dict[str, Any], rho: float,
+              seed: int) -> str:
     """Hash of everything that determines a trained model of ``grid``'s main length.
 
     Training is deterministic and models trained together equal models trained apart, so
     two trainings with the same key give the same model, bit for bit (the stacked path
     is equal only to rounding: with ``train.stack`` on nothing is cached).
     """
-    return canonical_hash({"arch": arch, "hyper": hyper, "seed": seed,
+    return canonical_hash({"arch": arch, "hyper": hyper, "rho": rho, "seed": seed,
                            "data": grid.data_record(), "train": grid.train_record(),
                            "d_sae": grid.d_sae, "dtype": grid.experiment["dtype"],
                            "device": grid.experiment["device"]}, 16)

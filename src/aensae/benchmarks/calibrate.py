@@ -250,7 +250,8 @@ def _measure(grid: GridConfig, jobs: list[tuple[str, dict[str, Any]]], point: An
             res = results[name].to_dict()
             res.update({"group_seconds": seconds, "group_models": len(models),
                         "trained_in": "calibration"})
-            cache_save(out_dir, model_key(grid, arch, hyper, point.seed), model, res)
+            cache_save(out_dir, model_key(grid, arch, hyper, point.rho, point.seed), model,
+                       res)
         model.eval()
         with torch.no_grad():
             p = model.W_dec

@@ -124,7 +124,7 @@ def _train_group(grid: GridConfig, out: Path, point: DataPoint, specs: list[RunS
     models, records = {}, {}
     for s, rid in zip(specs, ids, strict=True):
         hit = None if grid.train["stack"] else cache_load(
-            out, model_key(grid, s.arch, s.hyper, s.seed))
+            out, model_key(grid, s.arch, s.hyper, s.rho, s.seed))
         if hit is None:
             models[rid] = create(s.arch, grid.data["n"], grid.d_sae, seed=s.seed, dtype=dtype,
                                  **s.hyper)
