@@ -77,7 +77,7 @@ def _median(values: list[float]) -> float:
 
 
 def _fmt(v: float, spec: str = ".3g") -> str:
-    return "n/a" if not math.isfinite(v) else format(v, spec)
+    return "n/a" if not math.isfinite(v) else format(v + 0.0, spec)  # + 0.0: no "-0"
 
 
 def l0_grid(rows: list[dict[str, Any]], rho: float, n: int = GRID_POINTS) -> list[float]:
