@@ -507,3 +507,18 @@ def test_full_length_search_accepts_a_measured_point_within_the_tolerance() -> N
     assert 4.0 in res["penalties"] and res["extrapolated"][4.0] is False
     res, calls = run(None)
     assert res["unreachable"][2.0] == pytest.approx([2.01, 10.0])
+
+
+def test_refinement_bisects_a_cliff() -> None:
+    """L0 jumps from 9 to 1 at p = 0.5: interpolation keeps missing the target 4; the
+    bracket must shrink geometrically around the jump (oracle: the map's definition)."""
+    from aensae.benchmarks.calibrate import bracket_search
+
+    def measure(ps: list[float]) -> list[float]:
+        return [9.0 if p < 0.5 else 1.0 for p in ps]
+
+    res = bracket_search(measure, (1e-2, 1.0), [4.0], ladder=2, rounds=6)
+    below = [p for p, v in res["points"] if v == 9.0]
+    above = [p for p, v in res["points"] if v == 1.0]
+    assert max(below) < 0.5 <= min(above)
+    assert min(above) / max(below) < 1.2  # five bisections after one interpolation

@@ -14,8 +14,10 @@ model's L0 on the held-out set. The search, per variant:
    ends; a target still outside the L0 range seen is **unreachable**: recorded with that
    range, never trained, never drawn as a matched point;
 3. **refine**: ``calibrate.rounds`` passes train, for each bracketed target, the penalty
-   read off inside its bracket (log-log interpolation between the two bracketing
-   points), and add the result to the points.
+   read off inside its bracket -- log-log interpolation between the two bracketing
+   points in the first pass, the geometric midpoint of the bracket in later ones (L0 can
+   fall off a cliff, where interpolation keeps landing on one side) -- and add the
+   result to the points.
 
 The penalty for a target is then read off the points by :func:`penalty_for_target`:
 with ``(log p_j, log L0_j)`` sorted by ``p`` and made non-increasing in L0 (running
@@ -186,9 +188,21 @@ def next_penalties(state: dict[str, Any], rounds: int, tol: float | None = None
     refine: set[float] = set()
     for t in state["targets"]:
         if _bracketed(pts, t) and _closest(pts, t, tol) is None:
-            refine.add(penalty_for_target(np.array(ps), np.array([v for _, v in pts]), t,
-                                          (lo_lim, hi_lim))[0])
+            if state["refined"] == 1:  # log-log interpolation first
+                refine.add(penalty_for_target(np.array(ps), np.array([v for _, v in pts]),
+                                              t, (lo_lim, hi_lim))[0])
+            else:  # then bisection in log p: L0(p) can fall off a cliff
+                refine.add(_bisect(pts, t))
     return sorted(refine - set(ps))
+
+
+def _bisect(points: list[list[float]], target: float) -> float:
+    """Geometric midpoint of the tightest bracket of ``target`` on the monotone envelope."""
+    lp, ll = _envelope([p for p, _ in points], [v for _, v in points])
+    t = math.log(target)
+    above = [x for x, y in zip(lp, ll, strict=True) if y >= t]  # smaller penalties
+    below = [x for x, y in zip(lp, ll, strict=True) if y <= t]
+    return float(math.exp(0.5 * (max(above) + min(x for x in below if x >= max(above)))))
 
 
 def finish(state: dict[str, Any], tol: float | None = None) -> dict[str, Any]:
@@ -270,7 +284,7 @@ def _identity(grid: GridConfig, rho: float, fam: Any, hyper: dict[str, Any]) -> 
     return canonical_hash({
         "data": grid.data_record(), "train": grid.train_record(),
         "calibrate": grid.calibrate, "eval_samples": grid.eval["samples"],
-        "span": list(SPAN), "widen": WIDEN, "search": 3, "seed": grid.seeds[0],
+        "span": list(SPAN), "widen": WIDEN, "search": 4, "seed": grid.seeds[0],
         "d_sae": grid.d_sae,
         "dtype": grid.experiment["dtype"], "rho": rho,
         "job": [fam.name, fam.arch, hyper, list(fam.target_l0),
