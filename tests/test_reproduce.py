@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -58,16 +59,24 @@ def test_table_schema_one_row_per_run(tiny_run) -> None:
     assert len(ids) == len(set(ids)), "duplicate rows"
     sae = [r for r in rows if r["kind"] == "sae"]
     assert {r["run_id"] for r in sae} == _planned_ids(grid, out)
-    # 2 rho x 1 seed x (2 relu_l1 + 2 aen + 2 topk + 1 jumprelu) SAE runs
-    assert len(sae) == 2 * 7
+    # 2 rho x 1 seed x (2 relu_l1 x 2 inits + 2 aen + 2 topk + 1 jumprelu) SAE runs
+    assert len(sae) == 2 * 9
+    assert {(r["family"], r["init"]) for r in sae} == {
+        ("relu_l1", "tied"), ("relu_l1", "independent"), ("aen", "tied"), ("topk", "tied"),
+        ("jumprelu", "tied")}
     exact = [r for r in rows if r["kind"] == "exact"]
     assert len(exact) == 2 * 2 * grid.reference["ladder"]
     for r in rows:
         assert r["aensae_version"] and r["config_hash"] == grid.config_hash()
         assert r["seed"] == 0.0 and r["config_name"] == "tiny"
     for r in sae:
-        assert r["calibrated_value"] is not None and r["target_l0"] is not None
-        assert r[f"hp_{r['calibrated_param']}"] == r["calibrated_value"]
+        if r["family"] != "jumprelu":  # jumprelu runs at a fixed penalty in this grid
+            assert r["calibrated_value"] is not None and r["target_l0"] is not None
+            assert r[f"hp_{r['calibrated_param']}"] == r["calibrated_value"]
+            assert r["calibration_extrapolated"] is False
+            # the ratio recorded is the achieved L0 over the target; matched by the tolerance
+            assert r["l0_ratio"] == pytest.approx(r["l0"] / r["target_l0"], rel=1e-12)
+            assert r["l0_matched"] == (1 / 1.5 <= r["l0_ratio"] <= 1.5)
         assert 0.0 <= r["dead_median_last"] <= 1.0
         if r["arch"] == "topk":  # TopK's L0 is at most k_top (oracle: the definition)
             assert r["l0"] <= r["hp_k_top"] + 1e-12
@@ -132,18 +141,21 @@ def test_interrupted_run_completes_without_loss_or_duplicates(tmp_path, capsys) 
     with pytest.raises(Stop):
         runner.reproduce(grid, tmp_path, progress=False, draw=False, on_group=stop)
     err = capsys.readouterr().err
-    assert "ETA: " in err and "plan: 14 SAE runs in 2 groups; 0 finished" in err
+    assert "ETA: " in err and "calibration: 6 (rho, variant) unit(s)" in err
     first = _metrics_bytes(tmp_path)
-    assert 0 < len(first) < 14
+    assert 0 < len(first) < 18
     _, partial = read_table(tmp_path / "results.csv")
     assert len([r for r in partial if r["kind"] == "sae"]) == len(first)
     runner.reproduce(grid, tmp_path, progress=False, draw=False)
-    assert f"{len(first)} finished" in capsys.readouterr().err
+    import re
+
+    found = re.search(r"; (\d+) finished", capsys.readouterr().err)
+    assert found and int(found.group(1)) >= len(first)
     after = _metrics_bytes(tmp_path)
     assert {k: after[k] for k in first} == first, "a finished run was redone"
     _, rows = read_table(tmp_path / "results.csv")
     ids = [r["run_id"] for r in rows if r["kind"] == "sae"]
-    assert len(ids) == len(set(ids)) == 14
+    assert len(ids) == len(set(ids)) == 18
     assert set(ids) == _planned_ids(grid, tmp_path)
 
 
@@ -167,7 +179,7 @@ def test_killed_process_is_redone_on_rerun(tmp_path, tiny_run) -> None:
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
-    assert not (tmp_path / "results.csv").is_file() or len(_metrics_bytes(tmp_path)) < 14
+    assert not (tmp_path / "results.csv").is_file() or len(_metrics_bytes(tmp_path)) < 18
     runner.reproduce(grid, tmp_path, progress=False, draw=False)
     _, rows = read_table(tmp_path / "results.csv")
     _, ref_rows = read_table(ref_out / "results.csv")
@@ -186,6 +198,65 @@ def test_killed_process_is_redone_on_rerun(tmp_path, tiny_run) -> None:
                 assert w == v, (ref["run_id"], col, v, w)
 
 
+def _same_rows(rows: list[dict], ref_rows: list[dict]) -> None:
+    """Row for row equality, timing columns aside (NaN equals NaN)."""
+    assert len(rows) == len(ref_rows)
+    key = {r["run_id"]: r for r in rows}
+    assert len(key) == len(rows)
+    for ref in ref_rows:
+        got = key[ref["run_id"]]
+        for col, v in ref.items():
+            if col in TIMING_COLUMNS or col.endswith("_seconds"):
+                continue
+            w = got.get(col)
+            if isinstance(v, float) and isinstance(w, float) and math.isnan(v):
+                assert math.isnan(w), col
+            else:
+                assert w == v, (ref["run_id"], col, v, w)
+
+
+def test_parallel_workers_equal_the_serial_run(tmp_path, tiny_run, capsys) -> None:
+    """Two spawned worker processes give the serial table row for row."""
+    grid, ref_out = tiny_run
+    runner.reproduce(grid, tmp_path, progress=False, draw=False, workers=2)
+    assert "workers: 2 process(es) of 1 thread(s)" in capsys.readouterr().err
+    cols, rows = read_table(tmp_path / "results.csv")
+    ref_cols, ref_rows = read_table(ref_out / "results.csv")
+    assert cols == ref_cols
+    _same_rows(rows, ref_rows)
+    for p in sorted((ref_out / "calibration").glob("*.json")):
+        assert (tmp_path / "calibration" / p.name).read_bytes() == p.read_bytes()
+
+
+def test_runs_taken_from_the_calibration_equal_a_fresh_training(tiny_run) -> None:
+    """tiny calibrates at full length: its matched runs reuse calibration models. Oracle:
+    each such run trained again on its own (every rho: the same penalty recurs across
+    rho values, and the model of one rho must never stand in for another's)."""
+    import torch
+
+    from aensae.benchmarks._data import data_point, train_models
+    from aensae.saes import create, load
+
+    grid, out = tiny_run
+    _, rows = read_table(out / "results.csv")
+    reused = [r for r in rows if r.get("trained_in") == "calibration"]
+    assert {r["rho"] for r in reused} == {0.0, 0.9}, "tiny's passes are as long as its runs"
+    for r in reused:
+        folder = out / "runs" / r["run_id"]
+        spec = json.loads((folder / "config.json").read_text())
+        model = create(spec["arch"], grid.data["n"], grid.d_sae, seed=spec["seed"],
+                       **spec["hyper"])
+        point = data_point(grid, spec["rho"], spec["seed"])
+        res = train_models(grid, {"m": model}, point, grid.train["steps"], None,
+                           progress=False)
+        saved = load(folder)
+        for (name, a), (_, b) in zip(model.state_dict().items(),
+                                     saved.state_dict().items(), strict=True):
+            assert torch.equal(a, b), (r["run_id"], name)
+        trained = json.loads((folder / "trained.json").read_text())
+        assert trained["dead"] == res["m"].to_dict()["dead"]
+
+
 def test_other_config_in_out_dir_is_an_error(tiny_run) -> None:
     grid, out = tiny_run
     other = _tiny()
@@ -196,7 +267,7 @@ def test_other_config_in_out_dir_is_an_error(tiny_run) -> None:
 
 # ----------------------------------------------------------------------------- configs
 def test_named_configs_load_and_expand() -> None:
-    for name in ("quick", "paper", "tiny"):
+    for name in ("quick", "paper", "tiny", "claims"):
         assert (CONFIG_DIR / f"{name}.toml").is_file()
         grid = load_config(name)
         jobs = grid.calibration_jobs()
@@ -211,8 +282,24 @@ def test_named_configs_load_and_expand() -> None:
     archs = {f.arch for f in paper.families}
     assert archs == {"relu_l1", "elastic_net", "adaptive_lasso", "aen", "topk", "batchtopk",
                      "jumprelu"}
-    quick = load_config("quick")
-    assert quick.rhos == [0.0, 0.5, 0.9] and len(quick.seeds) == 2
+    quick = load_config("quick")  # issue 11's main job
+    assert quick.rhos == [0.0, 0.5, 0.9] and quick.seeds == [0]
+    assert (quick.data["n"], quick.data["m"], quick.d_sae, quick.data["k"]) == (64, 256, 256, 4)
+    assert (quick.train["steps"], quick.train["batch_size"], quick.train["lr"]) == \
+        (10000, 256, 1e-3)
+    for name, grid_ in (("quick", quick), ("claims", load_config("claims"))):
+        inits = defaultdict(set)
+        for f in grid_.families:
+            assert len(f.target_l0) >= 3 or name == "claims", f.name
+            for h in f.variants():
+                inits[f.arch].add(h.get("init", "tied"))
+        for arch in ("relu_l1", "elastic_net", "aen", "topk"):
+            assert inits[arch] == {"tied", "independent"}, (name, arch)
+    claims = load_config("claims")
+    assert claims.rhos == [0.0, 0.9] and claims.seeds == [0, 1, 2]
+    assert claims.train["steps"] == 30000
+    assert {f.arch for f in claims.families} == {"relu_l1", "elastic_net", "aen", "topk",
+                                                "batchtopk"}
 
 
 def _minimal() -> dict:
@@ -322,3 +409,117 @@ def test_cli_reports_a_bad_config_cleanly(capsys) -> None:
 
     assert cli.main(["reproduce", "--config", "nosuchconfig"]) == 2
     assert "no named config" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- bracketing
+def _monotone_map(scale: float, floor: float = 0.0, cap: float = math.inf):
+    """L0(p) = min(cap, max(floor, scale / p)): monotone, known inverse p = scale / L0."""
+    calls: list[float] = []
+
+    def measure(ps: list[float]) -> list[float]:
+        calls.extend(ps)
+        return [min(cap, max(floor, scale / p)) for p in ps]
+    return measure, calls
+
+
+@pytest.mark.parametrize("scale", [1e-5, 1e2])  # targets far below / above the start range
+def test_bracket_search_widens_both_ways_and_refines_inside(scale: float) -> None:
+    from aensae.benchmarks.calibrate import bracket_search
+
+    measure, calls = _monotone_map(scale)
+    targets = [2.0, 4.0, 8.0]
+    res = bracket_search(measure, (1e-2, 1.0), targets, ladder=4, rounds=1)
+    assert not res["unreachable"]
+    for t in targets:
+        assert res["extrapolated"][t] is False
+        # oracle: the inverse of the map; log-log interpolation of a power law is exact
+        assert res["penalties"][t] == pytest.approx(scale / t, rel=1e-9)
+        assert min(p for p, _ in res["points"]) <= scale / t <= max(p for p, _ in res["points"])
+    assert min(calls) >= 1e-2 * 1e-6 and max(calls) <= 1.0 * 1e3
+
+
+def test_bracket_search_reports_unreachable_targets_with_the_range_seen() -> None:
+    from aensae.benchmarks.calibrate import bracket_search
+
+    # L0 never exceeds 5 (a cap), never falls below 0.5: 8 and 0.1 cannot be reached
+    measure, calls = _monotone_map(0.1, floor=0.5, cap=5.0)
+    res = bracket_search(measure, (1e-2, 1.0), [0.1, 2.0, 8.0], ladder=3, rounds=1)
+    assert set(res["unreachable"]) == {0.1, 8.0}
+    assert res["unreachable"][8.0] == pytest.approx([0.5, 5.0])
+    assert res["penalties"][2.0] == pytest.approx(0.05, rel=1e-9)
+    assert 8.0 not in res["penalties"] and 0.1 not in res["penalties"]
+    assert min(calls) == pytest.approx(1e-8) and max(calls) == pytest.approx(1e3)
+
+
+def test_all_targets_unreachable_is_an_input_error_naming_family_and_rho() -> None:
+    from aensae._validation import InputError
+    from aensae.benchmarks.calibrate import check_reachable
+
+    rec = {"family": "aen", "rho": 0.9, "hyper": {"init": "independent"}, "param": "l1",
+           "targets": [2.0, 4.0], "penalties": {}, "limits": [1e-8, 1e3],
+           "unreachable": {2.0: [5.0, 9.0], 4.0: [5.0, 9.0]}}
+    with pytest.raises(InputError, match=r"family 'aen' \(init independent\) at rho=0.9"):
+        check_reachable([rec])
+
+
+def test_bad_worker_count_is_an_input_error(tmp_path) -> None:
+    from aensae._validation import InputError
+
+    with pytest.raises(InputError, match="--workers must be an integer >= 0"):
+        runner.reproduce(_tiny(), tmp_path / "out", progress=False, draw=False, workers=-1)
+    assert not (tmp_path / "out").exists()  # refused before any work
+    with pytest.raises(ValueError, match=r"experiment.workers: must be >= 0"):
+        load_config({**_minimal(), "experiment": {"workers": -2}})
+
+
+def test_init_sweep_and_unknown_init_in_a_grid() -> None:
+    fam = {"name": "r", "arch": "relu_l1", "hyper": {"l1": 1e-3},
+           "sweep": {"init": ["tied", "independent"]}}
+    grid = load_config({"family": [fam]})
+    assert sorted(s.hyper["init"] for s in grid.runs()) == ["independent", "tied"]
+    bad = {**fam, "sweep": {"init": ["tied", "xavier"]}}
+    with pytest.raises(ValueError, match="init must be one of tied, independent, got 'xavier'"):
+        load_config({"family": [bad]})
+
+
+def test_full_length_search_accepts_a_measured_point_within_the_tolerance() -> None:
+    """An L0 floor of 2.01 reaches the target 2 within a tolerance of 1.3: no widening
+    beyond it, the measured penalty is the answer; without a tolerance it is unreachable."""
+    from aensae.benchmarks.calibrate import (
+        add_points,
+        finish,
+        initial_ladder,
+        new_state,
+        next_penalties,
+    )
+
+    def run(tol):
+        measure, calls = _monotone_map(0.1, floor=2.01)
+        state = new_state((1e-2, 1.0), [2.0, 4.0])
+        todo = initial_ladder((1e-2, 1.0), 2)
+        while todo:
+            add_points(state, measure(todo), todo)
+            todo = next_penalties(state, 2, tol)
+        return finish(state, tol), calls
+
+    res, calls = run(1.3)
+    assert res["penalties"][2.0] == 1.0 and not res["unreachable"]  # L0(1.0) = 2.01
+    assert max(calls) == 1.0  # nothing widened
+    assert 4.0 in res["penalties"] and res["extrapolated"][4.0] is False
+    res, calls = run(None)
+    assert res["unreachable"][2.0] == pytest.approx([2.01, 10.0])
+
+
+def test_refinement_bisects_a_cliff() -> None:
+    """L0 jumps from 9 to 1 at p = 0.5: interpolation keeps missing the target 4; the
+    bracket must shrink geometrically around the jump (oracle: the map's definition)."""
+    from aensae.benchmarks.calibrate import bracket_search
+
+    def measure(ps: list[float]) -> list[float]:
+        return [9.0 if p < 0.5 else 1.0 for p in ps]
+
+    res = bracket_search(measure, (1e-2, 1.0), [4.0], ladder=2, rounds=6)
+    below = [p for p, v in res["points"] if v == 9.0]
+    above = [p for p, v in res["points"] if v == 1.0]
+    assert max(below) < 0.5 <= min(above)
+    assert min(above) / max(below) < 1.2  # five bisections after one interpolation

@@ -66,7 +66,7 @@ def test_unknown_architecture_lists_valid_ones() -> None:
 def test_unknown_hyperparameter_lists_valid_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) l1 .*'topk'.*k_top"):
         create("topk", D_IN, D_SAE, l1=0.1)
-    with pytest.raises(ValueError, match="valid hyperparameters: l1$"):
+    with pytest.raises(ValueError, match="valid hyperparameters: init, l1$"):
         create("relu_l1", D_IN, D_SAE, l2=0.1)
 
 
@@ -91,6 +91,14 @@ def test_relations_between_hyperparameters_are_checked() -> None:
         create("aen", D_IN, D_SAE, warmup_steps=1.5)
 
 
+def test_adaptive_defaults_are_the_reference_implementations() -> None:
+    """Issue 11: beta 0.999, top 1 %, w in [0.1, 10], 2,000-step ramp after the hold."""
+    for arch in ("adaptive_lasso", "aen"):
+        hp = hyper_defaults(arch)
+        assert (hp["beta"], hp["top_p"], hp["w_min"], hp["w_max"], hp["ramp_steps"]) == \
+            (0.999, 0.01, 0.1, 10.0, 2000)
+
+
 def test_hyper_defaults_are_the_applied_defaults() -> None:
     for arch in ARCHITECTURES:
         assert create(arch, D_IN, 32).hyper == hyper_defaults(arch)
@@ -112,6 +120,69 @@ def test_layout_and_unit_norm_atoms(arch: str) -> None:
     model.project_decoder()
     torch.testing.assert_close(model.W_dec.detach().double().norm(dim=1),
                                torch.ones(D_SAE, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_tied_init_is_the_default_and_ties_exactly(arch: str) -> None:
+    extra = {"k_top": 2} if "topk" in arch else {}
+    model = create(arch, D_IN, D_SAE, seed=4, **extra)
+    assert model.hyper["init"] == "tied"
+    assert torch.equal(model.W_enc.detach(), model.W_dec.detach().T)
+    assert not model.b_enc.any() and not model.b_dec.any()
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_independent_init_draws_what_nn_linear_draws(arch: str) -> None:
+    """Oracle: torch's own nn.Linear layers, built after seeding the global generator."""
+    seed = 7
+    extra = {"k_top": 2} if "topk" in arch else {}
+    model = create(arch, D_IN, D_SAE, seed=seed, init="independent", **extra)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        enc = torch.nn.Linear(D_IN, D_SAE)
+        dec = torch.nn.Linear(D_SAE, D_IN, bias=False)
+    assert torch.equal(model.W_enc.detach(), enc.weight.detach().T)
+    assert torch.equal(model.b_enc.detach(), enc.bias.detach())
+    atoms = dec.weight.detach().T.double()
+    torch.testing.assert_close(model.W_dec.detach().double(),
+                               (atoms / atoms.norm(dim=1, keepdim=True)).float().double())
+    assert not model.b_dec.any()
+    assert not torch.equal(model.W_enc.detach(), model.W_dec.detach().T)
+
+
+def test_independent_init_is_uniform_with_the_nn_linear_bounds() -> None:
+    """Analytic oracle: U(-b, b) has mean 0 and variance b^2 / 3, b = 1/sqrt(fan_in)."""
+    d_in, d_sae = 64, 2048
+    model = create("relu_l1", d_in, d_sae, seed=1, init="independent")
+    for name, t, fan_in in (("W_enc", model.W_enc, d_in), ("b_enc", model.b_enc, d_in)):
+        v = t.detach().double().ravel()
+        b = 1.0 / math.sqrt(fan_in)
+        assert float(v.abs().max()) <= b, name
+        n = v.numel()
+        # mean: 6 standard errors; variance: 6 standard errors of the sample variance
+        assert abs(float(v.mean())) < 6 * b / math.sqrt(3 * n), name
+        se_var = math.sqrt((b**4 / 5 - (b**2 / 3) ** 2) / n)
+        assert abs(float(v.var()) - b**2 / 3) < 6 * se_var, name
+        assert float(v.abs().max()) > 0.99 * b, name  # the draws fill the interval
+    torch.testing.assert_close(model.W_dec.detach().double().norm(dim=1),
+                               torch.ones(d_sae, dtype=torch.float64))
+
+
+def test_unknown_init_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="init must be one of tied, independent, got 'xavier'"):
+        create("aen", D_IN, D_SAE, init="xavier")
+
+
+@pytest.mark.parametrize("init", ["tied", "independent"])
+def test_init_round_trips_through_save_and_load(init: str, tmp_path) -> None:
+    model = create("topk", D_IN, D_SAE, seed=3, k_top=2, init=init)
+    save(model, tmp_path)
+    assert json.loads((tmp_path / "cfg.json").read_text())["hyper"]["init"] == init
+    loaded = load(tmp_path)
+    assert loaded.hyper["init"] == init
+    for (n1, t1), (_, t2) in zip(model.state_dict().items(), loaded.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(t1, t2), n1
 
 
 def test_same_seed_same_init_different_seed_different_init() -> None:

@@ -695,11 +695,11 @@ def test_population_weights_from_codes_by_hand():
     assert got[5] == w_max
     np.testing.assert_allclose(population_weights_from_codes(sp.csr_matrix(H), gamma, top_p,
                                                              w_min, w_max), expect, rtol=1e-13)
-    # defaults: gamma 1, top 5%, clip to [0.01, 10]
-    k = math.ceil(0.05 * 40)
+    # defaults: gamma 1, top 1% (at least one latent), clip to [0.1, 10]
+    k = math.ceil(0.01 * 40)
     ref = np.sort(ema)[::-1][:k].mean()
     with np.errstate(divide="ignore"):
-        expect = np.clip(np.where(ema > 0, ref / ema, np.inf), 0.01, 10.0)
+        expect = np.clip(np.where(ema > 0, ref / ema, np.inf), 0.1, 10.0)
     np.testing.assert_allclose(population_weights_from_codes(H), expect, rtol=1e-13)
 
 

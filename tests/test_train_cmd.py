@@ -114,6 +114,22 @@ def test_unknown_hyperparameter_lists_valid_ones(tmp_path, capsys) -> None:
     assert "NAME=VALUE" in capsys.readouterr().err
 
 
+def test_init_choices_match_the_models_and_are_recorded(tmp_path, capsys) -> None:
+    from aensae.saes.base import INIT_CHOICES
+
+    assert train_cmd.INIT_CHOICES == INIT_CHOICES
+    out = tmp_path / "ind"
+    assert _run(["train", "--arch", "relu_l1", "--init", "independent", "--out", str(out),
+                 *TINY]) == 0
+    rec = json.loads((out / "metrics.json").read_text())
+    assert rec["init"] == "independent" and rec["config"]["hyper"]["init"] == "independent"
+    assert json.loads((out / "cfg.json").read_text())["hyper"]["init"] == "independent"
+    with pytest.raises(SystemExit):
+        _run(["train", "--arch", "aen", "--init", "xavier", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert "--init" in err and "tied" in err and "independent" in err
+
+
 def test_unknown_architecture_lists_valid_ones(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         _run(["train", "--arch", "nope", "--out", str(tmp_path)])

@@ -198,11 +198,15 @@ def update_ema(ema: Array, batch_mean_abs: Array, beta: float) -> Array:
 def population_weights(
     ema: Array,
     gamma: float = 1.0,
-    top_p: float = 0.05,
-    w_min: float = 0.01,
+    top_p: float = 0.01,
+    w_min: float = 0.1,
     w_max: float = 10.0,
 ) -> Array:
     r"""AEN-SAE population weights from the per-latent EMA of mean ``|h|``.
+
+    The defaults (top 1 % as the reference, weights in ``[0.1, 10]``) are those of the
+    paper's reference implementation, as issue 11 quotes them; the SAEs' hyperparameters
+    (:data:`aensae.saes.adaptive_lasso.ADAPTIVE_HYPER`) carry the same values.
 
     ``ref = mean of the largest ceil(top_p * m) entries of ema`` and
     ``w_i = clip((ref / ema_i)^gamma, w_min, w_max)``.

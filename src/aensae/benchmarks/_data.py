@@ -16,9 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from aensae.benchmarks.grid import GridConfig
+from aensae.benchmarks.grid import GridConfig, canonical_hash
 
-__all__ = ["EVAL_INDEX", "DataPoint", "data_point", "train_models"]
+__all__ = ["CACHE_DIR", "EVAL_INDEX", "DataPoint", "cache_load", "cache_save", "data_point",
+           "model_key", "train_models"]
+
+#: Folder (inside a results folder) of models trained to full length during calibration.
+CACHE_DIR = "models"
 
 #: Batch index of the held-out evaluation set (as in ``aensae train``).
 EVAL_INDEX = 2**40
@@ -81,3 +85,40 @@ def train_models(
         return stream.torch_signal_batches(steps - start, start=start, dtype=dtype)
 
     return train(dict(models), data, cfg, checkpoint_dir=checkpoint_dir)
+
+
+# ----------------------------------------------------------------------------- model cache
+def model_key(grid: GridConfig, arch: str, hyper: dict[str, Any], rho: float,
+              seed: int) -> str:
+    """Hash of everything that determines a trained model of ``grid``'s main length.
+
+    Training is deterministic and models trained together equal models trained apart, so
+    two trainings with the same key give the same model, bit for bit (the stacked path
+    is equal only to rounding: with ``train.stack`` on nothing is cached).
+    """
+    return canonical_hash({"arch": arch, "hyper": hyper, "rho": rho, "seed": seed,
+                           "data": grid.data_record(), "train": grid.train_record(),
+                           "d_sae": grid.d_sae, "dtype": grid.experiment["dtype"],
+                           "device": grid.experiment["device"]}, 16)
+
+
+def cache_save(out: Path, key: str, model: Any, result: dict[str, Any]) -> None:
+    """Keep a model trained to the main length (and its training record) under ``key``."""
+    from aensae._io import atomic_write_json
+    from aensae.saes import save
+
+    folder = Path(out) / CACHE_DIR / key
+    save(model, folder)
+    atomic_write_json(folder / "result.json", result)  # last: the "complete" marker
+
+
+def cache_load(out: Path, key: str) -> tuple[Any, dict[str, Any]] | None:
+    """``(model, training record)`` saved under ``key``, or ``None``."""
+    import json
+
+    from aensae.saes import load
+
+    folder = Path(out) / CACHE_DIR / key
+    if not (folder / "result.json").is_file():
+        return None
+    return load(folder), json.loads((folder / "result.json").read_text())

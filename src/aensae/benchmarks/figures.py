@@ -1,11 +1,13 @@
-r"""The six figures of ``aensae reproduce``, drawn from the results tables alone.
+r"""The seven figures of ``aensae reproduce``, drawn from the results tables alone.
 
 ``draw_all(RESULTS_DIR)`` reads ``results.csv`` (and ``speed.csv`` when present) and writes
 ``figures/fig<i>_<name>.png`` and ``.svg``:
 
 1. ``fig1_dead_ev_vs_l0``: dead-latent % (median of the last training windows) and explained
-   variance against the held-out L0, one panel per rho, one curve per family (mean over
-   seeds at each target L0 / penalty);
+   variance against the held-out L0, one panel per rho, one curve per family and init
+   (solid: tied, dashed: independent; mean over seeds at each target L0 / penalty); a
+   point whose explained variance is negative is marked with a hollow X; targets the
+   calibration could not reach are listed in the panel (they have no run, no point);
 2. ``fig2_recovery_vs_l0``: support F1 against the true codes and Hungarian-matched
    dictionary recovery (shared spike projected out) against L0; reference lines: exact
    lasso / elastic-net codes on the true dictionary; chance level of a random dictionary;
@@ -19,7 +21,11 @@ r"""The six figures of ``aensae reproduce``, drawn from the results tables alone
 5. ``fig5_hoffman``: distributions (5/25/50/75/95 percentiles) of local Hoffman constants
    against rho, exact elastic net on the true dictionary and each l1 family's decoder;
 6. ``fig6_solver_speed``: exact-solver throughput (signals/s) and the ratio to
-   scikit-learn, from ``aensae bench solvers``.
+   scikit-learn, from ``aensae bench solvers``;
+7. ``fig7_authors_overlay``: the authors' published spiked runs (package data
+   ``data/authors_spiked_runs.csv``) in grey under ours, for the rho values both have:
+   dead %, centred explained variance and raw MMCS against L0 / k (their k = 16), like
+   with like (our ``explained_variance_centred`` and ``dict_mmcs_learned``).
 
 Output is byte-identical for the same tables: fixed backend (Agg), fixed style, no
 timestamps in the metadata, a fixed SVG hash salt, sorted inputs.
@@ -28,6 +34,7 @@ timestamps in the metadata, a fixed SVG hash salt, sorted inputs.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +47,7 @@ from aensae.benchmarks.results import read_table
 __all__ = ["FIGURES", "draw_all"]
 
 FIGURES = ("fig1_dead_ev_vs_l0", "fig2_recovery_vs_l0", "fig3_amortization_gap",
-           "fig4_lipschitz", "fig5_hoffman", "fig6_solver_speed")
+           "fig4_lipschitz", "fig5_hoffman", "fig6_solver_speed", "fig7_authors_overlay")
 FORMATS = ("png", "svg")
 _ORDER = ("relu_l1", "elastic_net", "adaptive_lasso", "aen", "topk", "topk_auxk", "batchtopk",
           "jumprelu")
@@ -75,8 +82,10 @@ def _curve(rows: list[dict[str, Any]], x: str, y: Callable[[dict[str, Any]], flo
     pts: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
     for r in rows:
         pts[_point_key(r)].append((_num(r[x]), y(r)))
-    xy = sorted((float(np.nanmean([p[0] for p in v])), float(np.nanmean([p[1] for p in v])))
-                for v in pts.values())
+    with warnings.catch_warnings():  # a key whose values are all NaN stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        xy = sorted((float(np.nanmean([p[0] for p in v])),
+                     float(np.nanmean([p[1] for p in v]))) for v in pts.values())
     arr = np.array(xy, dtype=float).reshape(-1, 2)
     return arr[:, 0], arr[:, 1]
 
@@ -114,23 +123,56 @@ def _plain_log_ticks(ax: Any, axis: str = "x") -> None:
     a.set_minor_formatter(NullFormatter())
 
 
+_INIT_STYLE = {"tied": "-", "independent": "--"}
+
+
+def _init(r: dict[str, Any]) -> str:
+    return str(r.get("init") or "tied")
+
+
+def _inits(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted({_init(r) for r in rows}, key=lambda i: (i != "tied", i))
+
+
+def _unreachable_note(rows: list[dict[str, Any]], rho: float) -> str:
+    """``unreachable L0 targets: fam/init t, ...`` for the ``kind = unreachable`` rows."""
+    items = sorted({(r["family"], _init(r), _num(r.get("target_l0"))) for r in rows
+                    if r.get("kind") == "unreachable" and _num(r["rho"]) == rho})
+    if not items:
+        return ""
+    return "unreachable L0 targets (no run): " + ", ".join(
+        f"{f}/{i[:3]} {t:g}" for f, i, t in items)
+
+
 def _pareto_panels(fig: Any, rows: list[dict[str, Any]], specs: list[tuple], title: str
                    ) -> None:
     sae, exact = _sae(rows), _exact(rows)
-    rhos = _rhos(rows)
+    rhos = _rhos([r for r in rows if r.get("kind") in ("sae", "exact")])
     fams = _families(sae)
     col = _colors(fams)
+    inits = _inits(sae)
     axes = fig.subplots(len(specs), len(rhos), squeeze=False, sharex=True)
+    flagged = False
     for j, rho in enumerate(rhos):
         for i, (ylabel, fn, ref_fn, clip) in enumerate(specs):
             ax = axes[i, j]
             for fam in fams:
-                sub = [r for r in sae if r["family"] == fam and float(r["rho"]) == rho]
-                if not sub:
-                    continue
-                xs, ys = _curve(sub, "l0", fn)
-                ok = np.isfinite(xs) & np.isfinite(ys) & (xs > 0)
-                ax.plot(xs[ok], ys[ok], marker="o", ms=4, lw=1.3, color=col[fam], label=fam)
+                for init in inits:
+                    sub = [r for r in sae if r["family"] == fam and float(r["rho"]) == rho
+                           and _init(r) == init]
+                    if not sub:
+                        continue
+                    xs, ys = _curve(sub, "l0", fn)
+                    _, evs = _curve(sub, "l0", _ev)
+                    ok = np.isfinite(xs) & np.isfinite(ys) & (xs > 0)
+                    label = fam if len(inits) == 1 else f"{fam}, {init}"
+                    ax.plot(xs[ok], ys[ok], marker="o", ms=4, lw=1.3, color=col[fam],
+                            ls=_INIT_STYLE.get(init, "-."), label=label)
+                    neg = ok & (evs < 0)
+                    if neg.any():  # EV < 0: worse than the mean; flagged, not a plain point
+                        flagged = True
+                        ax.plot(xs[neg], ys[neg], ls="none", marker="X", ms=9,
+                                mfc="white", mec=col[fam], mew=1.5)
             ylim = ax.get_ylim() if ax.has_data() else None
             if ref_fn is not None:
                 ref_fn(ax, [r for r in exact if float(r["rho"]) == rho],
@@ -145,6 +187,10 @@ def _pareto_panels(fig: Any, rows: list[dict[str, Any]], specs: list[tuple], tit
             ax.grid(True, which="both", alpha=0.25)
             if i == 0:
                 ax.set_title(f"rho = {rho:g}")
+                note = _unreachable_note(rows, rho)
+                if note:
+                    ax.text(0.02, 0.98, note, transform=ax.transAxes, fontsize=6,
+                            va="top", wrap=True)
             if i == len(specs) - 1:
                 ax.set_xlabel("L0 (active latents per sample, held-out)")
             if j == 0:
@@ -155,9 +201,16 @@ def _pareto_panels(fig: Any, rows: list[dict[str, Any]], specs: list[tuple], tit
             if lab not in handles:
                 handles[lab] = h
                 labels.append(lab)
+    if flagged:
+        from matplotlib.lines import Line2D
+
+        lab = "X: explained variance < 0 (flagged)"
+        handles[lab] = Line2D([], [], ls="none", marker="X", ms=8, mfc="white", mec="black")
+        labels.append(lab)
     fig.legend([handles[lab] for lab in labels], labels, loc="outside right center",
-               fontsize=8, title="family")
-    fig.suptitle(title)
+               fontsize=7, title="family, init" if len(inits) > 1 else "family")
+    fig.suptitle(title + ("" if len(inits) == 1 else
+                          " (solid: tied init, dashed: independent init)"))
 
 
 def _fig1(fig: Any, rows: list[dict[str, Any]], speed: Any) -> None:
@@ -401,9 +454,106 @@ def _fig6(fig: Any, rows: list[dict[str, Any]], speed: list[dict[str, Any]] | No
     fig.suptitle("Exact solver speed (aensae bench solvers)")
 
 
+#: The authors' published spiked runs (package data; see data/README.md).
+AUTHORS_CSV = "authors_spiked_runs.csv"
+#: The authors' model classes -> aensae architectures.
+AUTHORS_CLASS = {"VanillaSAE": "relu_l1", "ElasticNetSAE": "elastic_net",
+                 "AdaptiveLassoSAE": "adaptive_lasso", "AdaptiveElasticNetSAE": "aen",
+                 "TopKSAE": "topk"}
+#: k of the authors' spiked data (16 non-zero codes per signal).
+AUTHORS_K = 16.0
+_AUTHORS_MARKER = {"relu_l1": "s", "elastic_net": "D", "adaptive_lasso": "^", "aen": "o",
+                   "topk": "v"}
+
+
+def authors_runs() -> list[dict[str, Any]]:
+    """The authors' spiked runs shipped with the package (columns of their README)."""
+    import csv
+    from importlib.resources import files
+
+    text = (files("aensae.benchmarks") / "data" / AUTHORS_CSV).read_text()
+    out = []
+    for r in csv.DictReader(text.splitlines()):
+        out.append({"arch": AUTHORS_CLASS.get(r["model_class"], r["model_class"]),
+                    "rho": float(r["rho"]), "l0": float(r["l0"]),
+                    "dead_pct": float(r["dead_pct"]),
+                    "ev_centred": float(r["explained_variance_centred"]),
+                    "mmcs_raw": float(r["mmcs_raw"])})
+    return out
+
+
+def _fig7(fig: Any, rows: list[dict[str, Any]], speed: Any) -> None:
+    theirs = authors_runs()
+    sae = _sae(rows)
+    ours_rhos = _rhos(sae)
+    shared = [rho for rho in ours_rhos if any(abs(t["rho"] - rho) < 1e-9 for t in theirs)]
+    if not shared:
+        ax = fig.subplots()
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no rho shared with the authors' runs (0, 0.3, 0.5, 0.7, 0.9)",
+                ha="center", va="center")
+        return
+    k = float(np.nanmedian([_num(r.get("k")) for r in sae])) if sae else math.nan
+    specs = (("dead latents (%)", "dead_pct", lambda r: _dead(r)),
+             ("explained variance, centred", "ev_centred",
+              lambda r: _num(r.get("explained_variance_centred"))),
+             ("MMCS, raw (spike left in)", "mmcs_raw",
+              lambda r: _num(r.get("dict_mmcs_learned"))))
+    fams = _families(sae)
+    col = _colors(fams)
+    inits = _inits(sae)
+    axes = fig.subplots(len(specs), len(shared), squeeze=False, sharex=True)
+    for j, rho in enumerate(shared):
+        for i, (ylabel, their_key, our_fn) in enumerate(specs):
+            ax = axes[i, j]
+            for arch in sorted(_AUTHORS_MARKER):
+                pts = [t for t in theirs if t["arch"] == arch and abs(t["rho"] - rho) < 1e-9
+                       and t["l0"] > 0]
+                if pts:
+                    ax.plot([t["l0"] / AUTHORS_K for t in pts], [t[their_key] for t in pts],
+                            ls="none", marker=_AUTHORS_MARKER[arch], ms=4, color="0.6",
+                            alpha=0.6, label=f"authors: {arch}")
+            for fam in fams:
+                for init in inits:
+                    sub = [r for r in sae if r["family"] == fam and float(r["rho"]) == rho
+                           and _init(r) == init]
+                    if not sub:
+                        continue
+                    xs, ys = _curve(sub, "l0", our_fn)
+                    ok = np.isfinite(xs) & np.isfinite(ys) & (xs > 0)
+                    ax.plot(xs[ok] / k, ys[ok], marker="o", ms=4, lw=1.3, color=col[fam],
+                            ls=_INIT_STYLE.get(init, "-."),
+                            label=fam if len(inits) == 1 else f"{fam}, {init}")
+            ax.set_xscale("log")
+            ax.grid(True, which="both", alpha=0.25)
+            if i == 0:
+                ax.set_title(f"rho = {rho:g}")
+            if i == len(specs) - 1:
+                ax.set_xlabel("L0 / k (active latents per true non-zero)")
+            if j == 0:
+                ax.set_ylabel(ylabel)
+    handles, labels = {}, []
+    for ax in axes.ravel():
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    fig.legend([handles[lab] for lab in labels], labels, loc="outside right center",
+               fontsize=7, title="grey: authors; colour: aensae")
+    fig.suptitle(
+        "aensae (colour) over the authors' published spiked runs (grey), rho shared by both\n"
+        f"authors: n=256, m=1024, k=16, 50,000 steps, GPU; aensae: this table (k={k:g}); "
+        "x = L0 / k. Like with like: our centred EV against their centred EV;\n"
+        "raw MMCS (mean over learned atoms of max |cos| to the true atoms, spike left in) "
+        "against theirs; dead %: theirs over a window of 10,000 steps, ours the median of "
+        "the last windows",
+        fontsize=8)
+
+
 _DRAW = {"fig1_dead_ev_vs_l0": (_fig1, (13, 6.5)), "fig2_recovery_vs_l0": (_fig2, (13, 6.5)),
          "fig3_amortization_gap": (_fig3, (8, 5)), "fig4_lipschitz": (_fig4, (13, 5.5)),
-         "fig5_hoffman": (_fig5, (10, 5.5)), "fig6_solver_speed": (_fig6, (13, 5))}
+         "fig5_hoffman": (_fig5, (10, 5.5)), "fig6_solver_speed": (_fig6, (13, 5)),
+         "fig7_authors_overlay": (_fig7, (14, 8))}
 
 
 def draw_all(results_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:

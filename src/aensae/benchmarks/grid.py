@@ -7,8 +7,10 @@ one ``[[family]]``; every other table may be omitted (its defaults, :data:`DEFAU
 used). The tables:
 
 - ``[experiment]``: ``name`` (a folder name: :data:`aensae._validation.NAME_RULE`),
-  ``seeds`` (list), ``device``, ``dtype``, ``threads`` (0: the libraries' defaults, else
-  at most this machine's cores);
+  ``seeds`` (list), ``device``, ``dtype``, ``threads`` (all workers together; 0: the
+  libraries' defaults, else at most this machine's cores), ``workers`` (processes that
+  train groups in parallel; 0 = the cores available; ``aensae reproduce --workers``
+  overrides it);
 - ``[data]``: the spiked stream -- ``n``, ``m`` (true atoms), ``k``, ``lo``, ``hi``,
   ``nonneg``, ``noise_std``, ``rho`` (list), ``d_sae`` (latents);
 - ``[train]``: ``steps``, ``batch_size``, ``lr``, ``dead_window`` (samples), ``dead_last``,
@@ -18,15 +20,18 @@ used). The tables:
   separate small products are bound by kernel launches);
 - ``[eval]``: ``samples`` (held-out signals), ``encoder_samples`` (Jacobians, jumps),
   ``hoffman_samples``, ``tol`` (certificate: gap <= tol ||x||^2);
-- ``[calibrate]``: ``steps``, ``ladder`` (penalties per family and rho), ``rounds``;
+- ``[calibrate]``: ``steps``, ``ladder`` (first penalties per family and rho), ``rounds``
+  (refinement passes inside the bracket), ``tolerance`` (a run is matched when its L0 is
+  within a factor ``tolerance`` of its target);
 - ``[reference]``: exact codes on the true dictionary, ``ladder`` points of ``lam1`` in
   ``[fraction_min, fraction_max] * lam_max`` and the ridge ``l2`` (SAE scaling);
 - ``[speed]``: ``run`` (call ``aensae bench solvers``), ``quick``, ``signals``, ``rho``;
 - ``[[family]]`` (one or more): ``name`` (a folder name, as the experiment's), ``arch``,
-  ``hyper`` (fixed hyperparameters), ``sweep`` (name -> list, cartesian product) and
-  either ``target_l0`` (list: matched sparsity, the arch's sparsity parameter is
-  calibrated, see :data:`SPARSITY_PARAM`, within ``calibrate_range``) or the sparsity
-  parameter itself in ``hyper``/``sweep``.
+  ``hyper`` (fixed hyperparameters), ``sweep`` (name -> list, cartesian product;
+  ``init = ["tied", "independent"]`` sweeps the initialisation) and either ``target_l0``
+  (list: matched sparsity, the arch's sparsity parameter is calibrated, see
+  :data:`SPARSITY_PARAM`, within ``calibrate_range``) or the sparsity parameter itself in
+  ``hyper``/``sweep``.
 
 Matched sparsity: for ``topk`` / ``batchtopk`` the sparsity parameter is ``k_top`` and a
 target L0 sets it directly (``k_top = round(target)``); for the l1 architectures it is
@@ -87,13 +92,13 @@ DIRECT_K = ("topk", "batchtopk")
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "experiment": {"name": "custom", "seeds": [0], "device": "cpu", "dtype": "float32",
-                   "threads": 1},
+                   "threads": 1, "workers": 0},
     "data": {"kind": "spiked", "n": 64, "m": 256, "d_sae": None, "k": 4, "lo": 1.0,
              "hi": 3.0, "nonneg": True, "noise_std": 0.0, "rho": [0.0]},
     "train": {"steps": 1000, "batch_size": 256, "lr": 1e-3, "dead_window": 65536,
               "dead_last": 5, "checkpoint_every": 1000, "progress": True, "stack": False},
     "eval": {"samples": 1024, "encoder_samples": 128, "hoffman_samples": 256, "tol": 1e-10},
-    "calibrate": {"steps": 500, "ladder": 5, "rounds": 1},
+    "calibrate": {"steps": 500, "ladder": 5, "rounds": 1, "tolerance": 1.5},
     "reference": {"ladder": 6, "fraction_min": 0.01, "fraction_max": 0.5, "l2": 1e-3},
     "speed": {"run": False, "quick": True, "signals": 1000, "rho": [0.0, 0.9], "json": None},
 }
@@ -262,7 +267,8 @@ class GridConfig:
 
         ``penalties[(family, variant, rho)][target]`` gives the calibrated sparsity value
         for families with ``target_l0``; it is required for those (see
-        :func:`aensae.benchmarks.calibrate.calibrate`).
+        :func:`aensae.benchmarks.calibrate.calibrate`). A target missing from it is
+        unreachable and has no run.
         """
         out = []
         for rho in self.rhos:
@@ -283,6 +289,8 @@ class GridConfig:
                                 if penalties is None or key not in penalties:
                                     raise KeyError(f"no calibrated {fam.sparsity_param} for "
                                                    f"family {fam.name!r}, rho={rho}")
+                                if target not in penalties[key]:
+                                    continue  # unreachable: recorded by the calibration
                                 h[fam.sparsity_param] = float(penalties[key][target])
                             out.append(RunSpec(fam.name, fam.arch, h, rho, seed, float(target),
                                                fam.calibrated, variant))
@@ -329,6 +337,14 @@ def _scalar(where: str, value: Any) -> int | float:
     return _num(where, value, kind=int if isinstance(value, int) else float)
 
 
+def _choice(where: str, value: Any) -> str:
+    """A string value of a choice hyperparameter (``init``); checked against its choices
+    with the family's other hyperparameters."""
+    if not isinstance(value, str):
+        raise _fail(where, f"must be a string, got {value!r}")
+    return value
+
+
 def _list(where: str, value: Any, item: Any) -> list[Any]:
     if not isinstance(value, list) or not value:
         raise _fail(where, f"must be a non-empty list, got {value!r}")
@@ -352,6 +368,7 @@ def _validate_tables(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if e["dtype"] not in ("float32", "float64"):
         raise _fail("experiment.dtype", f"must be 'float32' or 'float64', got {e['dtype']!r}")
     e["threads"] = check_threads("config experiment.threads", e["threads"])
+    e["workers"] = _num("experiment.workers", e["workers"], kind=int, low=0)
     if d["kind"] != "spiked":
         raise _fail("data.kind", f"must be 'spiked', got {d['kind']!r}")
     for key, low in (("n", 2), ("m", 1), ("k", 1)):  # n >= 2: a spike needs room
@@ -381,6 +398,7 @@ def _validate_tables(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     c["steps"] = _num("calibrate.steps", c["steps"], kind=int, low=1)
     c["ladder"] = _num("calibrate.ladder", c["ladder"], kind=int, low=2)
     c["rounds"] = _num("calibrate.rounds", c["rounds"], kind=int, low=1)
+    c["tolerance"] = _num("calibrate.tolerance", c["tolerance"], low=1.0, low_open=True)
     r["ladder"] = _num("reference.ladder", r["ladder"], kind=int, low=2)
     r["fraction_min"] = _num("reference.fraction_min", r["fraction_min"], low=0.0,
                              low_open=True, high=1.0)
@@ -420,7 +438,9 @@ def _validate_family(i: int, raw: Any, d_sae: int) -> Family:
     both = sorted(set(hyper) & set(sweep))
     if both:
         raise _fail(where, f"{', '.join(both)} given in both hyper and sweep")
-    sweep = {k: _list(f"{where}.sweep.{k}", v, _scalar) for k, v in sweep.items()}
+    sweep = {k: _list(f"{where}.sweep.{k}", v,
+                      _choice if cls.HYPER[k].kind == "choice" else _scalar)
+             for k, v in sweep.items()}
     param = SPARSITY_PARAM[arch]
     target = raw.get("target_l0")
     targets: tuple[float, ...] = ()

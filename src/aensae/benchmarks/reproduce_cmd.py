@@ -39,6 +39,9 @@ def register(top: Any, bench: Any) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="first remove what an earlier reproduce wrote into --out (any "
                         "config); refused if --out holds files aensae did not write")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes training groups in parallel (default: [experiment] "
+                        "workers of the config; 0: the cores available)")
     p.add_argument("--no-figures", action="store_true", help="skip figures and report")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="show progress bars")
@@ -61,7 +64,7 @@ def _reproduce_main(args: argparse.Namespace) -> int:
         grid.experiment["device"] = args.device
     out = args.out if args.out is not None else Path("results") / grid.name
     table = reproduce(grid, out, progress=args.progress, draw=not args.no_figures,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, workers=args.workers)
     print(f"results: {table}")
     if not args.no_figures:
         print(f"figures: {table.parent / 'figures'}\nreport:  {table.parent / 'report.md'}")

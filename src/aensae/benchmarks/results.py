@@ -24,15 +24,16 @@ __all__ = ["ID_COLUMNS", "NUMERIC_COLUMNS", "REQUIRED_COLUMNS", "check_results_t
            "column_order", "read_table", "write_table"]
 
 #: Columns that identify a run and its provenance, first in every table.
-ID_COLUMNS = ("run_id", "kind", "family", "arch", "rho", "seed", "target_l0", "calibrated",
-              "calibrated_param", "calibrated_value", "calibration_extrapolated", "variant",
-              "config_name", "config_hash", "aensae_version")
+ID_COLUMNS = ("run_id", "kind", "family", "arch", "init", "rho", "seed", "target_l0",
+              "calibrated", "calibrated_param", "calibrated_value", "calibration_extrapolated",
+              "variant", "config_name", "config_hash", "aensae_version")
 #: Columns every results table holds (checked by the tests).
 REQUIRED_COLUMNS = ID_COLUMNS + (
     "n", "m", "d_sae", "k", "steps", "batch_size", "lr", "dead_window_samples",
     "l0", "mse", "explained_variance", "explained_variance_centred", "shrinkage",
     "code_bias", "dead_final", "dead_median_last", "supp_f1", "supp_precision",
     "supp_recall", "dict_hungarian_mean_cos", "dict_hungarian_mean_cos_deflated",
+    "dict_mmcs_learned", "l0_ratio", "l0_matched",
     "amort_rel_median", "amort_gap_median", "lip_exact_lasso_median",
     "lip_exact_enet_median", "hoffman_median", "lip_encoder_median", "jump_size_median",
     "exact_certified", "train_seconds")

@@ -43,7 +43,7 @@ from typing import Any
 from aensae import __version__
 from aensae._io import STAGE_PREFIX, atomic_write_json, check_output_dir, replace_together
 from aensae._validation import InputError, check_device
-from aensae.benchmarks._data import DataPoint, data_point, train_models
+from aensae.benchmarks._data import CACHE_DIR, DataPoint, data_point, train_models
 from aensae.benchmarks.grid import GridConfig, RunSpec, canonical_hash
 from aensae.benchmarks.results import write_table
 
@@ -56,8 +56,8 @@ SPEED_FIRST = ("solver", "rho")
 MANIFEST_FILE = "config.json"
 #: Everything ``reproduce`` writes into its output folder (plus ``.aensae-stage-*``
 #: staging folders a killed swap leaves): what ``overwrite=True`` may remove.
-OUTPUT_ENTRIES = (MANIFEST_FILE, "calibration", "runs", "groups", RESULTS_FILE, SPEED_FILE,
-                  "figures", "report.md")
+OUTPUT_ENTRIES = (MANIFEST_FILE, "calibration", "runs", "groups", CACHE_DIR, RESULTS_FILE,
+                  SPEED_FILE, "figures", "report.md")
 
 
 def _log(msg: str) -> None:
@@ -170,9 +170,15 @@ def _run_files(out: Path, grid: GridConfig, spec: RunSpec) -> Path:
 
 def _train_group(grid: GridConfig, out: Path, point: DataPoint, specs: list[RunSpec],
                  progress: bool) -> float:
-    """Train the ``specs`` of one data point together, save each model and trained.json."""
+    """Train the ``specs`` of one data point together, save each model and trained.json.
+
+    A run whose model the calibration already trained to full length (the model cache,
+    :func:`~aensae.benchmarks._data.model_key`) is taken from there: the same
+    computation, so the same model bit for bit.
+    """
     import torch
 
+    from aensae.benchmarks._data import cache_load, model_key
     from aensae.saes import create, save
 
     dtype = {"float32": torch.float32, "float64": torch.float64}[grid.experiment["dtype"]]
@@ -181,23 +187,39 @@ def _train_group(grid: GridConfig, out: Path, point: DataPoint, specs: list[RunS
         folder = out / "runs" / rid
         if not (folder / "config.json").is_file():
             atomic_write_json(folder / "config.json", {"run_id": rid, **spec.record(grid)})
-    models = {rid: create(s.arch, grid.data["n"], grid.d_sae, seed=s.seed, dtype=dtype,
-                          **s.hyper) for s, rid in zip(specs, ids, strict=True)}
-    gdir = out / "groups" / f"rho{point.rho:g}-s{point.seed}-{canonical_hash(sorted(ids))}"
-    t0 = time.perf_counter()
-    results = train_models(grid, models, point, grid.train["steps"], gdir, progress=progress)
-    seconds = time.perf_counter() - t0
-    for rid, model in models.items():
+    models, records = {}, {}
+    for s, rid in zip(specs, ids, strict=True):
+        hit = None if grid.train["stack"] else cache_load(
+            out, model_key(grid, s.arch, s.hyper, s.rho, s.seed))
+        if hit is None:
+            models[rid] = create(s.arch, grid.data["n"], grid.d_sae, seed=s.seed, dtype=dtype,
+                                 **s.hyper)
+        else:
+            records[rid] = hit
+    seconds = 0.0
+    if models:
+        gdir = out / "groups" / (f"rho{point.rho:g}-s{point.seed}-"
+                                 f"{canonical_hash(sorted(models))}")
+        t0 = time.perf_counter()
+        results = train_models(grid, models, point, grid.train["steps"], gdir,
+                               progress=progress)
+        seconds = time.perf_counter() - t0
+        for rid, model in models.items():
+            res = results[rid].to_dict()
+            res.update({"group_seconds": seconds, "group_models": len(models),
+                        "trained_in": "grid"})
+            records[rid] = (model, res)
+        shutil.rmtree(gdir, ignore_errors=True)
+    for rid in ids:
+        model, res = records[rid]
+        res = dict(res)
         folder = out / "runs" / rid
         save(model, folder)
-        res = results[rid].to_dict()
         losses = res.pop("train_loss")
         res.update({"train_loss_first": losses[0] if losses else None,
                     "train_loss_last": losses[-1] if losses else None,
-                    "group_seconds": seconds, "group_models": len(models),
                     "torch_version": torch.__version__})
         atomic_write_json(folder / "trained.json", res)
-    shutil.rmtree(gdir, ignore_errors=True)
     return seconds
 
 
@@ -213,15 +235,22 @@ def _evaluate_run(grid: GridConfig, out: Path, point: DataPoint, spec: RunSpec,
     metrics = evaluate_sae(model, point, encoder_samples=grid.eval["encoder_samples"],
                            hoffman_samples=grid.eval["hoffman_samples"], tol=grid.eval["tol"])
     dead = trained["dead"]
-    row = {"kind": "sae", "family": spec.family, "arch": spec.arch, "rho": spec.rho,
+    row = {"kind": "sae", "family": spec.family, "arch": spec.arch,
+           "init": model.hyper["init"], "rho": spec.rho,
            "seed": spec.seed, "target_l0": spec.target_l0, "calibrated": spec.calibrated,
            "variant": spec.variant, **{f"hp_{k}": v for k, v in spec.hyper.items()},
            "dead_final": dead["final"], "dead_median_last": dead["median_last"],
            "dead_windows": dead["windows"], "dead_last": dead["last"],
            "train_loss_last": trained["train_loss_last"],
            "train_seconds": trained["group_seconds"] / trained["group_models"],
-           "group_models": trained["group_models"], **metrics,
+           "group_models": trained["group_models"],
+           "trained_in": trained.get("trained_in", "grid"), **metrics,
            "eval_seconds": time.perf_counter() - t0}
+    if spec.target_l0 is not None:
+        tol = grid.calibrate["tolerance"]
+        ratio = metrics["l0"] / spec.target_l0
+        row.update({"l0_ratio": ratio, "l0_tolerance": tol,
+                    "l0_matched": bool(1.0 / tol <= ratio <= tol)})
     if calib is not None:
         row.update({"calibrated_param": calib["param"],
                     "calibrated_value": spec.hyper[calib["param"]],
@@ -255,6 +284,34 @@ def build_rows(grid: GridConfig, out: Path, specs: list[RunSpec]) -> list[dict[s
         if path.is_file():
             rows.append({**prov, **json.loads(path.read_text())["row"],
                          "run_id": spec.run_id(grid)})
+    rows += unreachable_rows(grid, out, prov)
+    return rows
+
+
+def unreachable_rows(grid: GridConfig, out: Path, prov: dict[str, Any]
+                     ) -> list[dict[str, Any]]:
+    """One ``kind = "unreachable"`` row per calibration target no penalty reached.
+
+    The row holds the family, its init, rho, the target, the L0 range the calibration saw
+    (``l0_seen_min``, ``l0_seen_max``) and the penalty range it searched; no run exists
+    for it, so no figure or verdict treats it as a matched point.
+    """
+    from aensae.benchmarks.calibrate import load_rho
+
+    rows: list[dict[str, Any]] = []
+    for rho in grid.rhos:
+        for rec in load_rho(grid, out, rho) or []:
+            for target, (lo, hi) in sorted(rec["unreachable"].items()):
+                rows.append({**prov, "kind": "unreachable", "family": rec["family"],
+                             "arch": rec["arch"], "init": rec["hyper"].get("init", "tied"),
+                             "rho": rho, "seed": rec["seed"], "target_l0": target,
+                             "variant": rec["variant"], "calibrated": True,
+                             "calibrated_param": rec["param"], "l0_seen_min": lo,
+                             "l0_seen_max": hi, "penalty_searched_min": rec["limits"][0],
+                             "penalty_searched_max": rec["limits"][1],
+                             "calibration_steps": rec["steps"],
+                             "run_id": f"unreachable-{rec['family']}-{rec['variant']}-"
+                                       f"rho{rho:g}-t{target:g}"})
     return rows
 
 
@@ -311,7 +368,7 @@ def _probe_rate(grid: GridConfig, point: DataPoint, specs: list[RunSpec]) -> flo
     return (time.perf_counter() - t0) / (steps * len(models))
 
 
-def _estimate(grid: GridConfig, out: Path, cal_steps: int) -> None:
+def _estimate(grid: GridConfig, out: Path, cal_steps: int, workers: int) -> None:
     """Print the ETA of the remaining calibration and training before any of it runs.
 
     The rate comes from :func:`_probe_rate` on one data point's runs (penalties of
@@ -326,17 +383,28 @@ def _estimate(grid: GridConfig, out: Path, cal_steps: int) -> None:
     mid = {(f.name, v, rho): {t: math.sqrt(f.calibrate_range[0] * f.calibrate_range[1])
                               for t in f.target_l0}
            for f, _, v in jobs for rho in grid.rhos}
+    from aensae.benchmarks.calibrate import full_length
+
     specs = grid.runs(mid)
     todo = len(specs)
+    reuse = full_length(grid)
     if cal_steps == 0:
         todo = sum(not (_run_files(out, grid, s) / "trained.json").is_file()
                    for s in runs_after_calibration(grid, out))
+    elif reuse:
+        # full-length calibration: first-seed runs of calibrated families come from it;
+        # count one refinement run per target on top of the ladders
+        todo = sum(not (s.calibrated and s.seed == grid.seeds[0]) for s in specs)
+        cal_steps += sum(len(f.target_l0) for f, _, _ in jobs) * len(grid.rhos) \
+            * grid.calibrate["steps"]
     main = todo * grid.train["steps"]
     if main + cal_steps == 0:
         return
     first = [s for s in specs if (s.rho, s.seed) == (specs[0].rho, specs[0].seed)]
     rate = _probe_rate(grid, data_point(grid, specs[0].rho, specs[0].seed), first)
-    _log(f"ETA: {_hms(rate * (cal_steps + main))} for {cal_steps:,} calibration and "
+    _log(f"ETA: {_hms(rate * (cal_steps + main) / workers)} on {workers} worker(s) for "
+         f"{cal_steps:,} calibration (ladders and one refinement per target; widening adds "
+         "more) and "
          f"{main:,} training model-steps ({todo} runs to train; probe: {1e3 * rate:.2f} ms "
          f"per model-step on {resolve_device(grid.experiment['device'])}, "
          f"{torch.get_num_threads()} "
@@ -353,42 +421,57 @@ def runs_after_calibration(grid: GridConfig, out: Path) -> list[RunSpec]:
 
 def reproduce(grid: GridConfig, out: str | Path, *, progress: bool = True,
               draw: bool = True, on_group: Callable[[int], None] | None = None,
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, workers: int | None = None) -> Path:
     """Run ``grid`` into ``out`` (resumable), write the table, figures and report.
 
     ``on_group(i)`` is called after the ``i``-th group finished (tests use it to
-    interrupt a run part-way). Returns the path of the results table. With
-    ``experiment.threads > 0`` torch and the BLAS libraries use that many threads.
-    Before any work the device, ``out`` and its manifest are checked
+    interrupt a run part-way). Returns the path of the results table.
+
+    ``workers`` processes (default ``experiment.workers``; 0 = the cores available) run
+    the independent tasks (:mod:`aensae.benchmarks.executors`), each with
+    ``experiment.threads`` threads (0 = an equal share of the cores). A task's numbers
+    depend on its thread count, not on which worker ran it, so at a given ``threads`` the
+    table is the same for any number of workers (timing columns aside).
+
+    Before any work the worker count, the device, ``out`` and its manifest are checked
     (:class:`~aensae._validation.InputError`); ``overwrite`` first removes an earlier
     run's outputs from ``out`` (see the module docstring).
     """
-    import torch
+    from aensae.benchmarks.executors import available_cores, make_executor
 
+    if workers is None:
+        workers = grid.experiment["workers"]
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise InputError(f"--workers must be an integer >= 0 (0 = the cores available), got "
+                         f"{workers!r}")
     out = check_reproduce(grid, out)
     if out.is_dir():
         _check_manifest(grid, out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / MANIFEST_FILE, _manifest(grid))
     t_start = time.perf_counter()
-    threads = grid.experiment["threads"]
-    if threads > 0:
-        # torch's intra-op pool, every BLAS / OpenMP pool and numba's parallel loops (the
-        # exact solver): an idle OpenMP worker left by a wider team spin-waits beside the
-        # training loop and takes a core from it
-        import numba
-        from threadpoolctl import threadpool_limits
+    workers = workers or available_cores()
+    threads = grid.experiment["threads"] or max(1, available_cores() // workers)
+    executor = make_executor(workers, threads)
+    _log(f"workers: {workers} process(es) of {threads} thread(s)")
+    # this process runs the tasks itself when workers = 1: the same thread limits as a
+    # worker's (an idle OpenMP worker left by a wider team spin-waits beside the training
+    # loop and takes a core from it)
+    import numba
+    import torch
+    from threadpoolctl import threadpool_limits
 
-        torch.set_num_threads(threads)
-        numba_threads = numba.get_num_threads()
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        try:
-            with threadpool_limits(limits=threads):
-                specs = _run_grid(grid, out, progress=progress, on_group=on_group)
-        finally:
-            numba.set_num_threads(numba_threads)
-    else:
-        specs = _run_grid(grid, out, progress=progress, on_group=on_group)
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        with threadpool_limits(limits=threads):
+            specs = _run_grid(grid, out, progress=progress, on_group=on_group,
+                              executor=executor)
+    finally:
+        executor.close()
+        torch.set_num_threads(torch_threads)
+        numba.set_num_threads(numba_threads)
     # outside the thread limits: the solver benchmark measures its anchors' own threading
     _speed(grid, out)
     rows = build_rows(grid, out, specs)
@@ -429,67 +512,131 @@ def write_figures(results_dir: str | Path) -> list[Path]:
 
 
 def _run_grid(grid: GridConfig, out: Path, *, progress: bool,
-              on_group: Callable[[int], None] | None) -> list[RunSpec]:
+              on_group: Callable[[int], None] | None, executor: Any) -> list[RunSpec]:
     """Exact reference, calibration and every SAE run; returns the planned runs."""
     from tqdm.auto import tqdm
 
-    from aensae.benchmarks.calibrate import calibrate
+    from aensae.benchmarks.calibrate import calibrate, missing_units
 
     table = out / RESULTS_FILE
     steps = grid.train["steps"]
     _log(f"aensae reproduce: config {grid.name!r} ({grid.source}) -> {out}")
-    n_cal = len(grid.calibration_jobs()) * len(grid.rhos) * grid.calibrate["ladder"] \
-        * grid.calibrate["rounds"]
-    cal_done = all((out / "calibration" / f"rho{r:g}.json").is_file() for r in grid.rhos)
-    cal_steps = 0 if cal_done else n_cal * grid.calibrate["steps"]
-    _estimate(grid, out, cal_steps)
-    for rho in grid.rhos:
-        for seed in grid.seeds:
-            _run_exact(grid, out, data_point(grid, rho, seed))
-    bar = tqdm(total=max(cal_steps, 1), unit="model-step", desc="calibrate",
+    units = missing_units(grid, out)
+    n_cal = len(units) * grid.calibrate["ladder"]
+    cal_steps = n_cal * grid.calibrate["steps"]
+    _estimate(grid, out, cal_steps, executor.workers)
+    # phase 1, in parallel: calibration per (rho, variant), the groups of families that
+    # need no calibration, exact references per (rho, seed); the longest first
+    direct = _plan_groups(grid, out, [s for s in grid.runs(_no_penalties(grid))
+                                      if not s.calibrated], None, progress, executor)
+    first = [(_calibrate_task, (grid, out, rho, [(fam, var)])) for rho, fam, var in units]
+    first += direct[0]
+    first += [(_exact_task, (grid, out, rho, seed)) for rho in grid.rhos
+              for seed in grid.seeds if not (out / _exact_dir(grid, rho, seed)[0]
+                                            / "metrics.json").is_file()]
+    bar = tqdm(total=max(len(first), 1), unit="task", desc="calibrate + direct",
                disable=not progress, dynamic_ncols=True, position=0)
-    if cal_steps:
-        _log(f"calibration: {n_cal} short runs of {grid.calibrate['steps']} steps")
-    calib = calibrate(grid, out, progress=False,
-                      on_models=lambda k, s: (bar.update(k * s), bar.refresh()))
+    if units:
+        _log(f"calibration: {len(units)} (rho, variant) unit(s), ladders of "
+             f"{grid.calibrate['ladder']} x {grid.calibrate['steps']} steps, widened until "
+             "each target is bracketed, then refined")
+    done_groups = 0
+    for _, res in executor.run(_call, first):
+        bar.update(1)
+        if res == "group":
+            write_table(table, build_rows(grid, out, grid.runs(_no_penalties(grid))))
+            if on_group is not None:
+                on_group(done_groups)
+            done_groups += 1
+    calib = calibrate(grid, out)  # every unit is on disk now; raises if all unreachable
     penalties = {key: rec["penalties"] for key, rec in calib.items()}
     specs = grid.runs(penalties)
     ids = [s.run_id(grid) for s in specs]
     if len(set(ids)) != len(ids):
         raise InputError("config [[family]]: the grid expands to duplicate runs (two "
-                         "families with identical "
-                         "settings); make them differ")
-    groups: dict[tuple[float, int], list[RunSpec]] = defaultdict(list)
-    for s in specs:
-        groups[(s.rho, s.seed)].append(s)
+                         "families with identical settings); make them differ")
     finished = [s for s in specs if (_run_files(out, grid, s) / "metrics.json").is_file()]
     to_train = [s for s in specs if not (_run_files(out, grid, s) / "trained.json").is_file()]
     total = len(to_train) * steps
-    _log(f"plan: {len(specs)} SAE runs in {len(groups)} groups; {len(finished)} finished, "
-         f"{len(to_train)} to train ({total:,} model-steps)")
+    n_groups = len({(s.rho, s.seed, s.family) for s in specs})
+    _log(f"plan: {len(specs)} SAE runs in {n_groups} groups; {len(finished)} finished, "
+         f"{len(to_train)} to train ({total:,} model-steps; runs the calibration trained "
+         "are taken from it)")
     bar.set_description("train")
     bar.reset(total=max(total, 1))
-    for gi, ((rho, seed), members) in enumerate(groups.items()):
+    tasks, costs = _plan_groups(grid, out, specs, calib, progress, executor)
+    for i, _ in executor.run(_call, tasks):
+        bar.update(costs[i])
+        write_table(table, build_rows(grid, out, specs))
+        if on_group is not None:
+            on_group(done_groups)
+        done_groups += 1
+    bar.close()
+    shutil.rmtree(out / "groups", ignore_errors=True)
+    return specs
+
+
+def _no_penalties(grid: GridConfig) -> dict[tuple[str, str, float], dict[float, float]]:
+    """Empty penalties for every calibrated variant: ``grid.runs`` then plans only the
+    runs that need no calibration."""
+    return {(f.name, v, rho): {} for f, _, v in grid.calibration_jobs() for rho in grid.rhos}
+
+
+def _plan_groups(grid: GridConfig, out: Path, specs: list[RunSpec],
+                 calib: dict[tuple[str, str, float], dict[str, Any]] | None, progress: bool,
+                 executor: Any) -> tuple[list[tuple[Any, tuple[Any, ...]]], list[int]]:
+    """One task per (rho, seed, family) group with unfinished runs, and its model-steps."""
+    groups: dict[tuple[float, int, str], list[RunSpec]] = defaultdict(list)
+    for s in specs:
+        groups[(s.rho, s.seed, s.family)].append(s)
+    tasks, costs = [], []
+    for members in groups.values():
         pending = [s for s in members
                    if not (_run_files(out, grid, s) / "metrics.json").is_file()]
         if not pending:
             continue
-        bar.set_postfix_str(f"rho={rho:g} seed={seed} ({len(pending)} models)")
-        point = data_point(grid, rho, seed)
-        train_now = [s for s in pending
-                     if not (_run_files(out, grid, s) / "trained.json").is_file()]
-        if train_now:
-            _train_group(grid, out, point, train_now, progress and grid.train["progress"])
-            bar.update(len(train_now) * steps)
-        for s in pending:
-            c = calib.get((s.family, s.variant, s.rho)) if s.calibrated else None
-            _evaluate_run(grid, out, point, s, c)
-        write_table(table, build_rows(grid, out, specs))
-        if on_group is not None:
-            on_group(gi)
-    bar.close()
-    shutil.rmtree(out / "groups", ignore_errors=True)
-    return specs
+        cal = {s.run_id(grid): (calib or {}).get((s.family, s.variant, s.rho))
+               if s.calibrated else None for s in pending}
+        tasks.append((_group_task, (grid, out, pending, cal,
+                                    progress and grid.train["progress"]
+                                    and executor.workers == 1)))
+        costs.append(sum(not (_run_files(out, grid, s) / "trained.json").is_file()
+                         for s in pending) * grid.train["steps"])
+    return tasks, costs
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """``fn(*args)``: the one function executors run (a task names its own function)."""
+    return fn(*args)
+
+
+def _exact_task(grid: GridConfig, out: Path, rho: float, seed: int) -> str:
+    """Exact reference rows of one ``(rho, seed)``."""
+    _run_exact(grid, out, data_point(grid, rho, seed))
+    return "exact"
+
+
+def _calibrate_task(grid: GridConfig, out: Path, rho: float,
+                    only: list[tuple[str, str]]) -> str:
+    """Calibration of the ``(family, variant)`` in ``only`` at ``rho`` (written to
+    ``out/calibration``)."""
+    from aensae.benchmarks.calibrate import calibrate_rho
+
+    calibrate_rho(grid, out, rho, only=only)
+    return "calibration"
+
+
+def _group_task(grid: GridConfig, out: Path, pending: list[RunSpec],
+                calib: dict[str, dict[str, Any] | None], progress: bool) -> str:
+    """Train the not-yet-trained ``pending`` runs of one group together; evaluate all."""
+    point = data_point(grid, pending[0].rho, pending[0].seed)
+    train_now = [s for s in pending
+                 if not (_run_files(out, grid, s) / "trained.json").is_file()]
+    if train_now:
+        _train_group(grid, out, point, train_now, progress)
+    for s in pending:
+        _evaluate_run(grid, out, point, s, calib[s.run_id(grid)])
+    return "group"
 
 
 def _hms(seconds: float) -> str:

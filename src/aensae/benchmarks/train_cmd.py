@@ -44,6 +44,8 @@ __all__ = ["bench_train", "parse_set", "register", "run_train"]
 
 ARCH_CHOICES = ("relu_l1", "elastic_net", "adaptive_lasso", "aen", "topk", "batchtopk",
                 "jumprelu")
+#: ``--init`` values (:data:`aensae.saes.base.INIT_CHOICES`, kept here to import no torch).
+INIT_CHOICES = ("tied", "independent")
 #: Batch index of the evaluation set in a stream of its own batch size (never trained on).
 EVAL_INDEX = 2**40
 
@@ -102,6 +104,9 @@ def register(top: Any, bench: Any) -> None:
     hp.add_argument("--k-top", type=int, default=None,
                     help="latents kept per signal, TopK / BatchTopK (default: the "
                          "architecture's)")
+    hp.add_argument("--init", default=None, choices=INIT_CHOICES,
+                    help="initialisation: tied (W_enc = W_dec^T, zero biases) or independent "
+                         "(torch.nn.Linear's draws, as the AEN-SAE reference) (default: tied)")
     hp.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="any other hyperparameter, repeatable, e.g. --set warmup_steps=500")
     p.add_argument("--seed", type=int, default=0, help="seed of data and model (>= 0)")
@@ -151,9 +156,10 @@ OUTPUT_FILES = ("sae.safetensors", "cfg.json", "metrics.json")
 CHECKPOINT_CONFIG = "checkpoint_config.json"
 
 
-def _hyper_from_args(args: argparse.Namespace) -> dict[str, float | int]:
-    hyper = parse_set(args.set)
-    for flag, name in (("l1", "l1"), ("l2", "l2"), ("gamma", "gamma"), ("k_top", "k_top")):
+def _hyper_from_args(args: argparse.Namespace) -> dict[str, float | int | str]:
+    hyper: dict[str, float | int | str] = dict(parse_set(args.set))
+    for flag, name in (("l1", "l1"), ("l2", "l2"), ("gamma", "gamma"), ("k_top", "k_top"),
+                       ("init", "init")):
         value = getattr(args, flag)
         if value is not None:
             if name in hyper:
@@ -296,6 +302,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     record = {
         "config": run_config,
         "seed": args.seed,
+        "init": model.hyper["init"],
         "aensae_version": __version__,
         "torch_version": torch.__version__,
         "device": res.device,

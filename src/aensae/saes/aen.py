@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from aensae.saes.adaptive_lasso import ADAPTIVE_HYPER, AdaptiveLassoSAE
-from aensae.saes.base import Hyper
+from aensae.saes.base import INIT, Hyper
 from aensae.saes.elastic_net import L2
 from aensae.saes.relu_l1 import L1
 
@@ -24,4 +24,4 @@ class AENSAE(AdaptiveLassoSAE):
     """ReLU encoder with adaptive l1 weights plus an l2 penalty on the codes."""
 
     arch: ClassVar[str] = "aen"
-    HYPER: ClassVar[dict[str, Hyper]] = {"l1": L1, "l2": L2, **ADAPTIVE_HYPER}
+    HYPER: ClassVar[dict[str, Hyper]] = {"l1": L1, "l2": L2, **ADAPTIVE_HYPER, "init": INIT}

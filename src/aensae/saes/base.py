@@ -7,8 +7,26 @@ Encoder and decoder (SAELens layout: ``W_enc`` (d_in, d_sae), ``W_dec`` (d_sae, 
     x_hat = h @ W_dec + b_dec
 
 Decoder rows (the atoms) have unit norm: they are initialised so and projected back onto
-the unit sphere after every optimizer step (:meth:`SAE.project_decoder`). ``W_enc`` is
-initialised to ``W_dec.T`` and both biases to zero.
+the unit sphere after every optimizer step (:meth:`SAE.project_decoder`).
+
+Initialisation, the hyperparameter ``init`` every architecture has (:data:`INIT`):
+
+- ``"tied"`` (the default): atoms drawn i.i.d. standard normal and normalised,
+  ``W_enc = W_dec.T`` exactly, ``b_enc = b_dec = 0``. This is the convention of SAELens
+  and of Gao et al. 2024 ("Scaling and evaluating sparse autoencoders", encoder
+  initialised to the transpose of the decoder).
+- ``"independent"``: the encoder drawn as ``torch.nn.Linear(d_in, d_sae)`` draws its weight
+  and bias, ``kaiming_uniform_(a = sqrt(5))``, i.e. every entry of ``W_enc`` and ``b_enc``
+  uniform on ``[-1/sqrt(d_in), 1/sqrt(d_in)]``; the decoder drawn as
+  ``torch.nn.Linear(d_sae, d_in, bias=False)`` draws its weight (uniform on
+  ``[-1/sqrt(d_sae), 1/sqrt(d_sae)]``), then its atoms normalised; ``b_dec = 0``. This is
+  the AEN-SAE paper's reference implementation (PyTorch's default ``nn.Linear``
+  initialisation for the encoder, decoder columns normalised).
+
+Both are deterministic functions of the model seed (a private generator; for
+``"independent"`` the draws are, in order, the encoder weight, the encoder bias and the
+decoder weight, each in float32 as ``nn.Linear`` draws them, in its ``(out, in)`` layout,
+then transposed into the SAELens layout).
 
 Architectures with an l1 objective compute their loss with :func:`aensae.objective.sae_loss`,
 the one place the loss scaling lives::
@@ -20,6 +38,7 @@ and describe the exact problem their codes approximate through :meth:`SAE.exact_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -28,36 +47,80 @@ import torch
 from torch import nn
 
 from aensae import __version__
-from aensae._validation import check_int, check_real
+from aensae._validation import InputError, check_int, check_real
 from aensae.objective import ExactProblem, sae_loss, sae_to_exact
 
-__all__ = ["SAE", "Hyper", "LossOutput", "check_batch"]
+__all__ = ["INIT", "INIT_CHOICES", "SAE", "Hyper", "LossOutput", "check_batch", "init_weights"]
+
+#: The initialisations (see the module docstring); the first is the default.
+INIT_CHOICES: tuple[str, ...] = ("tied", "independent")
 
 
 @dataclass(frozen=True)
 class Hyper:
     """Specification of one hyperparameter: default, kind and allowed interval.
 
-    ``kind`` is ``"real"`` or ``"int"``; ``low``/``high`` bound the value (inclusive unless
-    ``low_inclusive``/``high_inclusive`` say otherwise); ``doc`` is a one-line description.
+    ``kind`` is ``"real"``, ``"int"`` or ``"choice"`` (one of the strings ``choices``);
+    ``low``/``high`` bound a number (inclusive unless ``low_inclusive``/``high_inclusive``
+    say otherwise); ``doc`` is a one-line description.
     """
 
-    default: float | int
+    default: float | int | str
     kind: str = "real"
     low: float | None = None
     high: float | None = None
     low_inclusive: bool = True
     high_inclusive: bool = True
     doc: str = ""
+    choices: tuple[str, ...] = ()
 
-    def check(self, name: str, value: Any) -> float | int:
+    def check(self, name: str, value: Any) -> float | int | str:
         """Validate ``value`` for the hyperparameter ``name`` and return it."""
+        if self.kind == "choice":
+            if not isinstance(value, str) or value not in self.choices:
+                raise InputError(f"{name} must be one of {', '.join(self.choices)}, got "
+                                 f"{value!r}")
+            return value
         if self.kind == "int":
             return check_int(name, value,
                              low=None if self.low is None else int(self.low),
                              high=None if self.high is None else int(self.high))
         return check_real(name, value, low=self.low, high=self.high,
                           low_inclusive=self.low_inclusive, high_inclusive=self.high_inclusive)
+
+
+#: The ``init`` hyperparameter shared by every architecture.
+INIT = Hyper("tied", kind="choice", choices=INIT_CHOICES,
+             doc="initialisation: tied (W_enc = W_dec^T, zero biases; SAELens, Gao et al. "
+                 "2024) or independent (torch.nn.Linear's draws; the AEN-SAE reference)")
+
+
+def init_weights(init: str, d_in: int, d_sae: int, seed: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in))`` in float64.
+
+    See the module docstring for the two schemes; ``b_dec`` is zero in both.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if init == "tied":
+        w = torch.randn(d_sae, d_in, generator=gen, dtype=torch.float64)
+        w = w / w.norm(dim=1, keepdim=True)
+        return w.T.contiguous(), torch.zeros(d_sae, dtype=torch.float64), w
+    if init == "independent":
+        # nn.Linear(d_in, d_sae): weight (d_sae, d_in), kaiming_uniform_(a=sqrt(5)), i.e.
+        # bound = gain * sqrt(3 / fan_in) with gain = sqrt(2 / (1 + 5)): 1 / sqrt(fan_in)
+        enc = torch.empty(d_sae, d_in)
+        nn.init.kaiming_uniform_(enc, a=math.sqrt(5), generator=gen)
+        bound = 1.0 / math.sqrt(d_in)
+        b_enc = torch.empty(d_sae)
+        nn.init.uniform_(b_enc, -bound, bound, generator=gen)
+        # nn.Linear(d_sae, d_in, bias=False): weight (d_in, d_sae); atoms are its columns
+        dec = torch.empty(d_in, d_sae)
+        nn.init.kaiming_uniform_(dec, a=math.sqrt(5), generator=gen)
+        w_dec = dec.T.to(torch.float64)
+        w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
+        return enc.T.to(torch.float64).contiguous(), b_enc.to(torch.float64), w_dec.contiguous()
+    raise InputError(f"init must be one of {', '.join(INIT_CHOICES)}, got {init!r}")
 
 
 @dataclass
@@ -136,17 +199,16 @@ class SAE(nn.Module):
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.hyper = self.validate_hyper(hyper)
-        gen = torch.Generator().manual_seed(self.seed)
-        w = torch.randn(self.d_sae, self.d_in, generator=gen, dtype=torch.float64)
-        w = w / w.norm(dim=1, keepdim=True)
-        self.W_dec = nn.Parameter(w.to(dtype))
-        self.W_enc = nn.Parameter(w.T.contiguous().to(dtype))
-        self.b_enc = nn.Parameter(torch.zeros(self.d_sae, dtype=dtype))
+        w_enc, b_enc, w_dec = init_weights(str(self.hyper["init"]), self.d_in, self.d_sae,
+                                           self.seed)
+        self.W_dec = nn.Parameter(w_dec.to(dtype))
+        self.W_enc = nn.Parameter(w_enc.to(dtype))
+        self.b_enc = nn.Parameter(b_enc.to(dtype))
         self.b_dec = nn.Parameter(torch.zeros(self.d_in, dtype=dtype))
 
     # ------------------------------------------------------------------ hyperparameters
     @classmethod
-    def validate_hyper(cls, hyper: Mapping[str, Any]) -> dict[str, float | int]:
+    def validate_hyper(cls, hyper: Mapping[str, Any]) -> dict[str, float | int | str]:
         """Fill defaults and validate ``hyper`` against :attr:`HYPER`.
 
         Raises
@@ -159,7 +221,7 @@ class SAE(nn.Module):
             valid = ", ".join(sorted(cls.HYPER)) or "(none)"
             raise ValueError(f"unknown hyperparameter(s) {', '.join(unknown)} for architecture "
                              f"{cls.arch!r}; valid hyperparameters: {valid}")
-        out: dict[str, float | int] = {}
+        out: dict[str, float | int | str] = {}
         for name, spec in cls.HYPER.items():
             out[name] = spec.check(name, hyper.get(name, spec.default))
         cls.check_hyper_relations(out)

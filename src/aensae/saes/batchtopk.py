@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from aensae.objective import sae_loss
-from aensae.saes.base import SAE, Hyper, LossOutput
+from aensae.saes.base import INIT, SAE, Hyper, LossOutput
 from aensae.saes.topk import K_TOP
 
 __all__ = ["BatchTopKSAE"]
@@ -37,6 +37,7 @@ class BatchTopKSAE(SAE):
 
     arch: ClassVar[str] = "batchtopk"
     HYPER: ClassVar[dict[str, Hyper]] = {
+        "init": INIT,
         "k_top": K_TOP,
         "threshold_beta": Hyper(0.999, low=0.0, high=1.0, high_inclusive=False,
                                 doc="EMA decay of the inference threshold"),

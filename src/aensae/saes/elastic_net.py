@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from aensae.saes.base import Hyper
+from aensae.saes.base import INIT, Hyper
 from aensae.saes.relu_l1 import L1, ReluL1SAE
 
 __all__ = ["ElasticNetSAE"]
@@ -21,4 +21,4 @@ class ElasticNetSAE(ReluL1SAE):
     """ReLU encoder trained with l1 + l2 penalties on the codes."""
 
     arch: ClassVar[str] = "elastic_net"
-    HYPER: ClassVar[dict[str, Hyper]] = {"l1": L1, "l2": L2}
+    HYPER: ClassVar[dict[str, Hyper]] = {"l1": L1, "l2": L2, "init": INIT}

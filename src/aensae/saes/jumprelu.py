@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from aensae.objective import sae_loss
-from aensae.saes.base import SAE, Hyper, LossOutput
+from aensae.saes.base import INIT, SAE, Hyper, LossOutput
 
 __all__ = ["JumpReLUSAE", "jumprelu", "step_ste"]
 
@@ -80,6 +80,7 @@ class JumpReLUSAE(SAE):
 
     arch: ClassVar[str] = "jumprelu"
     HYPER: ClassVar[dict[str, Hyper]] = {
+        "init": INIT,
         "l0": Hyper(1e-3, low=0.0, doc="coefficient of the L0 penalty (SAE scaling)"),
         "bandwidth": Hyper(0.05, low=0.0, low_inclusive=False,
                            doc="width eps of the straight-through kernel"),

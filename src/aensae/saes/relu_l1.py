@@ -29,7 +29,7 @@ from typing import ClassVar
 
 import torch
 
-from aensae.saes.base import SAE, Hyper, LossOutput, check_batch
+from aensae.saes.base import INIT, SAE, Hyper, LossOutput, check_batch
 
 __all__ = ["ReluL1SAE"]
 
@@ -40,7 +40,7 @@ class ReluL1SAE(SAE):
     """ReLU encoder trained with an l1 penalty on the codes (the classical SAE)."""
 
     arch: ClassVar[str] = "relu_l1"
-    HYPER: ClassVar[dict[str, Hyper]] = {"l1": L1}
+    HYPER: ClassVar[dict[str, Hyper]] = {"l1": L1, "init": INIT}
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         """``relu(pre)``."""

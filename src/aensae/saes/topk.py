@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from aensae.objective import sae_loss
-from aensae.saes.base import SAE, Hyper, LossOutput
+from aensae.saes.base import INIT, SAE, Hyper, LossOutput
 from aensae.saes.dead import fired_latents
 
 __all__ = ["TopKSAE"]
@@ -44,6 +44,7 @@ class TopKSAE(SAE):
 
     arch: ClassVar[str] = "topk"
     HYPER: ClassVar[dict[str, Hyper]] = {
+        "init": INIT,
         "k_top": K_TOP,
         "aux_k": Hyper(0, kind="int", low=0, doc="latents in the AuxK loss (0 = off)"),
         "aux_coeff": Hyper(1.0 / 32.0, low=0.0, doc="weight of the AuxK loss"),

@@ -76,8 +76,8 @@ def solve_adaptive(
 def population_weights_from_codes(
     codes: Any,
     gamma: float = 1.0,
-    top_p: float = 0.05,
-    w_min: float = 0.01,
+    top_p: float = 0.01,
+    w_min: float = 0.1,
     w_max: float = 10.0,
 ) -> np.ndarray:
     r"""AEN-SAE population weights at stationarity: ``population_weights(mean_b |h_b|)``.
