@@ -475,11 +475,11 @@ def test_bad_worker_count_is_an_input_error(tmp_path) -> None:
 def test_init_sweep_and_unknown_init_in_a_grid() -> None:
     fam = {"name": "r", "arch": "relu_l1", "hyper": {"l1": 1e-3},
            "sweep": {"init": ["tied", "independent"]}}
-    grid = load_config({"family": [fam]})
+    grid = load_config({**_minimal(), "family": [fam]})
     assert sorted(s.hyper["init"] for s in grid.runs()) == ["independent", "tied"]
     bad = {**fam, "sweep": {"init": ["tied", "xavier"]}}
     with pytest.raises(ValueError, match="init must be one of tied, independent, got 'xavier'"):
-        load_config({"family": [bad]})
+        load_config({**_minimal(), "family": [bad]})
 
 
 def test_full_length_search_accepts_a_measured_point_within_the_tolerance() -> None:

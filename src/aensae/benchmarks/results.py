@@ -40,10 +40,11 @@ REQUIRED_COLUMNS = ID_COLUMNS + (
 
 #: Required columns whose cells are numbers (or empty): checked before figures are drawn.
 NUMERIC_COLUMNS = tuple(c for c in REQUIRED_COLUMNS if c not in (
-    "run_id", "kind", "family", "arch", "calibrated", "calibrated_param",
-    "calibration_extrapolated", "variant", "config_name", "config_hash", "aensae_version"))
+    "run_id", "kind", "family", "arch", "init", "calibrated", "calibrated_param",
+    "calibration_extrapolated", "variant", "config_name", "config_hash", "aensae_version",
+    "l0_matched"))
 #: Values of the ``kind`` column.
-KINDS = ("sae", "exact")
+KINDS = ("sae", "exact", "unreachable")
 
 
 def column_order(rows: Iterable[dict[str, Any]], first: tuple[str, ...] = ID_COLUMNS,
