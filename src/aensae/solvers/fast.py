@@ -7,13 +7,22 @@ For each chunk of signals ``X`` (b, n) it runs
    ``ws_init`` atoms. ``C`` is kept: every later certificate reuses it.
 2. **Restricted solves (compiled, float64).** On each working set ``W`` the weighted
    elastic net is solved exactly by a primal active-set method
-   (:func:`aensae.solvers._kernels._solve_one`); the codes are solutions of the linear
-   system on their support and signs, i.e. already polished.
+   (:func:`aensae.solvers._kernels._solve_one`) on ``Q = D_W^T D_W + lam2 I`` built from
+   float64 dot products of the working set's atoms; the codes are solutions of the
+   linear system on their support and signs, i.e. already polished.
+
+Per dictionary (:class:`FastSolver`'s constructor) the setup is ``D^T`` in float64, ``D``
+in float32 and the float32 Gram matrix (:func:`gram32`, one ``ssyrk``): no float64 Gram
+matrix, whose ``m^2 n`` float64 flops were most of a call on a fresh dictionary of 4,096
+atoms (every atom enters some working set by then, so computing rows lazily would not
+save them).
 3. **Certificate without a second product.** With ``S`` the support,
    ``D_j^T r = D_j^T x - sum_{a in S} h_a G_aj``: the float32 ``C`` updated through the
-   Gram matrix (``|S| m`` flops instead of ``n m``). ``C``'s rounding error is at most
-   ``2 gamma_{n+2} ||D_j|| ||x||`` (``gamma_k = k u / (1 - k u)``, ``u = 2^-24``: the
-   classical dot-product bound, valid for any summation order), so every atom gets a
+   float32 Gram matrix ``G`` (``|S| m`` flops instead of ``n m``). The rounding errors
+   are at most ``2 gamma_{n+2} ||D_j|| ||x||`` for ``C`` and
+   ``2 gamma_{n+2} ||D_a|| ||D_j||`` for ``G`` (``gamma_k = k u / (1 - k u)``,
+   ``u = 2^-24``: the classical dot-product bound, valid for any summation order, the
+   rounding of the inputs to float32 included), so every atom gets a
    rigorous interval for ``|D_j^T r| / w_j``; atoms whose interval cannot decide the
    certificate are recomputed in float64. The duality gap
    (:mod:`aensae.solvers.certificate`) is then exact up to float64 rounding, or a
@@ -194,8 +203,8 @@ class FastSolver:
         self.blas_threads = (None if blas_threads is None
                              else check_int("blas_threads", blas_threads, low=1))
         self.Dt = np.ascontiguousarray(self.D.T)
-        self.G = self.Dt @ self.D
         self.D32 = self.D.astype(np.float32)
+        self.G32 = gram32(self.D32)
         self.col_norm = np.sqrt(np.einsum("nm,nm->m", self.D, self.D))
         k = self.n + 2
         # rigorous bound factor of float32 dot products (x2 safety margin)
@@ -271,7 +280,7 @@ class FastSolver:
         todo = np.arange(B, dtype=np.int64)
         while True:
             # 2-4. restricted solves, certificates and working-set growth, per signal
-            K.solve_signals(self.Dt, self.G, C32, X, sq_norm, w, iw, cnw, self.col_norm,
+            K.solve_signals(self.Dt, self.G32, C32, X, sq_norm, w, iw, cnw, self.col_norm,
                             self.lam1, self.lam2, self.nonneg, self.tol, self._err_factor,
                             self.ws_init, self.ws_grow, self.max_rounds, self.max_iter or 0,
                             1e-13, ws_idx, ws_len, h_ws, todo, gap, iters, rounds, status,
@@ -297,6 +306,23 @@ class FastSolver:
             "certified": certified, "sq_norm": sq_norm, "iters": iters,
             "rounds": rounds, "reason": reason,
         }
+
+
+def gram32(D32: np.ndarray) -> np.ndarray:
+    r"""The float32 Gram matrix ``G = D^T D`` (m, m) of a float32 dictionary ``D`` (n, m).
+
+    One BLAS ``ssyrk`` call (``m^2 n`` flops: half a general product, in float32 at twice
+    the float64 rate) fills one triangle; :func:`aensae.solvers._kernels.fill_upper`
+    mirrors it. Each entry is a float32 dot product of length ``n``, so
+    ``|G_aj - D_a^T D_j| <= 2 gamma_{n+2} ||D_a|| ||D_j||`` (the bound of the screening
+    correlations, rounding of ``D`` to float32 included), which the certificate accounts for.
+    """
+    from scipy.linalg.blas import ssyrk
+
+    upper = ssyrk(1.0, np.asfortranarray(D32.T), trans=0)  # Fortran (m, m), upper triangle
+    G = upper.T  # C-contiguous, lower triangle valid
+    K.fill_upper(G)
+    return G
 
 
 _CONTROLLER: Any = None
