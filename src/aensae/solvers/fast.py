@@ -204,7 +204,9 @@ class FastSolver:
                              else check_int("blas_threads", blas_threads, low=1))
         self.Dt = np.ascontiguousarray(self.D.T)
         self.D32 = self.D.astype(np.float32)
-        self.G32 = gram32(self.D32)
+        with _blas_limit(self.blas_threads):
+            self.G32 = gram32(self.D32, 1 if self.blas_threads is None
+                              else 2 * numba.get_num_threads())
         self.col_norm = np.sqrt(np.einsum("nm,nm->m", self.D, self.D))
         k = self.n + 2
         # rigorous bound factor of float32 dot products (x2 safety margin)
@@ -308,21 +310,51 @@ class FastSolver:
         }
 
 
-def gram32(D32: np.ndarray) -> np.ndarray:
+def gram32(D32: np.ndarray, blocks: int = 1) -> np.ndarray:
     r"""The float32 Gram matrix ``G = D^T D`` (m, m) of a float32 dictionary ``D`` (n, m).
 
-    One BLAS ``ssyrk`` call (``m^2 n`` flops: half a general product, in float32 at twice
-    the float64 rate) fills one triangle; :func:`aensae.solvers._kernels.fill_upper`
-    mirrors it. Each entry is a float32 dot product of length ``n``, so
-    ``|G_aj - D_a^T D_j| <= 2 gamma_{n+2} ||D_a|| ||D_j||`` (the bound of the screening
-    correlations, rounding of ``D`` to float32 included), which the certificate accounts for.
+    Only the lower triangle is computed (``m^2 n`` flops, half a general product, in float32
+    at twice the float64 rate), then mirrored by
+    :func:`aensae.solvers._kernels.fill_upper`. With ``blocks = 1`` one BLAS ``ssyrk``
+    call (BLAS's own threads); otherwise ``blocks`` row bands of equal triangle area,
+    ``G[r0:r1, :r1] = D[:, r0:r1]^T D[:, :r1]``, each one BLAS call, run on a pool of
+    ``blocks`` Python threads (for single-threaded BLAS: its idle threads would spin-wait
+    and take cores from the solver's kernel that follows). Each entry is a float32 dot
+    product of length ``n``, so ``|G_aj - D_a^T D_j| <= 2 gamma_{n+2} ||D_a|| ||D_j||``
+    (the bound of the screening correlations, the rounding of ``D`` to float32 included),
+    which the certificate accounts for.
     """
-    from scipy.linalg.blas import ssyrk
+    m = D32.shape[1]
+    if blocks <= 1 or m < 2 * blocks:
+        from scipy.linalg.blas import ssyrk
 
-    upper = ssyrk(1.0, np.asfortranarray(D32.T), trans=0)  # Fortran (m, m), upper triangle
-    G = upper.T  # C-contiguous, lower triangle valid
+        G = ssyrk(1.0, np.asfortranarray(D32.T), trans=0).T  # lower triangle valid
+    else:
+        G = np.empty((m, m), np.float32)
+        Dt32 = np.ascontiguousarray(D32.T)
+        edges = sorted({0, m, *(int(round(m * np.sqrt(k / blocks))) for k in range(1, blocks))})
+
+        def band(k: int) -> None:
+            r0, r1 = edges[k], edges[k + 1]
+            np.matmul(Dt32[r0:r1], D32[:, :r1], out=G[r0:r1, :r1])
+
+        list(_pool(blocks).map(band, range(len(edges) - 1)))
     K.fill_upper(G)
     return G
+
+
+_POOL: Any = None
+
+
+def _pool(workers: int) -> Any:
+    """A shared thread pool with at least ``workers`` threads (NumPy's BLAS calls release
+    the GIL)."""
+    global _POOL
+    if _POOL is None or _POOL._max_workers < workers:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aensae-gram")
+    return _POOL
 
 
 _CONTROLLER: Any = None
