@@ -924,3 +924,25 @@ def test_float32_dictionary_and_heavy_tailed_signals_match_sklearn(weights):
     D64 = D.astype(np.float64)
     assert np.all(duality_gap(D64, X, res.codes, lam1, 0.01, w) <= 1e-10 * np.sum(X**2, 1))
     np.testing.assert_allclose(res.codes, sk_codes(D64, X, lam1, 0.01, w), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_small_weights_on_large_codes_still_certify(nonneg):
+    # the float32 Gram's error bound grows with sum_a |h_a| ||D_a||; divided by a small
+    # weight it exceeds lam1. The support's dual scale must come from its exact float64
+    # correlations, not from those bounds, or optimal codes fail their certificate
+    rng = np.random.default_rng(3)
+    n, m, B = 20, 40, 6
+    D = rng.standard_normal((n, m))
+    D /= np.linalg.norm(D, axis=0)
+    H = np.zeros((B, m))
+    H[:, :5] = 20.0 * rng.uniform(1.0, 2.0, (B, 5))
+    X = H @ D.T + 0.01 * rng.standard_normal((B, n))
+    w = np.ones(m)
+    w[:5] = 0.01
+    res = solve(D, X, 0.05, 0.001, w, nonneg=nonneg)
+    assert res.all_certified, res.status
+    assert np.all(res.support_size >= 5)
+    assert np.all(duality_gap(D, X, res.codes, 0.05, 0.001, w, nonneg) <= 1e-10 * np.sum(X**2, 1))
+    np.testing.assert_allclose(res.codes, sk_codes(D, X, 0.05, 0.001, w, nonneg), rtol=0,
+                               atol=1e-6)

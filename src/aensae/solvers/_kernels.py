@@ -436,8 +436,9 @@ def _add_atom(Dt, X, b, wmat, wrow, lam1, lam2, idx, Q, c, wl, i, j):
 def _exact_pass(z, r, Dt, iw, cnw, e, mark, mu_s, lam1, nonneg, vidx, vval):
     """Tight dual scale ``mu`` and exact violators (pass 2 of :func:`solve_signals`).
 
-    Atoms whose bound ``ub_j`` stays below ``max(mu_S, (1 - 1e-3) lam1)`` contribute the
-    bound; the others (outside the support) are recomputed as ``D_j^T r`` in float64.
+    The support's atoms are in ``mu_s`` already (exact); of the others, atoms whose bound
+    ``ub_j`` stays below ``max(mu_S, (1 - 1e-3) lam1)`` contribute the bound, the rest are
+    recomputed as ``D_j^T r`` in float64.
     Returns ``(mu, number of violators written to vidx/vval)``.
     """
     n = r.shape[0]
@@ -449,7 +450,9 @@ def _exact_pass(z, r, Dt, iw, cnw, e, mark, mu_s, lam1, nonneg, vidx, vval):
         zj = z[j]
         a = zj if nonneg else abs(zj)
         ub = a * iw[j] + e * cnw[j]
-        if ub <= thresh or mark[j] == 2:
+        if mark[j] == 2:
+            continue  # the support: its exact value is in mu_s
+        if ub <= thresh:
             mu = max(mu, ub)
             continue
         s = 0.0
@@ -495,13 +498,13 @@ def solve_signals(Dt, G32, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam
     of ``C32`` and ``G32``; the float64 rounding of the update, of ``r`` and of the scan's
     own arithmetic, using ``|z_j| <= ||D_j|| (2 ||x|| + 2 hs)``). Hence
     ``ub_j = (|z_j| + e ||D_j||) / w_j`` bounds ``|D_j^T r| / w_j`` from above and
-    ``lb_j`` from below. The gap evaluated with ``mu = max(mu_S, max_j ub_j)`` (``mu_S``
-    exact on the support) is a rigorous upper bound. If it exceeds ``tol ||x||^2`` and some
-    atoms have ``lb_j > lam1`` (certain violators), the ``ws_grow`` largest join the
-    working set and the next round starts. Otherwise every atom whose bound could matter
-    (``ub_j`` above ``max(mu_S, (1 - 1e-3) lam1)``) is recomputed as ``D_j^T r`` in float64;
-    the certificate and the violators are taken from those exact values, so the reported
-    gap is as tight as float64 allows.
+    ``lb_j`` from below. The gap evaluated with ``mu = max(mu_S, max_{j not in S} ub_j)``
+    (``mu_S`` exact on the support) is a rigorous upper bound. If it exceeds
+    ``tol ||x||^2`` and some atoms have ``lb_j > lam1`` (certain violators), the
+    ``ws_grow`` largest join the working set and the next round starts. Otherwise every
+    atom whose bound could matter (``ub_j`` above ``max(mu_S, (1 - 1e-3) lam1)``) is
+    recomputed as ``D_j^T r`` in float64; the certificate and the violators are taken
+    from those exact values, so the reported gap is as tight as float64 allows.
     """
     n = X.shape[1]
     m = Dt.shape[0]
@@ -583,8 +586,9 @@ def solve_signals(Dt, G32, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam
             for d in range(n):
                 rx += r[d] * X[b, d]
                 rr += r[d] * r[d]
-            # the support's exact dual scale; its z entries are zeroed so that the scan
-            # below adds only e ||D_j|| / w_j for them (a harmless overestimate)
+            # the support's exact dual scale (float64 D_j^T r); the scans below take the
+            # support's dual scale from mu_s alone, not from its bounds e ||D_j|| / w_j,
+            # which with small weights w_j would loosen the certificate for nothing
             mu_s = 0.0
             for i in range(W):
                 gi = idx[i]
@@ -609,7 +613,8 @@ def solve_signals(Dt, G32, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam
                 a = zj if nonneg else abs(zj)
                 ej = e * cnw[j]
                 ub = a * iw[j] + ej
-                mu = max(mu, ub)
+                if mark[j] != 2:
+                    mu = max(mu, ub)
                 if ub - 2.0 * ej > lam1_hi and mark[j] == 0:
                     nv = _push_top(vidx, vval, nv, j, ub - 2.0 * ej)
             g = duality_gap_from_stats(rx, rr, hh, l1w, mu, lam1, lam2)
