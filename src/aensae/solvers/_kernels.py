@@ -407,29 +407,32 @@ def _push_top(vidx, vval, nv, j, val):
     return nv
 
 
-@njit(cache=True, inline="always", fastmath=_FM)
-def _add_atom(Dt, X, b, wmat, wrow, lam1, lam2, idx, Q, c, wl, i, j):
-    """Make global atom ``j`` the ``i``-th working-set entry: ``c_i = D_j^T x`` and row and
-    column ``i`` of ``Q = D_W^T D_W + lam2 I``, as float64 dot products of the rows of ``Dt``
-    (``n (i + 2)`` flops; the float32 Gram matrix never enters the restricted problem)."""
+@njit(cache=True, fastmath=_FM)
+def _add_atoms(Dt, X, b, wmat, wrow, lam1, lam2, idx, Q, c, wl, DW, W0, W1):
+    """Make the global atoms ``idx[W0:W1]`` working-set entries ``W0 .. W1 - 1``:
+    ``c_i = D_j^T x``, the l1 weights, and rows and columns ``W0 .. W1 - 1`` of
+    ``Q = D_W^T D_W + lam2 I`` in float64, as one BLAS product of the new atoms with the
+    whole working set (``DW`` holds the working set's atoms as rows; the float32 Gram
+    matrix never enters the restricted problem). Not inlined: its BLAS call allocates, and
+    an allocation inside the parallel kernel's loop could be hoisted with a stale size.
+    """
     n = X.shape[1]
-    idx[i] = j
-    s = 0.0
-    for d in range(n):
-        s += Dt[j, d] * X[b, d]
-    c[i] = s
-    wl[i] = lam1 * wmat[wrow, j]
-    for a in range(i):
-        ia = idx[a]
-        q = 0.0
+    for i in range(W0, W1):
+        j = idx[i]
+        s = 0.0
         for d in range(n):
-            q += Dt[j, d] * Dt[ia, d]
-        Q[i, a] = q
-        Q[a, i] = q
-    q = 0.0
-    for d in range(n):
-        q += Dt[j, d] * Dt[j, d]
-    Q[i, i] = q + lam2
+            v = Dt[j, d]
+            DW[i, d] = v
+            s += v * X[b, d]
+        c[i] = s
+        wl[i] = lam1 * wmat[wrow, j]
+    block = np.dot(DW[W0:W1], DW[:W1].T)
+    for i in range(W0, W1):
+        for a in range(W1):
+            q = block[i - W0, a]
+            Q[i, a] = q
+            Q[a, i] = q
+        Q[i, i] = block[i - W0, i] + lam2
 
 
 @njit(cache=True, inline="always", fastmath=_FM)
@@ -479,7 +482,7 @@ def solve_signals(Dt, G32, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam
     ``C32`` and of ``G32`` (``|C32_bj - D_j^T x_b| <= err32 ||D_j|| ||x_b||``,
     ``|G32_aj - D_a^T D_j| <= err32 ||D_a|| ||D_j||``). The restricted problems never see
     ``G32``: their matrices ``Q`` are float64 dot products of rows of ``Dt``
-    (:func:`_add_atom`).
+    (:func:`_add_atoms`).
 
     State (read as warm start, written back): ``ws_idx`` (B, cap) global atom indices of each
     working set (first ``ws_len[b]`` valid; ``ws_len[b] = 0`` starts from the top
@@ -538,8 +541,8 @@ def solve_signals(Dt, G32, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam
             _top_k_row(C32, b, iw, nonneg, W, idx, z, hvk, hik)  # z as scratch
             for i in range(W):
                 h[i] = 0.0
-        for i in range(W):
-            _add_atom(Dt, X, b, wmat, wrow, lam1, lam2, idx, Q, c, wl, i, idx[i])
+        DW = np.empty((cap, n))
+        _add_atoms(Dt, X, b, wmat, wrow, lam1, lam2, idx, Q, c, wl, DW, 0, W)
         xx = sq_norm[b]
         xnorm = np.sqrt(xx)
         mark = np.zeros(m, np.int8)
@@ -648,8 +651,9 @@ def solve_signals(Dt, G32, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam
                 res = OUT_NEED_CAP
                 break
             for q in range(nv):
-                _add_atom(Dt, X, b, wmat, wrow, lam1, lam2, idx, Q, c, wl, W + q, vidx[q])
+                idx[W + q] = vidx[q]
                 h[W + q] = 0.0
+            _add_atoms(Dt, X, b, wmat, wrow, lam1, lam2, idx, Q, c, wl, DW, W, W + nv)
             W += nv
         ws_len[b] = W
         gap[b] = g
