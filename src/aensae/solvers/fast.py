@@ -7,15 +7,9 @@ For each chunk of signals ``X`` (b, n) it runs
    ``ws_init`` atoms. ``C`` is kept: every later certificate reuses it.
 2. **Restricted solves (compiled, float64).** On each working set ``W`` the weighted
    elastic net is solved exactly by a primal active-set method
-   (:func:`aensae.solvers._kernels._solve_one`) on ``Q = D_W^T D_W + lam2 I`` built from
-   float64 dot products of the working set's atoms; the codes are solutions of the
-   linear system on their support and signs, i.e. already polished.
-
-Per dictionary (:class:`FastSolver`'s constructor) the setup is ``D^T`` in float64, ``D``
-in float32 and the float32 Gram matrix (:func:`gram32`, one ``ssyrk``): no float64 Gram
-matrix, whose ``m^2 n`` float64 flops were most of a call on a fresh dictionary of 4,096
-atoms (every atom enters some working set by then, so computing rows lazily would not
-save them).
+   (:func:`aensae.solvers._kernels._solve_one`) on ``Q = D_W^T D_W + lam2 I`` in float64
+   (new atoms' rows as one BLAS product with the working set's atoms); the codes are
+   solutions of the linear system on their support and signs, i.e. already polished.
 3. **Certificate without a second product.** With ``S`` the support,
    ``D_j^T r = D_j^T x - sum_{a in S} h_a G_aj``: the float32 ``C`` updated through the
    float32 Gram matrix ``G`` (``|S| m`` flops instead of ``n m``). The rounding errors
@@ -30,6 +24,12 @@ save them).
 4. **Working-set growth.** A signal whose gap exceeds ``tol * ||x||^2`` gets its most
    violating atoms (``|D_j^T r| > lam1 w_j``) added, and steps 2-4 repeat, warm-started,
    inside the same compiled call (:func:`aensae.solvers._kernels.solve_signals`).
+
+Per dictionary (:class:`FastSolver`'s constructor) the setup is ``D^T`` in float64, ``D``
+in float32 and the float32 Gram matrix (:func:`gram32`, its lower triangle), about a
+third of the float64 general product ``D^T D`` it replaces, which was the bulk of the
+setup; rows computed lazily would not save it (at 4,096 atoms every atom enters some
+working set of 1,000 signals).
 
 Every returned code carries its gap; a code that cannot be certified says why
 (``SolveResult.status``) and triggers a warning.
