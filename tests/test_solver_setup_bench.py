@@ -28,6 +28,7 @@ def test_rows_for_every_kind_and_case(tmp_path, capsys):
         assert (r["weights"] == "ones") == (r["case"] != "adaptive")
         assert r["t_fresh"] > 0 and r["t_steady"] > 0
         assert r["setup_share"] == pytest.approx((r["t_fresh"] - r["t_steady"]) / r["t_fresh"])
+        assert r["init_share"] == pytest.approx(r["t_init"] / r["t_fresh"])
         assert 0.5 <= r["mean_l0"] <= 12
     assert "setup%" in capsys.readouterr().out
 

@@ -51,8 +51,9 @@ signals), lam1 is calibrated on a separate sample so that the exact codes hold a
 interleaved, best of --repeats: a fresh call solve(D, X, ...) that builds everything for
 the dictionary (dense codes); the steady state, a second FastSolver.solve on the same
 dictionary (dense, and CSR codes); the constructor alone. Setup share = (fresh - steady) /
-fresh. scikit-learn solves the first --sklearn-signals signals for the speed ratio and an
-agreement check. Every code is certified by its duality gap (gap <= tol ||x||^2)."""
+fresh; init share = constructor / fresh. scikit-learn solves the first --sklearn-signals
+signals for the speed ratio and an agreement check. Every code is certified by its
+duality gap (gap <= tol ||x||^2)."""
 
 
 def register(top: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
@@ -362,9 +363,10 @@ def run_setup_bench(
     a whole :func:`aensae.solvers.solve` call on the dictionary (dense codes), ``t_steady``
     and ``t_steady_csr`` a second :meth:`FastSolver.solve` on it (dense / CSR codes), each
     the best of ``repeats`` interleaved passes; ``setup_share = (t_fresh - t_steady) /
-    t_fresh``; scikit-learn's time per signal on the first ``sklearn_signals`` signals,
-    ``ratio_vs_sklearn`` = its time per signal over the fresh call's, and the largest code
-    difference and certified fractions of both.
+    t_fresh`` (``init_share = t_init / t_fresh``: the constructor's part, less exposed to
+    timing noise than a difference); scikit-learn's time per signal on the first
+    ``sklearn_signals`` signals, ``ratio_vs_sklearn`` = its time per signal over the
+    fresh call's, and the largest code difference and certified fractions of both.
     """
     import math
     import warnings
@@ -392,8 +394,10 @@ def run_setup_bench(
     D0, X0 = setup_bench_data(8, 16, 8, 2, 0.0, "light", seed)
     solve(D0, X0, 0.01, lam2, tol=tol)
     solve(D0, X0, 0.01, lam2, np.ones((8, 16)), tol=tol, output="csr")
+    if sklearn_signals > 0:  # and import scikit-learn outside its timing
+        solve_sklearn(D0, X0, 0.01, lam2, tol=tol)
     header = (f"{'tails':<7}{'case':<13}{'lam1':>9}{'L0':>7}{'init s':>8}{'fresh':>8}"
-              f"{'steady':>8}{'csr':>8}{'setup%':>8}{'sklearn':>9}{'vs skl':>8}"
+              f"{'steady':>8}{'csr':>8}{'setup%':>8}{'init%':>7}{'sklearn':>9}{'vs skl':>8}"
               f"{'max|dh|':>9}{'cert':>6}{'max rel gap':>12}")
     rows: list[dict[str, Any]] = []
     for kind in tails:
@@ -453,6 +457,7 @@ def run_setup_bench(
                 "mean_rounds": float(np.mean(res.n_rounds)),
                 "t_init": t["init"], "t_fresh": t["fresh"], "t_steady": t["steady"],
                 "t_steady_csr": t["csr"], "setup_share": share,
+                "init_share": t["init"] / t["fresh"],
                 "s_per_1000_fresh": 1000 * t["fresh"] / B,
                 "s_per_1000_steady": 1000 * t["steady"] / B,
                 "sklearn_signals": ns,
@@ -468,7 +473,8 @@ def run_setup_bench(
             dh = "-" if diff is None else f"{diff:.1e}"
             print(f"{kind:<7}{case:<13}{lam1:>9.4g}{row['mean_l0']:>7.1f}{t['init']:>8.3f}"
                   f"{row['s_per_1000_fresh']:>8.3f}{row['s_per_1000_steady']:>8.3f}"
-                  f"{1000 * t['csr'] / B:>8.3f}{100 * share:>7.1f}%{skl:>9}{ratio:>8}"
+                  f"{1000 * t['csr'] / B:>8.3f}{100 * share:>7.1f}%"
+                  f"{100 * t['init'] / t['fresh']:>6.1f}%{skl:>9}{ratio:>8}"
                   f"{dh:>9}{row['certified_fraction']:>6.2f}{row['max_rel_gap']:>12.1e}")
             if not res.all_certified:
                 print(f"WARNING: {np.sum(~res.certified)} fast-solver codes not certified")
