@@ -314,29 +314,40 @@ def setup_bench_data(
 
 def _calibrate_lam1(D: Any, Xc: Any, lam2: float, weights: Any, target: float,
                     tol: float) -> float:
-    """lam1 with mean L0 of the exact codes within 10% of ``target`` on ``Xc`` (bisection
-    on a log scale between ``1e-4`` and ``1`` times the median ``lam_max``)."""
+    """lam1 with mean L0 of the exact codes within 10% of ``target`` on ``Xc``: halving
+    from the median ``lam_max`` until L0 reaches the target, then bisection on a log scale
+    (probes stay near the target: a tiny lam1 gives huge supports, slow to solve)."""
     import warnings
 
     import numpy as np
 
     from aensae.solvers import UncertifiedWarning, lam_max, solve
 
-    top = float(np.median(lam_max(D, Xc, weights)))
-    lo, hi = np.log(top * 1e-4), np.log(top)
-    lam1 = top
-    for _ in range(30):
-        lam1 = float(np.exp(0.5 * (lo + hi)))
-        with warnings.catch_warnings():  # small trial values give huge supports: probes only
+    def l0_at(lam1: float) -> float:
+        with warnings.catch_warnings():  # probes only
             warnings.simplefilter("ignore", UncertifiedWarning)
-            l0 = float(np.mean(solve(D, Xc, lam1, lam2, weights, tol=tol,
-                                     output="csr").support_size))
+            return float(np.mean(solve(D, Xc, lam1, lam2, weights, tol=tol,
+                                       output="csr").support_size))
+
+    hi = float(np.median(lam_max(D, Xc, weights)))
+    lo = hi / 2
+    for _ in range(40):
+        l0 = l0_at(lo)
+        if abs(l0 - target) <= 0.1 * target:
+            return lo
+        if l0 > target:
+            break
+        hi, lo = lo, lo / 2
+    lam1 = lo
+    for _ in range(30):
+        lam1 = float(np.sqrt(lo * hi))
+        l0 = l0_at(lam1)
         if abs(l0 - target) <= 0.1 * target:
             break
         if l0 > target:
-            lo = np.log(lam1)
+            lo = lam1
         else:
-            hi = np.log(lam1)
+            hi = lam1
     return lam1
 
 
