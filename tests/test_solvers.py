@@ -39,7 +39,8 @@ from aensae.solvers import (
     solve_cvxpy,
     solve_sklearn,
 )
-from aensae.solvers._kernels import _top_k_row
+from aensae.solvers._kernels import _top_k_row, fill_upper
+from aensae.solvers.fast import gram32
 from aensae.solvers.reference import sklearn_parameters
 from aensae.synthetic import (
     block_dictionary,
@@ -866,3 +867,82 @@ def test_top_k_screening_selects_the_largest_weighted_scores(nonneg, m, k):
     score = (C if nonneg else np.abs(C)) / w
     for b in range(30):
         assert sorted(out[b]) == sorted(np.argsort(-score[b], kind="stable")[:k])
+
+
+# ============================================================================ the float32 Gram
+@pytest.mark.parametrize("m", [1, 3, 64, 65, 130])
+def test_fill_upper_mirrors_the_lower_triangle(m):
+    rng = np.random.default_rng(m)
+    A = rng.standard_normal((m, m))
+    T = A.copy()
+    fill_upper(T)
+    lower = np.tril(A)
+    np.testing.assert_array_equal(T, lower + np.tril(A, -1).T)
+    if m == 3:  # by hand
+        T = np.array([[1.0, 9, 9], [2, 3, 9], [4, 5, 6]])
+        fill_upper(T)
+        np.testing.assert_array_equal(T, [[1, 2, 4], [2, 3, 5], [4, 5, 6]])
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3, 8])
+@pytest.mark.parametrize(("n", "m"), [(1, 1), (7, 5), (40, 130), (300, 17)])
+def test_gram32_within_its_rounding_bound(n, m, blocks):
+    # oracle: the float64 Gram matrix of the float64 dictionary; the float32 one (rounded
+    # inputs, float32 dot products) must be exactly symmetric and within the classical
+    # bound 2 gamma_{n+2} ||D_a|| ||D_j|| the certificate assumes
+    rng = np.random.default_rng(n * m + blocks)
+    D = rng.standard_normal((n, m)) * rng.lognormal(0.0, 1.0, m)
+    G = gram32(D.astype(np.float32), blocks)
+    assert G.dtype == np.float32 and G.shape == (m, m) and G.flags.c_contiguous
+    np.testing.assert_array_equal(G, G.T)
+    u = 2.0**-24
+    err = 2.0 * (n + 2) * u / (1.0 - (n + 2) * u)
+    norms = np.linalg.norm(D, axis=0)
+    assert np.all(np.abs(G - D.T @ D) <= err * np.outer(norms, norms))
+
+
+@pytest.mark.parametrize("weights", ["ones", "population"])
+def test_float32_dictionary_and_heavy_tailed_signals_match_sklearn(weights):
+    # an SAE decoder is float32 and LLM activations are heavy-tailed: the certificate
+    # (float32 screening and Gram, float64 restricted problems) must still give codes that
+    # agree with scikit-learn and pass an independent float64 duality gap
+    rng = np.random.default_rng(7)
+    n, m, B = 24, 96, 40
+    D = rng.standard_normal((n, m))
+    D = (D / np.linalg.norm(D, axis=0)).astype(np.float32)
+    p = 1.0 / np.arange(1, m + 1)
+    H = np.zeros((B, m))
+    for b in range(B):
+        idx = rng.choice(m, 5, replace=False, p=p / p.sum())
+        H[b, idx] = rng.lognormal(0.0, 1.0, 5) * rng.choice((-1.0, 1.0), 5)
+    X = (H @ D.T.astype(np.float64) + 0.1 * rng.standard_t(3, (B, n))) * rng.lognormal(
+        0.0, 0.5, (B, 1))
+    w = None if weights == "ones" else rng.uniform(0.3, 3.0, m)
+    lam1 = shared_lam1(D.astype(np.float64), X, w, False, 0.1)
+    res = solve(D, X, lam1, 0.01, w)
+    assert res.all_certified and 2 <= res.support_size.mean() <= 40
+    D64 = D.astype(np.float64)
+    assert np.all(duality_gap(D64, X, res.codes, lam1, 0.01, w) <= 1e-10 * np.sum(X**2, 1))
+    np.testing.assert_allclose(res.codes, sk_codes(D64, X, lam1, 0.01, w), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_small_weights_on_large_codes_still_certify(nonneg):
+    # the float32 Gram's error bound grows with sum_a |h_a| ||D_a||; divided by a small
+    # weight it exceeds lam1. The support's dual scale must come from its exact float64
+    # correlations, not from those bounds, or optimal codes fail their certificate
+    rng = np.random.default_rng(3)
+    n, m, B = 20, 40, 6
+    D = rng.standard_normal((n, m))
+    D /= np.linalg.norm(D, axis=0)
+    H = np.zeros((B, m))
+    H[:, :5] = 20.0 * rng.uniform(1.0, 2.0, (B, 5))
+    X = H @ D.T + 0.01 * rng.standard_normal((B, n))
+    w = np.ones(m)
+    w[:5] = 0.01
+    res = solve(D, X, 0.05, 0.001, w, nonneg=nonneg)
+    assert res.all_certified, res.status
+    assert np.all(res.support_size >= 5)
+    assert np.all(duality_gap(D, X, res.codes, 0.05, 0.001, w, nonneg) <= 1e-10 * np.sum(X**2, 1))
+    np.testing.assert_allclose(res.codes, sk_codes(D, X, 0.05, 0.001, w, nonneg), rtol=0,
+                               atol=1e-6)

@@ -1,4 +1,6 @@
-r"""``aensae bench solvers``: exact-solver throughput against scikit-learn and cvxpy.
+r"""``aensae bench solvers`` and ``aensae bench solver-setup``: exact-solver speed.
+
+``aensae bench solvers``: exact-solver throughput against scikit-learn and cvxpy.
 
 At the paper's scale (n=256, m=1024, k=16 non-negative codes U[1,3], no noise) and for
 each rho, with lam2 = 0.05 and lam1 chosen per rho so exact codes hold about 16-32
@@ -14,6 +16,12 @@ non-zeros (the table ``aensae.benchmarks.geometry_cmd.DEFAULT_LAM1``, shared wit
 then extrapolates per-signal times (best of three passes where affordable), checks that
 the three agree (codes and certified gaps), and prints signals/s, ratios against
 scikit-learn and mean support sizes.
+
+``aensae bench solver-setup`` (:func:`run_setup_bench`): what a fresh dictionary costs.
+Every SAE decoder is a new dictionary, so the per-call setup of :func:`aensae.solvers.solve`
+counts; this command separates it from the steady state, in one process, at an SAE's
+size (default d_in 576 as SmolLM2-135M's residual stream, 4,096 latents, 4,096 signals).
+It uses only the public solver API, so the same file also measures an older checkout.
 """
 
 from __future__ import annotations
@@ -26,10 +34,26 @@ import time
 from typing import Any
 
 from aensae._io import check_output_file
-from aensae._validation import InputError, check_int, check_rho, user_input
+from aensae._validation import InputError, check_int, check_real, check_rho, user_input
 from aensae.benchmarks._options import add_command
 
-__all__ = ["register", "run_solver_bench"]
+__all__ = ["SETUP_CASES", "register", "run_setup_bench", "run_solver_bench", "setup_bench_data"]
+
+SETUP_CASES = ("elastic-net", "lasso", "adaptive")
+TAILS = ("light", "heavy")
+
+_SETUP_DOC = """Per-call setup of the exact solver on a fresh dictionary against its steady state.
+
+For each signal kind (--tails) and problem (--cases: elastic net with --lam2, lasso,
+and the elastic net with AEN-SAE population weights from pilot codes of the timed
+signals), lam1 is calibrated on a separate sample so that the exact codes hold about
+--l0 non-zeros. Then, passes
+interleaved, best of --repeats: a fresh call solve(D, X, ...) that builds everything for
+the dictionary (dense codes); the steady state, a second FastSolver.solve on the same
+dictionary (dense, and CSR codes); the constructor alone. Setup share = (fresh - steady) /
+fresh; init share = constructor / fresh. scikit-learn solves the first --sklearn-signals
+signals for the speed ratio and an agreement check. Every code is certified by its
+duality gap (gap <= tol ||x||^2)."""
 
 
 def register(top: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
@@ -46,6 +70,38 @@ def register(top: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                    help="correlation levels, each in [0, 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of dictionary and signals (>= 0)")
     p.set_defaults(func=_main)
+
+    q = add_command(bench, "solver-setup",
+                    help="exact solver setup on a fresh dictionary vs steady state and sklearn",
+                    doc=_SETUP_DOC)
+    q.add_argument("--signals", type=int, default=4096, help="signals per call, >= 1")
+    q.add_argument("--atoms", type=int, default=4096, help="dictionary atoms (latents) m, >= 2")
+    q.add_argument("--d-in", type=int, default=576,
+                   help="signal dimension n, >= 2 (576: SmolLM2-135M's residual stream)")
+    q.add_argument("--rho", type=float, default=0.0,
+                   help="spike weight of the dictionary in [0, 1); 0 gives unit-norm Gaussian "
+                        "atoms")
+    q.add_argument("--active", type=int, default=32,
+                   help="atoms in each signal's generating combination, in [1, atoms]")
+    q.add_argument("--tails", choices=TAILS, nargs="+", default=list(TAILS),
+                   help="signal kinds: light (uniform atom use, exponential magnitudes, Gaussian "
+                        "noise) or heavy (Zipf atom use, log-normal magnitudes and norms, "
+                        "Student-t noise, as LLM activations)")
+    q.add_argument("--cases", choices=SETUP_CASES, nargs="+", default=list(SETUP_CASES),
+                   help="problems to time")
+    q.add_argument("--l0", type=float, default=40.0,
+                   help="target mean L0 of the exact codes, in (0, atoms)")
+    q.add_argument("--lam2", type=float, default=0.01,
+                   help="l2 penalty of the elastic-net and adaptive cases, >= 0")
+    q.add_argument("--sklearn-signals", type=int, default=32,
+                   help="signals solved by scikit-learn for the speed ratio, >= 0 (0 skips it)")
+    q.add_argument("--repeats", type=int, default=3, help="timed passes (best kept), >= 1")
+    q.add_argument("--tol", type=float, default=1e-10,
+                   help="certificate tolerance: gap <= tol ||x||^2, in (0, 1)")
+    q.add_argument("--seed", type=int, default=0, help="seed of dictionary and signals (>= 0)")
+    q.add_argument("--json", metavar="PATH", default=None,
+                   help="write the result rows here as JSON (default: print only)")
+    q.set_defaults(func=_setup_main)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -178,4 +234,259 @@ def run_solver_bench(
                   f"{row['certified_fraction']:>11.3f}{row['max_rel_gap']:>13.1e}")
         if not res.all_certified:
             print(f"WARNING: {np.sum(~res.certified)} fast-solver codes not certified")
+    return rows
+
+
+def _setup_main(args: argparse.Namespace) -> int:
+    with user_input():
+        check_int("--signals", args.signals, low=1)
+        atoms = check_int("--atoms", args.atoms, low=2)
+        check_int("--d-in", args.d_in, low=2)
+        check_rho(args.rho, "--rho")
+        check_int("--active", args.active, low=1, high=atoms)
+        check_real("--l0", args.l0, low=0.0, high=float(atoms), low_inclusive=False,
+                   high_inclusive=False)
+        check_real("--lam2", args.lam2, low=0.0)
+        check_int("--sklearn-signals", args.sklearn_signals, low=0)
+        check_int("--repeats", args.repeats, low=1)
+        check_real("--tol", args.tol, low=0.0, high=1.0, low_inclusive=False,
+                   high_inclusive=False)
+        check_int("--seed", args.seed, low=0)
+    for flag, values in (("--tails", args.tails), ("--cases", args.cases)):
+        if len(set(values)) != len(values):
+            raise InputError(f"{flag}: values must not repeat, got {' '.join(values)}")
+    if args.json is not None:
+        check_output_file("--json", args.json)
+    rows = run_setup_bench(
+        signals=args.signals, atoms=args.atoms, d_in=args.d_in, rho=args.rho,
+        active=args.active, tails=args.tails, cases=args.cases, l0=args.l0, lam2=args.lam2,
+        sklearn_signals=args.sklearn_signals, repeats=args.repeats, tol=args.tol,
+        seed=args.seed)
+    if args.json is not None:
+        from aensae._io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def setup_bench_data(
+    n: int, m: int, B: int, active: int, rho: float, tails: str, seed: int
+) -> tuple[Any, Any]:
+    r"""Dictionary ``D`` (n, m) and signals ``X`` (B, n) of :func:`run_setup_bench`.
+
+    ``D`` is :func:`aensae.synthetic.spiked_dictionary` (unit-norm atoms; Gaussian at
+    ``rho = 0``). Each signal is ``x = sum_{i in S} s_i a_i D_i + eps`` over ``active``
+    distinct atoms ``S``, random signs ``s_i``:
+
+    - ``light``: ``S`` uniform, ``a_i = 1 + Exp(1)``, ``eps`` Gaussian;
+    - ``heavy``: ``S`` drawn with Zipf probabilities ``p_i ~ 1 / rank_i`` (a few latents
+      fire often, most rarely), ``a_i`` log-normal(0, 1), Student-t(3) noise, and the
+      whole signal scaled by a log-normal(0, 0.5) factor (token norms vary).
+
+    The noise is scaled to a tenth of the clean signal's norm per signal.
+    """
+    import numpy as np
+
+    from aensae.synthetic import spiked_dictionary
+
+    D = spiked_dictionary(n, m, rho, seed=seed).D
+    rng = np.random.default_rng([seed, TAILS.index(tails) + 1])
+    p = None
+    if tails == "heavy":
+        p = 1.0 / np.arange(1, m + 1)
+        p = (p / p.sum())[rng.permutation(m)]
+    H = np.zeros((B, m))
+    for b in range(B):
+        support = rng.choice(m, active, replace=False, p=p)
+        mag = (rng.lognormal(0.0, 1.0, active) if tails == "heavy"
+               else 1.0 + rng.exponential(1.0, active))
+        H[b, support] = mag * rng.choice((-1.0, 1.0), active)
+    X = H @ D.T
+    noise = rng.standard_t(3, (B, n)) if tails == "heavy" else rng.standard_normal((B, n))
+    noise *= 0.1 * np.linalg.norm(X, axis=1, keepdims=True) / np.maximum(
+        np.linalg.norm(noise, axis=1, keepdims=True), 1e-300)
+    X += noise
+    if tails == "heavy":
+        X *= rng.lognormal(0.0, 0.5, (B, 1))
+    return D, X
+
+
+def _calibrate_lam1(D: Any, Xc: Any, lam2: float, weights: Any, target: float,
+                    tol: float) -> float:
+    """lam1 with mean L0 of the exact codes within 10% of ``target`` on ``Xc``: halving
+    from the median ``lam_max`` until L0 reaches the target, then bisection on a log scale
+    (probes stay near the target: a tiny lam1 gives huge supports, slow to solve)."""
+    import warnings
+
+    import numpy as np
+
+    from aensae.solvers import UncertifiedWarning, lam_max, solve
+
+    def l0_at(lam1: float) -> float:
+        with warnings.catch_warnings():  # probes only
+            warnings.simplefilter("ignore", UncertifiedWarning)
+            return float(np.mean(solve(D, Xc, lam1, lam2, weights, tol=tol,
+                                       output="csr").support_size))
+
+    hi = float(np.median(lam_max(D, Xc, weights)))
+    lo = hi / 2
+    for _ in range(40):
+        l0 = l0_at(lo)
+        if abs(l0 - target) <= 0.1 * target:
+            return lo
+        if l0 > target:
+            break
+        hi, lo = lo, lo / 2
+    lam1 = lo
+    for _ in range(30):
+        lam1 = float(np.sqrt(lo * hi))
+        l0 = l0_at(lam1)
+        if abs(l0 - target) <= 0.1 * target:
+            break
+        if l0 > target:
+            lo = lam1
+        else:
+            hi = lam1
+    return lam1
+
+
+def run_setup_bench(
+    *,
+    signals: int = 4096,
+    atoms: int = 4096,
+    d_in: int = 576,
+    rho: float = 0.0,
+    active: int = 32,
+    tails: list[str] | tuple[str, ...] = TAILS,
+    cases: list[str] | tuple[str, ...] = SETUP_CASES,
+    l0: float = 40.0,
+    lam2: float = 0.01,
+    sklearn_signals: int = 32,
+    repeats: int = 3,
+    tol: float = 1e-10,
+    seed: int = 0,
+    calibration_signals: int = 256,
+) -> list[dict[str, Any]]:
+    """Time the fast solver's setup against its steady state; print a table, return rows.
+
+    Per row (one signal kind and problem): ``t_init`` the constructor alone, ``t_fresh``
+    a whole :func:`aensae.solvers.solve` call on the dictionary (dense codes), ``t_steady``
+    and ``t_steady_csr`` a second :meth:`FastSolver.solve` on it (dense / CSR codes), each
+    the best of ``repeats`` interleaved passes; ``setup_share = (t_fresh - t_steady) /
+    t_fresh`` (``init_share = t_init / t_fresh``: the constructor's part, less exposed to
+    timing noise than a difference); scikit-learn's time per signal on the first
+    ``sklearn_signals`` signals, ``ratio_vs_sklearn`` = its time per signal over the
+    fresh call's, and the largest code difference and certified fractions of both.
+    """
+    import math
+    import warnings
+
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    import aensae
+    from aensae.solvers import (
+        FastSolver,
+        UncertifiedWarning,
+        population_weights_from_codes,
+        solve,
+        solve_sklearn,
+    )
+
+    n, m, B = d_in, atoms, signals
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+    blas = ", ".join(sorted({f"{i['internal_api']}({i['num_threads']})"
+                             for i in threadpool_info()}))
+    print(f"aensae {aensae.__version__} | machine: {machine} | BLAS: {blas}")
+    print(f"n={n} m={m} signals={B} active={active} rho={rho} target L0={l0:g} lam2={lam2:g} "
+          f"tol={tol:g} (gap <= tol ||x||^2); best of {repeats} interleaved passes")
+    # compile the kernels outside every timing
+    D0, X0 = setup_bench_data(8, 16, 8, 2, 0.0, "light", seed)
+    solve(D0, X0, 0.01, lam2, tol=tol)
+    solve(D0, X0, 0.01, lam2, np.ones((8, 16)), tol=tol, output="csr")
+    if sklearn_signals > 0:  # and import scikit-learn outside its timing
+        solve_sklearn(D0, X0, 0.01, lam2, tol=tol)
+    header = (f"{'tails':<7}{'case':<13}{'lam1':>9}{'L0':>7}{'init s':>8}{'fresh':>8}"
+              f"{'steady':>8}{'csr':>8}{'setup%':>8}{'init%':>7}{'sklearn':>9}{'vs skl':>8}"
+              f"{'max|dh|':>9}{'cert':>6}{'max rel gap':>12}")
+    rows: list[dict[str, Any]] = []
+    for kind in tails:
+        D, Xall = setup_bench_data(n, m, B + calibration_signals, active, rho, kind, seed)
+        X, Xc = Xall[:B], Xall[B:]
+        print(f"\n{kind} tails (times in s per 1,000 signals; init in s per call)")
+        print(header)
+        lam1_en = None
+        for case in cases:
+            l2 = 0.0 if case == "lasso" else lam2
+            weights = None
+            if case == "adaptive":
+                if lam1_en is None:
+                    lam1_en = _calibrate_lam1(D, Xc, lam2, None, l0, tol)
+                # the SAE's weights reflect its whole data stream: pilot codes of the
+                # timed signals (the calibration sample alone would overfit 256 signals)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UncertifiedWarning)
+                    weights = population_weights_from_codes(
+                        solve(D, X, lam1_en, lam2, tol=tol).codes)
+            lam1 = _calibrate_lam1(D, Xc, l2, weights, l0, tol)
+            if case == "elastic-net":
+                lam1_en = lam1
+            t = {"init": math.inf, "fresh": math.inf, "steady": math.inf, "csr": math.inf}
+            solver = FastSolver(D, lam1, l2, tol=tol)
+            res = None
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                res = solve(D, X, lam1, l2, weights, tol=tol)
+                t["fresh"] = min(t["fresh"], time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                steady = solver.solve(X, weights)
+                t["steady"] = min(t["steady"], time.perf_counter() - t0)
+                del steady
+                t0 = time.perf_counter()
+                solver.solve(X, weights, output="csr")
+                t["csr"] = min(t["csr"], time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                FastSolver(D, lam1, l2, tol=tol)
+                t["init"] = min(t["init"], time.perf_counter() - t0)
+            ns = min(B, sklearn_signals)
+            sk_per = diff = sk_cert = None
+            if ns > 0:
+                t0 = time.perf_counter()
+                sk = solve_sklearn(D, X[:ns], lam1, l2, weights, tol=tol)
+                sk_per = (time.perf_counter() - t0) / ns
+                diff = float(np.max(np.abs(res.codes[:ns] - sk.codes)))
+                sk_cert = float(np.mean(sk.certified))
+            share = (t["fresh"] - t["steady"]) / t["fresh"]
+            row = {
+                "tails": kind, "case": case, "n": n, "m": m, "signals": B, "active": active,
+                "rho": rho, "lam1": lam1, "lam2": l2, "tol": tol, "seed": seed,
+                "weights": "population (AEN-SAE)" if weights is not None else "ones",
+                "mean_l0": float(np.mean(res.support_size)),
+                "certified_fraction": float(np.mean(res.certified)),
+                "max_rel_gap": float(np.max(res.rel_gap)),
+                "mean_rounds": float(np.mean(res.n_rounds)),
+                "t_init": t["init"], "t_fresh": t["fresh"], "t_steady": t["steady"],
+                "t_steady_csr": t["csr"], "setup_share": share,
+                "init_share": t["init"] / t["fresh"],
+                "s_per_1000_fresh": 1000 * t["fresh"] / B,
+                "s_per_1000_steady": 1000 * t["steady"] / B,
+                "sklearn_signals": ns,
+                "sklearn_s_per_1000": None if sk_per is None else 1000 * sk_per,
+                "ratio_vs_sklearn": None if sk_per is None else sk_per * B / t["fresh"],
+                "max_abs_diff_vs_sklearn": diff,
+                "sklearn_certified_fraction": sk_cert,
+                "machine": machine, "blas": blas, "aensae_version": aensae.__version__,
+            }
+            rows.append(row)
+            skl = "-" if sk_per is None else f"{1000 * sk_per:.2f}"
+            ratio = "-" if sk_per is None else f"{row['ratio_vs_sklearn']:.1f}"
+            dh = "-" if diff is None else f"{diff:.1e}"
+            print(f"{kind:<7}{case:<13}{lam1:>9.4g}{row['mean_l0']:>7.1f}{t['init']:>8.3f}"
+                  f"{row['s_per_1000_fresh']:>8.3f}{row['s_per_1000_steady']:>8.3f}"
+                  f"{1000 * t['csr'] / B:>8.3f}{100 * share:>7.1f}%"
+                  f"{100 * t['init'] / t['fresh']:>6.1f}%{skl:>9}{ratio:>8}"
+                  f"{dh:>9}{row['certified_fraction']:>6.2f}{row['max_rel_gap']:>12.1e}")
+            if not res.all_certified:
+                print(f"WARNING: {np.sum(~res.certified)} fast-solver codes not certified")
     return rows
