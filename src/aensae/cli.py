@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "aensae.benchmarks.train_cmd",
     "aensae.benchmarks.geometry_cmd",
     "aensae.benchmarks.reproduce_cmd",
+    "aensae.benchmarks.llm_cmd",
 )
 
 
