@@ -280,7 +280,7 @@ def harvest(cfg: HarvestConfig, out: str | Path, *, model: LanguageModel | None 
     acts = torch.empty((rows_max, d_in), dtype=act_dtype)
     toks = torch.empty(rows_max, dtype=torch.int32)
     poss = torch.empty(rows_max, dtype=torch.int32)
-    positions = np.broadcast_to(np.arange(ctx, dtype=np.int32), (cfg.batch_size, ctx))
+    positions = np.tile(np.arange(ctx, dtype=np.int32), (cfg.batch_size, 1))
     total = sum(s["tokens"] for s in shards)
     exhausted = bool(existing and existing.get("text_exhausted"))
     started = existing["started"] if existing else time.strftime("%Y-%m-%dT%H:%M:%SZ",
@@ -349,8 +349,7 @@ def harvest(cfg: HarvestConfig, out: str | Path, *, model: LanguageModel | None 
                 rows = a.reshape(-1, d_in).index_select(0, idx.to(a.device)).cpu()
                 acts[fill:fill + take] = rows
                 toks[fill:fill + take] = torch.from_numpy(ids.reshape(-1))[idx]
-                poss[fill:fill + take] = torch.from_numpy(
-                    np.ascontiguousarray(positions[:len(batch)]).reshape(-1))[idx]
+                poss[fill:fill + take] = torch.from_numpy(positions[:len(batch)].reshape(-1))[idx]
                 norms = torch.linalg.vector_norm(rows.double(), dim=1)
                 sum_sq += float((norms * norms).sum())
                 sum_norm += float(norms.sum())
