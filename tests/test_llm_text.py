@@ -122,18 +122,24 @@ def test_python_docs_fixed_order():
     assert not any("/test/" in f or f.startswith("stdlib:test/") for f in files)
 
 
+def _flat(src, tok, split, eval_fraction):
+    flat = []
+    for d in src.documents():
+        if split_of(d.id, eval_fraction) == split:
+            flat += tok(d.text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return flat
+
+
 def test_packing_by_hand(tmp_path, tok):
     folder = _docs(tmp_path, 30)
     src = open_text(str(folder))
-    info = tokenizer_info(tok)
+    info = tokenizer_info(tok, prepend_bos=False)
     assert info.prefix == () and info.separator == tok.eos_token_id
     assert set(info.special_ids) >= {tok.eos_token_id, tok.bos_token_id}
-    stream = WindowStream(src, tok, 16, split="train", eval_fraction=0.2, buffer=1)
+    stream = WindowStream(src, tok, 16, split="train", eval_fraction=0.2, buffer=1,
+                          prepend_bos=False)
     got = np.stack(list(stream))
-    flat = []
-    for d in src.documents():
-        if split_of(d.id, 0.2) == "train":
-            flat += tok(d.text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    flat = _flat(src, tok, "train", 0.2)
     n = len(flat) // 16
     assert got.shape == (n, 16)
     np.testing.assert_array_equal(got, np.array(flat[:n * 16]).reshape(n, 16))
@@ -144,6 +150,13 @@ def test_packing_by_hand(tmp_path, tok):
     ev = WindowStream(src, tok, 16, split="eval", eval_fraction=0.2, buffer=1)
     list(ev)
     assert ev.documents + stream.documents == 30
+    # default: SmolLM2's tokenizer adds nothing itself, so each window starts with BOS
+    assert tokenizer_info(tok).prefix == (tok.bos_token_id,)
+    got = np.stack(list(WindowStream(src, tok, 16, eval_fraction=0.2, buffer=1)))
+    n = len(flat) // 15
+    assert (got[:, 0] == tok.bos_token_id).all() and got.shape == (n, 16)
+    np.testing.assert_array_equal(got[:, 1:], np.array(flat[:n * 15]).reshape(n, 15))
+    assert not tokenizer_info(tok).keep_mask(got)[:, 0].any()
 
 
 def test_prefix_tokens_start_every_window(tmp_path):

@@ -60,6 +60,9 @@ def register(top: Any, bench: Any) -> None:
                    help="windows in the shuffle buffer of the text stream")
     p.add_argument("--keep-special", action="store_true",
                    help="keep special tokens (BOS/EOS/pad) in the cache")
+    p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True,
+                   help="start each window with BOS when the tokenizer adds nothing itself "
+                        "(the window's first position is an attention sink)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, type=Path, help="cache folder")
     p.add_argument("--overwrite", action="store_true", help="delete a cache found in --out")
@@ -99,7 +102,7 @@ def _harvest_main(args: argparse.Namespace) -> int:
                             revision=args.revision, split=args.split,
                             eval_fraction=args.eval_fraction, shard_windows=args.shard_windows,
                             shuffle_windows=args.shuffle_windows, keep_special=args.keep_special,
-                            seed=args.seed)
+                            prepend_bos=args.prepend_bos, seed=args.seed)
         man = harvest(cfg, args.out, progress=args.progress, overwrite=args.overwrite)
     except ValueError as err:  # InputError and other bad input
         return _fail("llm harvest", err)

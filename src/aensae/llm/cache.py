@@ -67,7 +67,7 @@ _ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"
 #: Fields of HarvestConfig that must match for a cache to be resumed.
 _IDENTITY = ("model", "revision", "layer", "hook", "text", "text_column", "split",
              "eval_fraction", "ctx", "dtype", "tokens", "batch_size", "shard_windows",
-             "shuffle_windows", "seed", "keep_special")
+             "shuffle_windows", "seed", "keep_special", "prepend_bos")
 
 
 def shard_name(i: int) -> str:
@@ -96,6 +96,7 @@ class HarvestConfig:
     shuffle_windows: int = 1024
     seed: int = 0
     keep_special: bool = False
+    prepend_bos: bool = True
     revision: str | None = None
 
     def __post_init__(self) -> None:
@@ -264,7 +265,7 @@ def harvest(cfg: HarvestConfig, out: str | Path, *, model: LanguageModel | None 
 
     stream = WindowStream(source, model.tokenizer, cfg.ctx, split=cfg.split,
                           eval_fraction=cfg.eval_fraction, buffer=cfg.shuffle_windows,
-                          seed=cfg.seed)
+                          seed=cfg.seed, prepend_bos=cfg.prepend_bos)
     windows = iter(stream)
     shards: list[dict[str, Any]] = list(existing["shards"]) if existing else []
     skip = sum(s["windows"] for s in shards)
