@@ -70,9 +70,10 @@ def test_geometry_of_a_saved_sae(tmp_path, arch):
         assert rec["lipschitz_encoder_pair_lower"] <= rec["lipschitz_encoder_global_bound"]
 
 
-def test_geometry_needs_a_source():
-    with pytest.raises(ValueError, match="--rho"):
-        main(["geometry", "--samples", "4"])
+def test_geometry_needs_a_source(capsys):
+    assert main(["geometry", "--samples", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--rho" in err and "--sae" in err
 
 
 def test_default_lam1_calibration_points_and_log_interpolation():

@@ -216,7 +216,8 @@ def test_named_configs_load_and_expand() -> None:
 
 
 def _minimal() -> dict:
-    return {"family": [{"name": "r", "arch": "relu_l1", "hyper": {"l1": 1e-3}}]}
+    return {"data": {"n": 8, "m": 16, "k": 2},
+            "family": [{"name": "r", "arch": "relu_l1", "hyper": {"l1": 1e-3}}]}
 
 
 @pytest.mark.parametrize("patch, match", [

@@ -21,8 +21,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    return args.func(args)
+    from aensae import cli
+
+    return cli.main(argv)
 
 
 TINY = ["--n", "12", "--m", "24", "--k", "2", "--steps", "30", "--batch-size", "32",
@@ -87,9 +88,9 @@ def test_train_resumes_a_half_finished_run(tmp_path, monkeypatch) -> None:
         return original(self, X)
 
     monkeypatch.setattr(trainer._Run, "step_all", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        _run([*base, str(half), *TINY])
-    assert sorted(p.name for p in half.iterdir()) == ["checkpoint.pt"]
+    assert _run([*base, str(half), *TINY]) == 130  # Ctrl-C: one line, status 130
+    assert sorted(p.name for p in half.iterdir()) == ["checkpoint.pt",
+                                                      "checkpoint_config.json"]
     monkeypatch.setattr(trainer._Run, "step_all", original)
     assert _run([*base, str(half), *TINY]) == 0
     assert not (half / "checkpoint.pt").exists()

@@ -3,18 +3,31 @@
 Data go to a temporary file in the destination's folder, are flushed and fsynced, and
 only then renamed over the destination (``os.replace`` is atomic on POSIX). The one
 implementation used by every writer in aensae (models, checkpoints, tables, JSON).
+
+A *set* of outputs that belong together (figures and report, a model and its metrics)
+is staged in a hidden folder beside them and swapped in by :func:`replace_together`, so
+a failure part-way leaves the previous set as it was. :func:`check_output_dir` checks an
+output folder before any work is done.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+from aensae._validation import InputError
+
+__all__ = ["STAGE_PREFIX", "atomic_write", "atomic_write_bytes", "atomic_write_json",
+           "atomic_write_text", "check_output_dir", "check_output_file", "replace_together"]
+
+#: Name prefix of the staging folders of :func:`replace_together`.
+STAGE_PREFIX = ".aensae-stage-"
 
 
 def _umask() -> int:
@@ -75,3 +88,102 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+# ----------------------------------------------------------------------------- output folders
+def check_output_dir(where: str, path: str | os.PathLike) -> Path:
+    """Check that ``path`` can be an output folder; return it as a ``Path``. Creates nothing.
+
+    ``where`` is the option or key as the user wrote it (``--out``). Rejected, each with
+    :class:`~aensae._validation.InputError`: an empty string (``Path("")`` would silently
+    mean the current folder), an existing file, a path below a file, and a folder (or,
+    when the folder does not exist yet, its nearest existing parent) that this process
+    may not write into. Commands call it after validating their other inputs and before
+    loading data or training, so a bad location never costs a run.
+    """
+    text = os.fspath(path)
+    if text == "":
+        raise InputError(f"{where}: must be a folder path, got an empty string")
+    p = Path(text)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{where}: {text!r} is a file, not a folder")
+    probe = p
+    while not probe.exists():  # the nearest existing ancestor decides whether mkdir works
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InputError(f"{where}: {text!r} lies below {str(probe)!r}, which is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "folder" if probe == p else f"parent folder {str(probe)!r}"
+        raise InputError(f"{where}: {text!r}: the {what} is not writable")
+    return p
+
+
+def check_output_file(where: str, path: str | os.PathLike) -> Path:
+    """Check that a file can be written at ``path`` (its folder via :func:`check_output_dir`).
+
+    An existing file is fine (it is replaced atomically); a folder, an empty string or a
+    path whose folder cannot be created or written is an
+    :class:`~aensae._validation.InputError` naming ``where``.
+    """
+    text = os.fspath(path)
+    if text == "":
+        raise InputError(f"{where}: must be a file path, got an empty string")
+    p = Path(text)
+    if p.is_dir() or text.endswith(os.sep):
+        raise InputError(f"{where}: {text!r} is a folder, not a file")
+    check_output_dir(where, p.parent)
+    return p
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+@contextmanager
+def replace_together(folder: str | os.PathLike, names: Sequence[str]) -> Iterator[Path]:
+    """Stage the outputs ``names`` (files or folders) of ``folder`` and swap them in at once.
+
+    Yields an empty staging folder (``folder/.aensae-stage-*``, same file system); the
+    caller writes every entry of ``names`` into it. When the block ends normally, each
+    entry is fsynced and then, entry by entry, the old one is moved aside and the new one
+    renamed into place; the old ones are deleted last. Any exception in the block
+    (Ctrl-C included) removes the staging folder and leaves ``folder`` untouched, so the
+    previous set stays byte-identical. A failure during the swap itself (renames within
+    one folder) moves back what was already swapped. An entry of ``names`` the block did
+    not write is an error (:class:`RuntimeError`), and the old set is kept.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=folder))
+    try:
+        yield stage
+        missing = [n for n in names if not os.path.lexists(stage / n)]
+        if missing:
+            raise RuntimeError(f"replace_together: {', '.join(missing)} not written to {stage}")
+        _fsync_tree(stage)
+        old = stage / ".old"
+        old.mkdir()
+        moved: list[tuple[str, bool]] = []  # (name, had an old entry)
+        try:
+            for name in names:
+                target = folder / name
+                had_old = os.path.lexists(target)
+                if had_old:
+                    os.rename(target, old / name)
+                moved.append((name, had_old))
+                os.rename(stage / name, target)
+        except BaseException:
+            for name, had_old in reversed(moved):
+                target = folder / name
+                if os.path.lexists(target) and not os.path.lexists(stage / name):
+                    os.rename(target, stage / name)
+                if had_old:
+                    os.rename(old / name, target)
+            raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

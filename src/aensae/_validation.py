@@ -10,18 +10,28 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "NAME_RULE",
     "InputError",
     "check_array",
+    "check_device",
     "check_finite",
     "check_int",
+    "check_name",
     "check_real",
     "check_rho",
+    "check_threads",
     "is_torch",
+    "max_threads",
+    "user_input",
 ]
 
 
@@ -33,6 +43,22 @@ class InputError(ValueError):
     and exits with status 2; any other exception is a bug and keeps its traceback. It
     subclasses ``ValueError`` so library callers may catch either.
     """
+
+
+@contextmanager
+def user_input(prefix: str = "") -> Iterator[None]:
+    """Turn the ``ValueError`` / ``TypeError`` of checks inside the block into :class:`InputError`.
+
+    For blocks that only *validate* what the user gave (``check_int("--steps", ...)``,
+    an architecture's ``validate_hyper``): the message, prefixed by ``prefix``, already
+    names the option. Never wrap real work in it, or a bug would lose its traceback.
+    """
+    try:
+        yield
+    except InputError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{prefix}{err}") from None
 
 
 def is_torch(x: Any) -> bool:
@@ -170,3 +196,84 @@ def check_array(
     if finite:
         check_finite(name, arr)
     return arr
+
+
+# ----------------------------------------------------------------------------- user input
+#: Names that become folder or file names (experiments, families): the rule in words.
+NAME_RULE = ("a letter or digit, then letters, digits, '.', '_' or '-' (at most 100 "
+             "characters, no '..')")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(where: str, value: Any) -> str:
+    """A name that is safe as one path component, or :class:`InputError` stating the rule.
+
+    ``where`` is the key as the user wrote it (``experiment.name``, ``family "x"``). The
+    rule (:data:`NAME_RULE`) keeps names inside the output folder: no separators, no
+    ``..``, no leading dot or dash.
+    """
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
+        raise InputError(f"{where}: must be {NAME_RULE}, got {_fmt(value)}")
+    return value
+
+
+def max_threads() -> int:
+    """The largest thread count accepted anywhere: this machine's cores (``os.cpu_count()``)."""
+    return os.cpu_count() or 1
+
+
+def check_threads(where: str, value: Any, *, allow_zero: bool = True) -> int:
+    """A thread count in ``[1, os.cpu_count()]`` (or 0, "the libraries' defaults").
+
+    More threads than cores never helps, and a huge count crashes native thread pools
+    (OpenBLAS aborts, then the process segfaults), so the bound is checked up front.
+    """
+    cores = max_threads()
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or not low <= int(value) <= cores:
+        zero = "0 (the libraries' defaults) or " if allow_zero else ""
+        raise InputError(f"{where}: must be {zero}an integer in [1, {cores}] (this machine's "
+                         f"cores, os.cpu_count()), got {_fmt(value)}")
+    return int(value)
+
+
+def check_device(where: str, device: Any) -> str:
+    """Check that a torch device string names a device present here; return it unchanged.
+
+    ``"auto"`` (CUDA when available, else CPU) and ``"cpu"`` always pass; ``"cuda"`` /
+    ``"cuda:i"`` need CUDA with more than ``i`` devices, ``"mps"`` Apple's backend. The
+    message names ``where`` (``--device``, ``[experiment] device``) so that a missing
+    GPU is reported before any data is generated or a model is trained.
+    """
+    import torch
+
+    if not isinstance(device, str) or not device:
+        raise InputError(f"{where}: must be 'auto', 'cpu' or a torch device such as 'cuda' "
+                         f"or 'cuda:1', got {_fmt(device)}")
+    if device == "auto":
+        return device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"{where}: must be 'auto', 'cpu' or a torch device such as 'cuda' "
+                         f"or 'cuda:1', got {device!r}") from None
+    if dev.type == "cpu":
+        return device
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"{where}: {device!r} is not available: this torch "
+                             f"({torch.__version__}) sees no CUDA device; use 'cpu' or "
+                             "'auto'")
+        if dev.index is not None and dev.index >= count:
+            raise InputError(f"{where}: {device!r} is not available: {count} CUDA "
+                             f"device(s), indices 0..{count - 1}")
+        return device
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise InputError(f"{where}: 'mps' is not available on this machine")
+        return device
+    raise InputError(f"{where}: device type {dev.type!r} is not supported; use 'auto', "
+                     "'cpu' or 'cuda[:i]'")

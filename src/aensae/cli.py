@@ -5,6 +5,13 @@ the top-level sub-parser group (``aensae train``, ``aensae reproduce`` ...) and 
 the group under ``aensae bench`` (``aensae bench solvers`` ...). A registered parser sets
 ``func`` to a callable taking the parsed namespace and returning an exit code. Command
 modules import their heavy dependencies inside ``func`` so that ``aensae --help`` is fast.
+
+Errors: a handler raises :class:`aensae._validation.InputError` for bad input (a value,
+a missing or damaged file, an unavailable device, an unwritable output folder), with a
+message naming the option or key as the user wrote it; :func:`main` prints it as one
+line, ``aensae <command>: error: <message>``, and returns 2, the status argparse uses
+for its own usage errors. Any other exception is a bug and keeps its traceback. Ctrl-C
+prints one line and returns 130.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import importlib
 import sys
 
 from aensae import __version__
+from aensae._validation import InputError
+from aensae.benchmarks._options import HelpFormatter
 
 #: Modules that register sub-commands, in the order they appear in ``--help``.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -30,11 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aensae",
         description="Adaptive elastic-net SAEs tested against exact, certified sparse coding.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"aensae {__version__}")
     top = parser.add_subparsers(dest="command", metavar="COMMAND")
     top.required = True
-    bench_parser = top.add_parser("bench", help="performance benchmarks (ratios vs anchors)")
+    bench_parser = top.add_parser("bench", help="performance benchmarks (ratios vs anchors)",
+                                  formatter_class=HelpFormatter)
     bench = bench_parser.add_subparsers(dest="bench", metavar="BENCH")
     bench.required = True
     for name in COMMAND_MODULES:
@@ -43,11 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``aensae`` console script."""
+    """Entry point of the ``aensae`` console script; returns the exit status.
+
+    0 on success, 2 for bad input (one line on stderr; argparse's usage errors exit 2
+    through ``SystemExit`` before a handler runs), 130 after Ctrl-C.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    command = " ".join(c for c in (args.command, getattr(args, "bench", None)) if c)
     try:
         return int(args.func(args) or 0)
+    except InputError as err:
+        message = " ".join(str(err).split())  # one line, whatever the message holds
+        print(f"aensae {command}: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; finished results are kept, rerun the command to resume",
               file=sys.stderr)

@@ -406,8 +406,13 @@ _DRAW = {"fig1_dead_ev_vs_l0": (_fig1, (13, 6.5)), "fig2_recovery_vs_l0": (_fig2
          "fig5_hoffman": (_fig5, (10, 5.5)), "fig6_solver_speed": (_fig6, (13, 5))}
 
 
-def draw_all(results_dir: str | Path) -> list[Path]:
-    """Draw every figure from ``results_dir/results.csv`` (and ``speed.csv``)."""
+def draw_all(results_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Draw every figure from ``results_dir/results.csv`` (and ``speed.csv``).
+
+    Into ``out_dir`` (default ``results_dir/figures``). ``aensae figures`` and ``aensae
+    reproduce`` call it through :func:`aensae.benchmarks.runner.write_figures`, which
+    validates the table first and swaps the new figures and report in together.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -417,7 +422,7 @@ def draw_all(results_dir: str | Path) -> list[Path]:
     _, rows = read_table(results_dir / "results.csv")
     speed_path = results_dir / "speed.csv"
     speed = read_table(speed_path)[1] if speed_path.is_file() else None
-    out_dir = results_dir / "figures"
+    out_dir = results_dir / "figures" if out_dir is None else Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     style = {"svg.hashsalt": "aensae", "svg.fonttype": "none", "figure.dpi": 100,

@@ -35,6 +35,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aensae._io import check_output_file
+from aensae._validation import (
+    InputError,
+    check_int,
+    check_real,
+    check_rho,
+    user_input,
+)
+from aensae.benchmarks._options import add_command
+
 __all__ = ["DEFAULT_LAM1", "default_lam1", "register", "run_geometry", "run_geometry_bench",
            "summary"]
 
@@ -47,44 +57,49 @@ JUMP_ARCHS = ("topk", "batchtopk", "jumprelu")
 
 def register(top: Any, bench: Any) -> None:
     """Add ``aensae geometry`` to ``top`` and ``aensae bench geometry`` to ``bench``."""
-    p = top.add_parser("geometry", help="Lipschitz, Hoffman, support and amortization summary",
-                       description=__doc__.split("\n\n")[1],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--sae", type=Path, default=None, help="trained SAE folder")
+    p = add_command(top, "geometry", help="Lipschitz, Hoffman, support and amortization summary",
+                    doc=__doc__.split("\n\n")[1])
+    p.add_argument("--sae", default=None, metavar="DIR",
+                   help="trained SAE folder (sae.safetensors, cfg.json); without it, the "
+                        "true dictionary of --rho")
     p.add_argument("--rho", type=float, default=None,
-                   help="spike correlation of the true dictionary (required without --sae; "
-                        "with --sae it replaces the data recorded in DIR/metrics.json)")
-    p.add_argument("--samples", type=int, default=1000, help="signals")
-    p.add_argument("--json", type=Path, default=None, help="write the summary here")
-    p.add_argument("--n", type=int, default=256)
-    p.add_argument("--m", type=int, default=1024)
-    p.add_argument("--k", type=int, default=16, help="non-zeros per true code")
+                   help="spike correlation of the true dictionary, in [0, 1) (required "
+                        "without --sae; with --sae it replaces the data recorded in "
+                        "DIR/metrics.json)")
+    p.add_argument("--samples", type=int, default=1000, help="signals (>= 1)")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="write the summary here as JSON (default: print only)")
+    p.add_argument("--n", type=int, default=256, help="signal dimension d_in (>= 2)")
+    p.add_argument("--m", type=int, default=1024, help="true atoms (>= 1)")
+    p.add_argument("--k", type=int, default=16, help="non-zeros per true code, in [1, m]")
     p.add_argument("--lam1", type=float, default=None,
-                   help="l1 penalty (default: calibrated per rho so exact codes hold about "
-                        "16-32 non-zeros at the default sizes; see DEFAULT_LAM1)")
-    p.add_argument("--lam2", type=float, default=0.05)
+                   help="l1 penalty, exact scaling (> 0; default: calibrated per rho so "
+                        "exact codes hold about 16-32 non-zeros at the default sizes)")
+    p.add_argument("--lam2", type=float, default=0.05,
+                   help="l2 penalty, exact scaling (>= 0)")
     p.add_argument("--trajectory", type=int, default=0,
-                   help="signals for the FISTA trajectory constants (0 skips them; faces "
-                        "with large supports make this slow at high rho)")
+                   help="signals for the FISTA trajectory constants (>= 0; 0 skips them; "
+                        "faces with large supports make this slow at high rho)")
     p.add_argument("--trajectory-iter", type=int, default=2000,
-                   help="FISTA iterations per trajectory signal")
+                   help="FISTA iterations per trajectory signal (>= 1)")
     p.add_argument("--encoder-samples", type=int, default=256,
-                   help="signals for encoder Jacobians, pair/ascent bounds and jumps")
-    p.add_argument("--seed", type=int, default=0)
+                   help="signals for encoder Jacobians, pair/ascent bounds and jumps (>= 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of dictionary and signals (>= 0)")
     p.set_defaults(func=_geometry_main)
 
-    b = bench.add_parser("geometry", help="local Hoffman constants: block vs dense",
-                         description=__doc__.split("\n\n")[2],
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    b.add_argument("--json", type=Path, default=None, help="write the result here")
-    b.add_argument("--samples", type=int, default=10_000)
-    b.add_argument("--dense", type=int, default=16, help="samples checked densely")
-    b.add_argument("--n", type=int, default=256)
-    b.add_argument("--m", type=int, default=1024)
-    b.add_argument("--rho", type=float, default=0.5)
-    b.add_argument("--lam1", type=float, default=0.5)
-    b.add_argument("--lam2", type=float, default=0.05)
-    b.add_argument("--seed", type=int, default=0)
+    b = add_command(bench, "geometry", help="local Hoffman constants: block vs dense",
+                    doc=__doc__.split("\n\n")[2])
+    b.add_argument("--json", default=None, metavar="PATH",
+                   help="write the result here as JSON (default: print only)")
+    b.add_argument("--samples", type=int, default=10_000, help="active sets timed (>= 1)")
+    b.add_argument("--dense", type=int, default=16,
+                   help="active sets also computed densely, in [1, samples]")
+    b.add_argument("--n", type=int, default=256, help="signal dimension (>= 2)")
+    b.add_argument("--m", type=int, default=1024, help="atoms (>= 20)")
+    b.add_argument("--rho", type=float, default=0.5, help="spike correlation, in [0, 1)")
+    b.add_argument("--lam1", type=float, default=0.5, help="l1 penalty, exact scaling (> 0)")
+    b.add_argument("--lam2", type=float, default=0.05, help="l2 penalty, exact scaling (>= 0)")
+    b.add_argument("--seed", type=int, default=0, help="seed (>= 0)")
     b.set_defaults(func=_bench_main)
 
 
@@ -201,6 +216,17 @@ def run_geometry_bench(
 
 
 def _bench_main(args: argparse.Namespace) -> int:
+    with user_input():
+        check_int("--samples", args.samples, low=1)
+        check_int("--dense", args.dense, low=1, high=args.samples)
+        check_int("--n", args.n, low=2)
+        check_int("--m", args.m, low=20)  # active sets of up to 20 atoms
+        check_rho(args.rho, "--rho")
+        check_real("--lam1", args.lam1, low=0.0, low_inclusive=False)
+        check_real("--lam2", args.lam2, low=0.0)
+        check_int("--seed", args.seed, low=0)
+    if args.json is not None:
+        check_output_file("--json", args.json)
     record = run_geometry_bench(samples=args.samples, dense=args.dense, n=args.n, m=args.m,
                                 rho=args.rho, lam1=args.lam1, lam2=args.lam2, seed=args.seed)
     _write(args.json, record)
@@ -214,16 +240,20 @@ def _data_for_sae(folder: Path, args: argparse.Namespace, d_in: int):
 
     metrics = folder / "metrics.json"
     data = None
-    if metrics.is_file():
-        data = json.loads(metrics.read_text()).get("config", {}).get("data")
+    if metrics.is_file() and args.rho is None:
+        try:
+            data = json.loads(metrics.read_text(encoding="utf-8")).get("config", {}).get("data")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+            raise InputError(f"--sae: {metrics} is damaged ({err}); pass --rho (and --m, --k, "
+                             "--seed) to describe the SAE's data") from None
     if args.rho is not None or data is None:
         if args.rho is None:
-            raise ValueError(f"{metrics} with a 'config.data' record not found: pass --rho "
+            raise InputError(f"--sae: {metrics} with a 'config.data' record not found: pass --rho "
                              "(and --m, --k, --seed) to describe the SAE's data")
         data = {"kind": "spiked", "rho": args.rho, "n": d_in, "m": args.m, "k": args.k,
                 "lo": 1.0, "hi": 3.0, "noise_std": 0.0, "seed": args.seed}
     if data.get("kind") != "spiked" or int(data["n"]) != d_in:
-        raise ValueError(f"SAE data record {data!r} is not a spiked dictionary with n = "
+        raise InputError(f"--sae: data record {data!r} is not a spiked dictionary with n = "
                          f"d_in = {d_in}")
     from aensae.benchmarks.train_cmd import EVAL_INDEX
 
@@ -283,28 +313,59 @@ def _exact_block(D, X, lam1, lam2, weights, nonneg, trajectory, out, tol=1e-10,
     return en
 
 
+def check_geometry_args(args: argparse.Namespace) -> tuple[int, float]:
+    """Validate ``aensae geometry``'s options; return ``(samples, lam2)``.
+
+    Raises :class:`~aensae._validation.InputError` naming the option: one of ``--rho``
+    and ``--sae`` is needed (with ``--sae``, ``--rho`` describes the SAE's data).
+    """
+    if args.sae is None and args.rho is None:
+        raise InputError("pass --rho R (the true spiked dictionary) or --sae DIR (a "
+                         "trained SAE)")
+    with user_input():
+        samples = check_int("--samples", args.samples, low=1)
+        lam2 = check_real("--lam2", args.lam2, low=0.0)
+        if args.rho is not None:
+            check_rho(args.rho, "--rho")
+        check_int("--n", args.n, low=2)
+        check_int("--m", args.m, low=1)
+        check_int("--k", args.k, low=1, high=args.m)
+        if args.lam1 is not None:
+            check_real("--lam1", args.lam1, low=0.0, low_inclusive=False)
+        check_int("--trajectory", args.trajectory, low=0)
+        check_int("--trajectory-iter", args.trajectory_iter, low=1)
+        check_int("--encoder-samples", args.encoder_samples, low=2)
+        check_int("--seed", args.seed, low=0)
+    if args.sae is not None:
+        if samples < 2:
+            raise InputError(f"--samples must be >= 2 with --sae (the encoder's bounds compare "
+                             f"pairs of signals), got {samples}")
+        if str(args.sae) == "" or not Path(args.sae).is_dir():
+            raise InputError(f"--sae {str(args.sae)!r}: no such folder (expected a folder "
+                             "written by aensae train)")
+        args.sae = Path(args.sae)
+    if args.json is not None:
+        check_output_file("--json", args.json)
+    return samples, lam2
+
+
 def run_geometry(args: argparse.Namespace) -> dict[str, Any]:
     """Compute the geometry summary for ``--rho`` or ``--sae``; returns the JSON record."""
     import numpy as np
 
-    from aensae._validation import check_int, check_real, check_rho
     from aensae.objective import ExactProblem
     from aensae.theory import amortization_gap, exact_vs_truth
 
-    samples = check_int("--samples", args.samples, low=1)
-    lam2 = check_real("--lam2", args.lam2, low=0.0)
+    samples, lam2 = check_geometry_args(args)
     t_start = time.perf_counter()
     record: dict[str, Any] = {"samples": samples, "seed": args.seed, "machine": _machine()}
     if args.sae is None:
-        if args.rho is None:
-            raise ValueError("pass --rho R (true spiked dictionary) or --sae DIR")
-        rho = check_rho(args.rho, "--rho")
+        rho = float(args.rho)
         from aensae.synthetic import sample_signals, spiked_dictionary
 
         dic = spiked_dictionary(args.n, args.m, rho, seed=args.seed)
         X, H = sample_signals(dic.D, samples, args.k, seed=args.seed + 1)
-        lam1 = default_lam1(rho) if args.lam1 is None else check_real("--lam1", args.lam1,
-                                                                       low=0.0)
+        lam1 = default_lam1(rho) if args.lam1 is None else float(args.lam1)
         record.update({"source": {"kind": "spiked", "rho": rho, "n": args.n, "m": args.m,
                                   "k": args.k, "codes": "nonneg U[1, 3]"},
                        "lam1": lam1, "lam2": lam2, "weights": None, "nonneg": True})
@@ -329,13 +390,16 @@ def run_geometry(args: argparse.Namespace) -> dict[str, Any]:
             pair_ratio_lower_bound,
         )
 
-        model = load(args.sae)
+        try:
+            model = load(args.sae)
+        except (FileNotFoundError, KeyError, ValueError, OSError) as err:
+            raise InputError(f"--sae {str(args.sae)!r}: cannot load an SAE there "
+                             f"({type(err).__name__}: {err})") from None
         model.eval()
         dic, X, H, data = _data_for_sae(args.sae, args, model.d_in)
         prob = model.exact_problem()
         if prob is None:
-            lam1 = (default_lam1(float(data["rho"])) if args.lam1 is None
-                    else check_real("--lam1", args.lam1, low=0.0))
+            lam1 = default_lam1(float(data["rho"])) if args.lam1 is None else float(args.lam1)
             with torch.no_grad():
                 D = model.W_dec.detach().to(torch.float64).cpu().numpy().T.copy()
                 off = model.b_dec.detach().to(torch.float64).cpu().numpy().copy()
@@ -363,7 +427,7 @@ def run_geometry(args: argparse.Namespace) -> dict[str, Any]:
         prob_true = ExactProblem(D=dic.D, lam1=prob.lam1, lam2=prob.lam2, nonneg=True)
         truth, _ = exact_vs_truth(prob_true, X, H)
         record["support_f1_exact_true_dictionary"] = summary(truth.support["f1"])
-        ne = min(check_int("--encoder-samples", args.encoder_samples, low=2), samples)
+        ne = min(args.encoder_samples, samples)
         Xe = torch.as_tensor(X[:ne], dtype=dtype)
         Xp = torch.roll(Xe, 1, 0)
         if model.arch in JUMP_ARCHS:

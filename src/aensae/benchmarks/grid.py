@@ -1,8 +1,14 @@
 r"""Experiment grids: TOML configs, their validation, and their expansion into runs.
 
-A config (``configs/quick.toml``, ``configs/paper.toml``, or any path) has the tables
+A config is a named one shipped with the package (``quick``, ``paper``, ``tiny``: the files
+``aensae/configs/<name>.toml``, found through :mod:`importlib.resources`, so they work from
+a wheel as from a checkout) or a path to a TOML file. It must hold ``[data]`` and at least
+one ``[[family]]``; every other table may be omitted (its defaults, :data:`DEFAULTS`, are
+used). The tables:
 
-- ``[experiment]``: ``name``, ``seeds`` (list), ``device``, ``dtype``, ``threads``;
+- ``[experiment]``: ``name`` (a folder name: :data:`aensae._validation.NAME_RULE`),
+  ``seeds`` (list), ``device``, ``dtype``, ``threads`` (0: the libraries' defaults, else
+  at most this machine's cores);
 - ``[data]``: the spiked stream -- ``n``, ``m`` (true atoms), ``k``, ``lo``, ``hi``,
   ``nonneg``, ``noise_std``, ``rho`` (list), ``d_sae`` (latents);
 - ``[train]``: ``steps``, ``batch_size``, ``lr``, ``dead_window`` (samples), ``dead_last``,
@@ -16,10 +22,11 @@ A config (``configs/quick.toml``, ``configs/paper.toml``, or any path) has the t
 - ``[reference]``: exact codes on the true dictionary, ``ladder`` points of ``lam1`` in
   ``[fraction_min, fraction_max] * lam_max`` and the ridge ``l2`` (SAE scaling);
 - ``[speed]``: ``run`` (call ``aensae bench solvers``), ``quick``, ``signals``, ``rho``;
-- ``[[family]]`` (one or more): ``name``, ``arch``, ``hyper`` (fixed hyperparameters),
-  ``sweep`` (name -> list, cartesian product) and either ``target_l0`` (list: matched
-  sparsity, the arch's sparsity parameter is calibrated, see :data:`SPARSITY_PARAM`,
-  within ``calibrate_range``) or the sparsity parameter itself in ``hyper``/``sweep``.
+- ``[[family]]`` (one or more): ``name`` (a folder name, as the experiment's), ``arch``,
+  ``hyper`` (fixed hyperparameters), ``sweep`` (name -> list, cartesian product) and
+  either ``target_l0`` (list: matched sparsity, the arch's sparsity parameter is
+  calibrated, see :data:`SPARSITY_PARAM`, within ``calibrate_range``) or the sparsity
+  parameter itself in ``hyper``/``sweep``.
 
 Matched sparsity: for ``topk`` / ``batchtopk`` the sparsity parameter is ``k_top`` and a
 target L0 sets it directly (``k_top = round(target)``); for the l1 architectures it is
@@ -34,12 +41,18 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.resources
 import itertools
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from aensae._validation import InputError, check_name, check_threads
+
+if TYPE_CHECKING:  # importlib.resources.abc is new in Python 3.11
+    from importlib.resources.abc import Traversable
 
 try:
     import tomllib
@@ -49,6 +62,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
 __all__ = [
     "CONFIG_DIR",
     "DEFAULTS",
+    "REQUIRED_TABLES",
     "SPARSITY_PARAM",
     "Family",
     "GridConfig",
@@ -58,8 +72,10 @@ __all__ = [
     "resolve_config_path",
 ]
 
-#: Folder of the named configs (the repository's ``configs/``).
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+#: Folder of the named configs: package data ``aensae/configs/`` (a ``Traversable``).
+CONFIG_DIR: Traversable = importlib.resources.files("aensae") / "configs"
+#: Tables a config must hold (the others have defaults).
+REQUIRED_TABLES = ("data", "family")
 
 #: The hyperparameter that sets each architecture's sparsity.
 SPARSITY_PARAM: dict[str, str] = {
@@ -90,20 +106,36 @@ def canonical_hash(obj: Any, length: int = 10) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:length]
 
 
-def resolve_config_path(config: str | Path) -> Path:
-    """``quick`` / ``paper`` / ``tiny`` -> ``configs/<name>.toml``; otherwise a file path."""
+def named_configs() -> list[str]:
+    """Names of the configs shipped with the package, sorted."""
+    if not CONFIG_DIR.is_dir():
+        return []
+    return sorted(p.name[:-5] for p in CONFIG_DIR.iterdir() if p.name.endswith(".toml"))
+
+
+def resolve_config_path(config: str | Path) -> Traversable | Path:
+    """``quick`` / ``paper`` / ``tiny`` -> the packaged ``<name>.toml``; otherwise a file path.
+
+    A value without ``/`` and not ending in ``.toml`` is a name; anything else a path.
+    Either way a missing file is an :class:`~aensae._validation.InputError` naming
+    ``--config`` (and, for a name, listing the named configs).
+    """
     text = str(config)
+    if text == "":
+        raise InputError("--config: must be a config name or a .toml path, got an empty "
+                         "string")
     if "/" not in text and not text.endswith(".toml"):
-        path = CONFIG_DIR / f"{text}.toml"
-        if not path.is_file():
-            named = sorted(p.stem for p in CONFIG_DIR.glob("*.toml")) if CONFIG_DIR.is_dir() \
-                else []
-            raise ValueError(f"--config {text!r}: no named config {path}; named configs: "
-                             f"{', '.join(named) or '(none found)'}, or pass a .toml path")
-        return path
+        res = CONFIG_DIR / f"{text}.toml"
+        if not res.is_file():
+            raise InputError(f"--config {text!r}: no named config of that name; named "
+                             f"configs: {', '.join(named_configs()) or '(none found)'}, or "
+                             "pass a .toml path")
+        return res
     path = Path(text)
+    if path.is_dir():
+        raise InputError(f"--config {text!r}: is a folder, not a TOML file")
     if not path.is_file():
-        raise ValueError(f"--config {text!r}: file not found")
+        raise InputError(f"--config {text!r}: file not found")
     return path
 
 
@@ -263,8 +295,8 @@ class GridConfig:
 
 
 # ----------------------------------------------------------------------------- validation
-def _fail(where: str, msg: str) -> ValueError:
-    return ValueError(f"config {where}: {msg}")
+def _fail(where: str, msg: str) -> InputError:
+    return InputError(f"config {where}: {msg}")
 
 
 def _check_keys(where: str, table: Any, allowed: set[str] | dict) -> None:
@@ -313,14 +345,13 @@ def _validate_tables(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
         _check_keys(f"[{name}]", table, defaults)
         t[name] = {**copy.deepcopy(defaults), **table}
     e, d, tr, ev, c, r, s = (t[k] for k in DEFAULTS)
-    if not isinstance(e["name"], str) or not e["name"]:
-        raise _fail("experiment.name", f"must be a non-empty string, got {e['name']!r}")
+    check_name("config experiment.name", e["name"])
     e["seeds"] = _list("experiment.seeds", e["seeds"], lambda w, v: _num(w, v, kind=int, low=0))
     if not isinstance(e["device"], str):
         raise _fail("experiment.device", f"must be a string, got {e['device']!r}")
     if e["dtype"] not in ("float32", "float64"):
         raise _fail("experiment.dtype", f"must be 'float32' or 'float64', got {e['dtype']!r}")
-    e["threads"] = _num("experiment.threads", e["threads"], kind=int, low=0)
+    e["threads"] = check_threads("config experiment.threads", e["threads"])
     if d["kind"] != "spiked":
         raise _fail("data.kind", f"must be 'spiked', got {d['kind']!r}")
     for key, low in (("n", 2), ("m", 1), ("k", 1)):  # n >= 2: a spike needs room
@@ -377,6 +408,7 @@ def _validate_family(i: int, raw: Any, d_sae: int) -> Family:
             raise _fail(f"{where}.{key}", f"is required and must be a non-empty string, got "
                                           f"{raw.get(key)!r}")
     name, arch = raw["name"], raw["arch"]
+    check_name(f"config {where}.name", name)
     where = f"family {name!r}"
     if arch not in ARCHITECTURES:
         raise _fail(f"{where}.arch", f"unknown architecture {arch!r}; valid architectures: "
@@ -413,8 +445,12 @@ def _validate_family(i: int, raw: Any, d_sae: int) -> Family:
     for h in fam.variants():
         try:
             cls.validate_hyper({**h, **probe})
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError) as err:  # the architecture's own checks
             raise _fail(where, str(err)) from None
+        for key in ("k_top", "aux_k"):  # checked by the model only when it is built
+            if h.get(key, 0) > d_sae:
+                raise _fail(f"{where}.{key}", f"must be <= the latents d_sae={d_sae}, got "
+                                              f"{h[key]}")
     return fam
 
 
@@ -425,11 +461,22 @@ def load_config(config: str | Path | dict[str, Any]) -> GridConfig:
     else:
         path = resolve_config_path(config)
         try:
-            raw = tomllib.loads(path.read_text())
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(f"config {path}: not UTF-8 text ({err.reason} at byte "
+                             f"{err.start}); TOML files are UTF-8") from None
+        except OSError as err:
+            raise InputError(f"config {path}: cannot be read ({err.strerror})") from None
+        try:
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"config {path}: invalid TOML: {err}") from None
+            raise InputError(f"config {path}: invalid TOML: {err}") from None
         source = str(path)
     _check_keys("(top level)", raw, {*DEFAULTS, "family"})
+    if "data" not in raw:
+        raise _fail("[data]", "the table is required (it states the experiment's data: n, m, "
+                              "k, rho; omitted keys take their defaults); every other table "
+                              "but [[family]] may be omitted")
     t = _validate_tables(raw)
     fams = raw.get("family")
     if not isinstance(fams, list) or not fams:

@@ -306,8 +306,12 @@ def _scale_notes(rows) -> list[str]:
     return lines
 
 
-def write_report(results_dir: str | Path) -> Path:
-    """Write ``results_dir/report.md`` from ``results.csv``; return its path."""
+def write_report(results_dir: str | Path, path: str | Path | None = None) -> Path:
+    """Write ``report.md`` from ``results_dir/results.csv``; return its path.
+
+    To ``path`` (default ``results_dir/report.md``); see
+    :func:`aensae.benchmarks.runner.write_figures` for the validated, all-or-nothing call.
+    """
     results_dir = Path(results_dir)
     _, rows = read_table(results_dir / "results.csv")
     sae = [r for r in rows if r.get("kind") == "sae"]
@@ -349,6 +353,6 @@ def write_report(results_dir: str | Path) -> Path:
         ) + [""]
         lines += _claim_dead(rows, rhos) + [""]
     lines += _scale_notes(rows) + [""]
-    path = results_dir / "report.md"
+    path = results_dir / "report.md" if path is None else Path(path)
     atomic_write_text(path, "\n".join(lines))
     return path

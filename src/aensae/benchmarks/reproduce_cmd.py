@@ -3,40 +3,51 @@ r"""``aensae reproduce`` (the main job) and ``aensae figures`` (redraw from the 
 ``aensae reproduce [--config quick|paper|tiny|PATH] [--out DIR]`` runs the experiment grid
 of the config (see :mod:`aensae.benchmarks.grid`), resumable, and writes ``DIR/results.csv``,
 ``DIR/figures/`` and ``DIR/report.md`` (see :mod:`aensae.benchmarks.runner`). Without
-arguments it runs the quick config on CPU into ``results/quick``.
+arguments it runs the quick config on CPU into ``results/quick``. A folder holding another
+config's results is refused; ``--overwrite`` removes them first (only files aensae wrote).
 
 ``aensae figures RESULTS_DIR`` redraws every figure and the report from
-``RESULTS_DIR/results.csv`` (and ``speed.csv``) alone.
+``RESULTS_DIR/results.csv`` (and ``speed.csv``) alone. The table is checked first; the new
+figures and report replace the old ones together, or not at all.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
+
+from aensae._io import check_output_dir
+from aensae._validation import InputError, check_device
+from aensae.benchmarks._options import add_command
+from aensae.benchmarks.grid import named_configs
 
 __all__ = ["register"]
 
 
 def register(top: Any, bench: Any) -> None:
     """Add ``aensae reproduce`` and ``aensae figures`` to ``top``."""
-    p = top.add_parser("reproduce", help="run the experiment grid: table, figures, report",
-                       description=__doc__.split("\n\n")[1],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(top, "reproduce", help="run the experiment grid: table, figures, report",
+                    doc=__doc__.split("\n\n")[1])
     p.add_argument("--config", default="quick",
-                   help="named config (quick, paper, tiny) or a TOML file")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: results/<config name>)")
+                   help=f"named config ({', '.join(named_configs())}) or a TOML file path")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default: results/<experiment name>)")
     p.add_argument("--device", default=None,
-                   help="override [experiment] device (e.g. cuda); part of the config hash")
+                   help="torch device replacing [experiment] device: auto, cpu, cuda, "
+                        "cuda:1, ... (part of the config hash; default: the config's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="first remove what an earlier reproduce wrote into --out (any "
+                        "config); refused if --out holds files aensae did not write")
     p.add_argument("--no-figures", action="store_true", help="skip figures and report")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show progress bars")
     p.set_defaults(func=_reproduce_main)
 
-    f = top.add_parser("figures", help="redraw figures and report from a results table",
-                       description=__doc__.split("\n\n")[2])
-    f.add_argument("results_dir", type=Path, help="folder holding results.csv")
+    f = add_command(top, "figures", help="redraw figures and report from a results table",
+                    doc=__doc__.split("\n\n")[2])
+    f.add_argument("results_dir", metavar="RESULTS_DIR",
+                   help="folder holding results.csv (and speed.csv)")
     f.set_defaults(func=_figures_main)
 
 
@@ -44,15 +55,13 @@ def _reproduce_main(args: argparse.Namespace) -> int:
     from aensae.benchmarks.grid import load_config
     from aensae.benchmarks.runner import reproduce
 
-    try:
-        grid = load_config(args.config)
-        if args.device is not None:
-            grid.experiment["device"] = args.device
-        out = args.out if args.out is not None else Path("results") / grid.name
-        table = reproduce(grid, out, progress=args.progress, draw=not args.no_figures)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"aensae reproduce: error: {err}", file=sys.stderr)
-        return 2
+    grid = load_config(args.config)
+    if args.device is not None:
+        check_device("--device", args.device)
+        grid.experiment["device"] = args.device
+    out = args.out if args.out is not None else Path("results") / grid.name
+    table = reproduce(grid, out, progress=args.progress, draw=not args.no_figures,
+                      overwrite=args.overwrite)
     print(f"results: {table}")
     if not args.no_figures:
         print(f"figures: {table.parent / 'figures'}\nreport:  {table.parent / 'report.md'}")
@@ -60,16 +69,12 @@ def _reproduce_main(args: argparse.Namespace) -> int:
 
 
 def _figures_main(args: argparse.Namespace) -> int:
-    from aensae.benchmarks.figures import draw_all
-    from aensae.benchmarks.report import write_report
+    from aensae.benchmarks.runner import write_figures
 
-    try:
-        files = draw_all(args.results_dir)
-        report = write_report(args.results_dir)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"aensae figures: error: {err}", file=sys.stderr)
-        return 2
-    for path in files:
+    folder = args.results_dir
+    if folder == "" or not Path(folder).is_dir():
+        raise InputError(f"RESULTS_DIR {folder!r}: no such folder")
+    check_output_dir("RESULTS_DIR", folder)
+    for path in write_figures(folder):
         print(path)
-    print(report)
     return 0

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from aensae._io import atomic_write_text
+from aensae._validation import InputError
 
-__all__ = ["ID_COLUMNS", "REQUIRED_COLUMNS", "column_order", "read_table", "write_table"]
+__all__ = ["ID_COLUMNS", "NUMERIC_COLUMNS", "REQUIRED_COLUMNS", "check_results_table",
+           "column_order", "read_table", "write_table"]
 
 #: Columns that identify a run and its provenance, first in every table.
 ID_COLUMNS = ("run_id", "kind", "family", "arch", "rho", "seed", "target_l0", "calibrated",
@@ -34,6 +36,13 @@ REQUIRED_COLUMNS = ID_COLUMNS + (
     "amort_rel_median", "amort_gap_median", "lip_exact_lasso_median",
     "lip_exact_enet_median", "hoffman_median", "lip_encoder_median", "jump_size_median",
     "exact_certified", "train_seconds")
+
+#: Required columns whose cells are numbers (or empty): checked before figures are drawn.
+NUMERIC_COLUMNS = tuple(c for c in REQUIRED_COLUMNS if c not in (
+    "run_id", "kind", "family", "arch", "calibrated", "calibrated_param",
+    "calibration_extrapolated", "variant", "config_name", "config_hash", "aensae_version"))
+#: Values of the ``kind`` column.
+KINDS = ("sae", "exact")
 
 
 def column_order(rows: Iterable[dict[str, Any]], first: tuple[str, ...] = ID_COLUMNS,
@@ -83,16 +92,64 @@ def _parse(text: str) -> Any:
 
 
 def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
-    """Read a table written by :func:`write_table`: (columns, rows with parsed values)."""
+    """Read a table written by :func:`write_table`: (columns, rows with parsed values).
+
+    A missing, non-UTF-8, empty or ragged file (a row with more or fewer cells than the
+    header, as a truncated copy leaves) is an :class:`~aensae._validation.InputError`
+    naming the file and the line.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"results table {path} not found (run `aensae reproduce` "
-                                "first)")
-    with path.open(newline="") as fh:
-        reader = csv.reader(fh)
-        try:
-            cols = next(reader)
-        except StopIteration:
-            raise ValueError(f"results table {path} is empty") from None
-        rows = [dict(zip(cols, (_parse(v) for v in rec), strict=True)) for rec in reader]
+        raise InputError(f"results table {path} not found (run `aensae reproduce` first)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"results table {path}: not UTF-8 text ({err.reason} at byte "
+                         f"{err.start})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        cols = next(reader)
+        rows = []
+        for rec in reader:
+            if len(rec) != len(cols):
+                raise InputError(f"results table {path} line {reader.line_num}: {len(rec)} "
+                                 f"cells, the header has {len(cols)} (a damaged or truncated "
+                                 "table)")
+            rows.append(dict(zip(cols, (_parse(v) for v in rec), strict=True)))
+    except StopIteration:
+        raise InputError(f"results table {path} is empty") from None
+    except csv.Error as err:
+        raise InputError(f"results table {path} line {reader.line_num}: {err}") from None
+    if len(set(cols)) != len(cols):
+        raise InputError(f"results table {path}: repeated column names in the header")
     return cols, rows
+
+
+def check_results_table(path: str | Path) -> list[dict[str, Any]]:
+    """Read ``results.csv`` and check it can be drawn; return its rows.
+
+    Checks, each an :class:`~aensae._validation.InputError` naming the file: the file
+    reads (:func:`read_table`), every column of :data:`REQUIRED_COLUMNS` is present, at
+    least one row, ``kind`` is one of :data:`KINDS`, ``rho`` is a number in every row and
+    every cell of :data:`NUMERIC_COLUMNS` is a number or empty.
+    """
+    cols, rows = read_table(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+    if missing:
+        raise InputError(f"results table {path}: missing column(s) {', '.join(missing)}")
+    if not rows:
+        raise InputError(f"results table {path}: no rows")
+    for i, row in enumerate(rows):
+        line = i + 2  # header on line 1 (cells hold no line breaks)
+        if row["kind"] not in KINDS:
+            raise InputError(f"results table {path} line {line}: kind must be one of "
+                             f"{', '.join(KINDS)}, got {row['kind']!r}")
+        if not isinstance(row["rho"], float) or math.isnan(row["rho"]):
+            raise InputError(f"results table {path} line {line}: rho must be a number, got "
+                             f"{row['rho']!r}")
+        for c in NUMERIC_COLUMNS:
+            v = row[c]
+            if v is not None and not isinstance(v, float):
+                raise InputError(f"results table {path} line {line}: {c} must be a number "
+                                 f"or empty, got {v!r}")
+    return rows

@@ -17,7 +17,15 @@ Resume: a run whose ``metrics.json`` exists is finished and skipped; one with
 ``trained.json`` (model saved) is only evaluated; any other is trained again, from the
 group checkpoint when one exists. Every file is written atomically, ``metrics.json``
 last, so a killed run never looks finished and the table never holds a run twice (it is
-rebuilt from the run folders, one row per planned run id).
+rebuilt from the run folders, one row per planned run id). ``figures/`` and
+``report.md`` are one set: drawn into a staging folder and swapped in together
+(:func:`write_figures`).
+
+Before any work: the config's device, the output folder and the manifest. A folder
+whose ``config.json`` records another config is refused, with how to proceed;
+``overwrite=True`` (``aensae reproduce --overwrite``) first removes what an earlier
+``reproduce`` wrote there (:data:`OUTPUT_ENTRIES`), and refuses a folder that holds
+anything else, so it never deletes a file aensae did not write.
 """
 
 from __future__ import annotations
@@ -33,35 +41,94 @@ from pathlib import Path
 from typing import Any
 
 from aensae import __version__
-from aensae._io import atomic_write_json
+from aensae._io import STAGE_PREFIX, atomic_write_json, check_output_dir, replace_together
+from aensae._validation import InputError, check_device
 from aensae.benchmarks._data import DataPoint, data_point, train_models
 from aensae.benchmarks.grid import GridConfig, RunSpec, canonical_hash
 from aensae.benchmarks.results import write_table
 
-__all__ = ["RESULTS_FILE", "SPEED_FILE", "build_rows", "reproduce"]
+__all__ = ["OUTPUT_ENTRIES", "RESULTS_FILE", "SPEED_FILE", "build_rows", "reproduce",
+           "write_figures"]
 
 RESULTS_FILE = "results.csv"
 SPEED_FILE = "speed.csv"
 SPEED_FIRST = ("solver", "rho")
+MANIFEST_FILE = "config.json"
+#: Everything ``reproduce`` writes into its output folder (plus ``.aensae-stage-*``
+#: staging folders a killed swap leaves): what ``overwrite=True`` may remove.
+OUTPUT_ENTRIES = (MANIFEST_FILE, "calibration", "runs", "groups", RESULTS_FILE, SPEED_FILE,
+                  "figures", "report.md")
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _check_manifest(grid: GridConfig, out: Path) -> None:
-    path = out / "config.json"
-    record = {"config": grid.to_dict(), "config_hash": grid.config_hash(),
-              "config_name": grid.name, "source": grid.source, "seeds": grid.seeds,
-              "aensae_version": __version__}
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("config_hash") != record["config_hash"]:
-            raise ValueError(f"--out {out} holds results of another config "
-                             f"({saved.get('config_name')!r}, hash {saved.get('config_hash')}); "
-                             f"this config ({grid.name!r}) has hash {record['config_hash']}: "
-                             "choose another --out")
-    atomic_write_json(path, record)
+def _manifest(grid: GridConfig) -> dict[str, Any]:
+    return {"config": grid.to_dict(), "config_hash": grid.config_hash(),
+            "config_name": grid.name, "source": grid.source, "seeds": grid.seeds,
+            "aensae_version": __version__}
+
+
+def _ours(entry: Path) -> bool:
+    return entry.name in OUTPUT_ENTRIES or entry.name.startswith(STAGE_PREFIX)
+
+
+def _clear_outputs(out: Path) -> None:
+    """Remove what ``reproduce`` wrote into ``out``; refuse if anything else is there."""
+    foreign = sorted(p.name for p in out.iterdir() if not _ours(p))
+    if foreign:
+        raise InputError(f"--overwrite: --out {str(out)!r} also holds files aensae did not "
+                         f"write ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}"
+                         "); remove them or choose another --out")
+    for entry in sorted(out.iterdir(), key=lambda p: p.name == MANIFEST_FILE):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()  # the manifest last: a killed removal still reads as ours
+
+
+def _check_manifest(grid: GridConfig, out: Path, overwrite: bool) -> None:
+    """Refuse (or, with ``overwrite``, clear) a folder holding another config's results."""
+    path = out / MANIFEST_FILE
+    record = _manifest(grid)
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (UnicodeDecodeError, ValueError) as err:
+        if not overwrite:
+            raise InputError(f"--out {str(out)!r}: {MANIFEST_FILE} is damaged ({err}); pass "
+                             "--overwrite to start afresh there, or choose another --out"
+                             ) from None
+        saved = {}
+    if overwrite:
+        _clear_outputs(out)
+        return
+    if saved.get("config_hash") == record["config_hash"]:
+        return
+    other = f"config {saved.get('config_name')!r}, hash {saved.get('config_hash')}"
+    results = [p.name for p in out.iterdir() if p.name != MANIFEST_FILE and _ours(p)]
+    if not results:
+        raise InputError(f"--out {str(out)!r} holds only the manifest of another config "
+                         f"({other}; a run that stopped before any result); this config "
+                         f"({grid.name!r}) has hash {record['config_hash']}: pass --overwrite "
+                         "to start afresh there, or choose another --out")
+    raise InputError(f"--out {str(out)!r} holds results of another config ({other}); this "
+                     f"config ({grid.name!r}) has hash {record['config_hash']}: pass "
+                     "--overwrite to replace them, or choose another --out")
+
+
+def check_reproduce(grid: GridConfig, out: str | Path) -> Path:
+    """Checks before any work: the device, the output folder, the speed rows' file."""
+    check_device("config experiment.device", grid.experiment["device"])
+    out = check_output_dir("--out", out)
+    src = _speed_source(grid)
+    if src is not None and not src.is_file():
+        raise InputError(f"config speed.json: {str(src)!r} not found")
+    return out
 
 
 def _provenance(grid: GridConfig) -> dict[str, Any]:
@@ -192,17 +259,31 @@ def build_rows(grid: GridConfig, out: Path, specs: list[RunSpec]) -> list[dict[s
 
 
 # ----------------------------------------------------------------------------- speed
+def _speed_source(grid: GridConfig) -> Path | None:
+    """``[speed] json`` as a path (relative to the config file), or ``None``."""
+    if grid.speed["json"] is None:
+        return None
+    src = Path(grid.speed["json"])
+    if not src.is_absolute() and grid.source not in ("", "<dict>"):
+        src = Path(grid.source).parent / src
+    return src
+
+
 def _speed(grid: GridConfig, out: Path) -> None:
     s = grid.speed
     path = out / SPEED_FILE
     if path.is_file():
         return
     rows: list[dict[str, Any]] | None = None
-    if s["json"] is not None:
-        src = Path(s["json"])
-        if not src.is_absolute() and grid.source not in ("", "<dict>"):
-            src = Path(grid.source).parent / src
-        rows = json.loads(src.read_text())
+    src = _speed_source(grid)
+    if src is not None:
+        try:
+            rows = json.loads(src.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as err:
+            raise InputError(f"config speed.json: {str(src)!r} is not a JSON list of rows "
+                             f"({err})") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise InputError(f"config speed.json: {str(src)!r} is not a JSON list of rows")
     elif s["run"]:
         from aensae.benchmarks.solver_bench import run_solver_bench
 
@@ -271,18 +352,24 @@ def runs_after_calibration(grid: GridConfig, out: Path) -> list[RunSpec]:
 
 
 def reproduce(grid: GridConfig, out: str | Path, *, progress: bool = True,
-              draw: bool = True, on_group: Callable[[int], None] | None = None) -> Path:
+              draw: bool = True, on_group: Callable[[int], None] | None = None,
+              overwrite: bool = False) -> Path:
     """Run ``grid`` into ``out`` (resumable), write the table, figures and report.
 
     ``on_group(i)`` is called after the ``i``-th group finished (tests use it to
     interrupt a run part-way). Returns the path of the results table. With
     ``experiment.threads > 0`` torch and the BLAS libraries use that many threads.
+    Before any work the device, ``out`` and its manifest are checked
+    (:class:`~aensae._validation.InputError`); ``overwrite`` first removes an earlier
+    run's outputs from ``out`` (see the module docstring).
     """
     import torch
 
-    out = Path(out)
+    out = check_reproduce(grid, out)
+    if out.is_dir():
+        _check_manifest(grid, out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    _check_manifest(grid, out)
+    atomic_write_json(out / MANIFEST_FILE, _manifest(grid))
     t_start = time.perf_counter()
     threads = grid.experiment["threads"]
     if threads > 0:
@@ -309,13 +396,36 @@ def reproduce(grid: GridConfig, out: str | Path, *, progress: bool = True,
     write_table(table, rows)
     _log(f"results: {table} ({len(rows)} rows) in {_hms(time.perf_counter() - t_start)}")
     if draw:
-        from aensae.benchmarks.figures import draw_all
-        from aensae.benchmarks.report import write_report
-
-        files = draw_all(out)
-        report = write_report(out)
-        _log(f"figures: {len(files)} files in {out / 'figures'}; report: {report}")
+        files = write_figures(out)
+        _log(f"figures: {len(files) - 1} files in {out / 'figures'}; report: "
+             f"{out / 'report.md'}")
     return table
+
+
+def write_figures(results_dir: str | Path) -> list[Path]:
+    """Validate ``results.csv``, draw every figure and the report, swap them in together.
+
+    The table is checked first (:func:`~aensae.benchmarks.results.check_results_table`);
+    figures and ``report.md`` are written into a staging folder and replace the old
+    ``figures/`` and ``report.md`` only when all of them are written
+    (:func:`aensae._io.replace_together`). On any failure the previous ones are left
+    byte-identical. Returns the paths of the new figures, then the report.
+    """
+    from aensae.benchmarks.figures import draw_all
+    from aensae.benchmarks.report import write_report
+    from aensae.benchmarks.results import check_results_table
+
+    results_dir = Path(results_dir)
+    check_results_table(results_dir / RESULTS_FILE)
+    speed = results_dir / SPEED_FILE
+    if speed.is_file():
+        from aensae.benchmarks.results import read_table
+
+        read_table(speed)
+    with replace_together(results_dir, ("figures", "report.md")) as stage:
+        files = draw_all(results_dir, stage / "figures")
+        write_report(results_dir, stage / "report.md")
+    return [results_dir / "figures" / p.name for p in files] + [results_dir / "report.md"]
 
 
 def _run_grid(grid: GridConfig, out: Path, *, progress: bool,
@@ -346,7 +456,8 @@ def _run_grid(grid: GridConfig, out: Path, *, progress: bool,
     specs = grid.runs(penalties)
     ids = [s.run_id(grid) for s in specs]
     if len(set(ids)) != len(ids):
-        raise ValueError("the grid expands to duplicate runs (two families with identical "
+        raise InputError("config [[family]]: the grid expands to duplicate runs (two "
+                         "families with identical "
                          "settings); make them differ")
     groups: dict[tuple[float, int], list[RunSpec]] = defaultdict(list)
     for s in specs:

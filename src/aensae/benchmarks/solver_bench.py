@@ -25,31 +25,43 @@ import platform
 import time
 from typing import Any
 
+from aensae._io import check_output_file
+from aensae._validation import InputError, check_int, check_rho, user_input
+from aensae.benchmarks._options import add_command
+
 __all__ = ["register", "run_solver_bench"]
 
 
 def register(top: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     """Register ``aensae bench solvers``."""
-    p = bench.add_parser(
-        "solvers",
-        help="exact solver throughput vs scikit-learn and cvxpy",
-        description=__doc__.split("\n\n")[0],
-    )
+    p = add_command(bench, "solvers", help="exact solver throughput vs scikit-learn and cvxpy",
+                    doc=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="1,000 signals and smaller anchor subsamples (about a minute)")
-    p.add_argument("--json", metavar="PATH", help="write the result rows as JSON")
+    p.add_argument("--json", metavar="PATH", default=None,
+                   help="write the result rows here as JSON (default: print only)")
     p.add_argument("--signals", type=int, default=None,
-                   help="signals for the fast solver (default 4000; 1000 with --quick)")
-    p.add_argument("--rho", type=float, nargs="+", default=None,
-                   help="correlation levels (default 0 0.9)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="signals for the fast solver, >= 1 (default: 4000; 1000 with --quick)")
+    p.add_argument("--rho", type=float, nargs="+", default=[0.0, 0.9],
+                   help="correlation levels, each in [0, 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of dictionary and signals (>= 0)")
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
-    rhos = args.rho if args.rho is not None else [0.0, 0.9]
-    rows = run_solver_bench(rhos=rhos, quick=args.quick, signals=args.signals, seed=args.seed)
-    if args.json:
+    with user_input():
+        for rho in args.rho:
+            check_rho(rho, "--rho")
+        if args.signals is not None:
+            check_int("--signals", args.signals, low=1)
+        check_int("--seed", args.seed, low=0)
+    if len(set(args.rho)) != len(args.rho):
+        raise InputError(f"--rho: values must not repeat, got {args.rho}")
+    if args.json is not None:
+        check_output_file("--json", args.json)
+    rows = run_solver_bench(rhos=args.rho, quick=args.quick, signals=args.signals,
+                            seed=args.seed)
+    if args.json is not None:
         from aensae._io import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")

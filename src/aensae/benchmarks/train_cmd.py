@@ -5,7 +5,8 @@ SAE on ``SyntheticStream`` batches and writes ``DIR/sae.safetensors``, ``DIR/cfg
 and, last, ``DIR/metrics.json`` (config, seed, aensae version, dead-latent windows,
 evaluation metrics against the true dictionary and codes). A folder whose metrics.json
 records the same configuration is a finished run and is skipped; a half-finished one
-resumes from ``DIR/checkpoint.pt``.
+resumes from ``DIR/checkpoint.pt`` when ``DIR/checkpoint_config.json`` records the same
+configuration.
 
 ``aensae bench train`` times a training step of the paper configuration (n=256, m=1024,
 batch 256, aen, float32, CPU) including data generation, against the floor: the same
@@ -27,6 +28,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aensae._io import atomic_write_json, check_output_dir, check_output_file
+from aensae._validation import (
+    InputError,
+    check_device,
+    check_int,
+    check_real,
+    check_rho,
+    check_threads,
+    user_input,
+)
+from aensae.benchmarks._options import add_command
+
 __all__ = ["bench_train", "parse_set", "register", "run_train"]
 
 ARCH_CHOICES = ("relu_l1", "elastic_net", "adaptive_lasso", "aen", "topk", "batchtopk",
@@ -41,130 +54,224 @@ def parse_set(items: list[str]) -> dict[str, float | int]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            raise ValueError(f"--set expects NAME=VALUE, got {item!r}")
+            raise InputError(f"--set expects NAME=VALUE, got {item!r}")
+        if name in out:
+            raise InputError(f"--set {name}: given twice")
         try:
             out[name] = int(value)
         except ValueError:
             try:
                 out[name] = float(value)
             except ValueError:
-                raise ValueError(f"--set {name}: value must be a number, got {value!r}"
+                raise InputError(f"--set {name}: value must be a number, got {value!r}"
                                  ) from None
     return out
 
 
 def register(top: Any, bench: Any) -> None:
     """Add ``aensae train`` to ``top`` and ``aensae bench train`` to ``bench``."""
-    p = top.add_parser("train", help="train one SAE on the spiked synthetic stream",
-                       description=__doc__.split("\n\n")[1],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--arch", required=True, choices=ARCH_CHOICES)
-    p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--rho", type=float, default=0.0, help="spike correlation of the atoms")
-    p.add_argument("--n", type=int, default=256, help="signal dimension (d_in)")
-    p.add_argument("--m", type=int, default=1024, help="true atoms")
-    p.add_argument("--d-sae", type=int, default=None, help="latents; m when omitted")
-    p.add_argument("--k", type=int, default=16, help="non-zeros per true code")
-    p.add_argument("--lo", type=float, default=1.0, help="smallest code magnitude")
-    p.add_argument("--hi", type=float, default=3.0, help="largest code magnitude")
-    p.add_argument("--noise-std", type=float, default=0.0)
-    p.add_argument("--steps", type=int, default=5000)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--lr-warmup-steps", type=int, default=0)
-    p.add_argument("--grad-clip", type=float, default=None)
+    p = add_command(top, "train", help="train one SAE on the spiked synthetic stream",
+                    doc=__doc__.split("\n\n")[1])
+    p.add_argument("--arch", required=True, choices=ARCH_CHOICES, help="SAE architecture")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (created; must not be a file)")
+    p.add_argument("--rho", type=float, default=0.0,
+                   help="spike correlation of the true atoms, in [0, 1)")
+    p.add_argument("--n", type=int, default=256, help="signal dimension d_in (>= 2)")
+    p.add_argument("--m", type=int, default=1024, help="true atoms (>= 1)")
+    p.add_argument("--d-sae", type=int, default=None, help="SAE latents (default: --m)")
+    p.add_argument("--k", type=int, default=16, help="non-zeros per true code, in [1, m]")
+    p.add_argument("--lo", type=float, default=1.0, help="smallest code magnitude (> 0)")
+    p.add_argument("--hi", type=float, default=3.0, help="largest code magnitude (>= --lo)")
+    p.add_argument("--noise-std", type=float, default=0.0,
+                   help="standard deviation of Gaussian noise added to signals (>= 0)")
+    p.add_argument("--steps", type=int, default=5000, help="optimizer steps (>= 1)")
+    p.add_argument("--batch-size", type=int, default=256, help="signals per step (>= 1)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (> 0)")
+    p.add_argument("--lr-warmup-steps", type=int, default=0,
+                   help="steps of linear learning-rate warmup (>= 0; 0: none)")
+    p.add_argument("--grad-clip", type=float, default=None,
+                   help="max gradient norm per model (> 0; default: no clipping)")
     hp = p.add_argument_group("hyperparameters (only those of --arch are accepted)")
-    hp.add_argument("--l1", type=float, default=None)
-    hp.add_argument("--l2", type=float, default=None)
-    hp.add_argument("--gamma", type=float, default=None)
-    hp.add_argument("--k-top", type=int, default=None)
+    hp.add_argument("--l1", type=float, default=None,
+                    help="l1 penalty, SAE scaling (default: the architecture's)")
+    hp.add_argument("--l2", type=float, default=None,
+                    help="l2 penalty, SAE scaling (default: the architecture's)")
+    hp.add_argument("--gamma", type=float, default=None,
+                    help="adaptive-weight exponent (default: the architecture's)")
+    hp.add_argument("--k-top", type=int, default=None,
+                    help="latents kept per signal, TopK / BatchTopK (default: the "
+                         "architecture's)")
     hp.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                    help="any other hyperparameter, e.g. --set warmup_steps=500")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dead-window", type=int, default=65536, help="dead window in samples")
-    p.add_argument("--eval-samples", type=int, default=8192)
-    p.add_argument("--eval-every", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--overwrite", action="store_true", help="redo a finished run")
+                    help="any other hyperparameter, repeatable, e.g. --set warmup_steps=500")
+    p.add_argument("--seed", type=int, default=0, help="seed of data and model (>= 0)")
+    p.add_argument("--dead-window", type=int, default=65536,
+                   help="dead-latent window, in samples (>= 1)")
+    p.add_argument("--eval-samples", type=int, default=8192,
+                   help="held-out signals for the evaluation (>= 2)")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="evaluate every this many steps (>= 0; 0: only at the end)")
+    p.add_argument("--checkpoint-every", type=int, default=500,
+                   help="write a checkpoint every this many steps (>= 0; 0: never)")
+    p.add_argument("--device", default="auto",
+                   help="torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                   help="floating-point type of the model")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show a progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo a finished run (its files are replaced only when the new "
+                        "run has finished)")
     p.set_defaults(func=_train_main)
 
-    b = bench.add_parser("train", help="ms per training step vs the matrix-product floor",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    b.add_argument("--json", type=Path, default=None, help="write the results here")
-    b.add_argument("--n", type=int, default=256)
-    b.add_argument("--m", type=int, default=1024)
-    b.add_argument("--batch-size", type=int, default=256)
-    b.add_argument("--k", type=int, default=16)
-    b.add_argument("--models", type=int, default=8, help="models trained together")
-    b.add_argument("--steps", type=int, default=40, help="timed steps per repeat")
-    b.add_argument("--repeats", type=int, default=3)
+    intro, formulas = __doc__.split("\n\n")[2:4]
+    b = add_command(bench, "train", help="ms per training step vs the matrix-product floor",
+                    doc=intro.replace("::", ":") + " "
+                    + "; ".join(" ".join(line.split()) for line in formulas.splitlines()) + ".")
+    b.add_argument("--json", metavar="PATH", default=None,
+                   help="write the results here as JSON (default: print only)")
+    b.add_argument("--n", type=int, default=256, help="signal dimension d_in (>= 2)")
+    b.add_argument("--m", type=int, default=1024, help="atoms and latents (>= 1)")
+    b.add_argument("--batch-size", type=int, default=256, help="signals per step (>= 1)")
+    b.add_argument("--k", type=int, default=16, help="non-zeros per true code, in [1, m]")
+    b.add_argument("--models", type=int, default=8, help="models trained together (>= 1)")
+    b.add_argument("--steps", type=int, default=40, help="timed steps per repeat (>= 1)")
+    b.add_argument("--repeats", type=int, default=3, help="timed repeats (>= 1)")
     b.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's default)")
+                   help="torch intra-op threads, in [1, cores] (default: torch's own)")
     b.set_defaults(func=_bench_main)
 
 
 # ----------------------------------------------------------------------------- train
+#: The files ``aensae train`` writes as one set (swapped in together when the run ends).
+OUTPUT_FILES = ("sae.safetensors", "cfg.json", "metrics.json")
+#: The run configuration of ``checkpoint.pt``, beside it while a run is unfinished: a
+#: resume must match it (the checkpoint itself records the models and the optimizer, not
+#: the data stream).
+CHECKPOINT_CONFIG = "checkpoint_config.json"
+
+
 def _hyper_from_args(args: argparse.Namespace) -> dict[str, float | int]:
     hyper = parse_set(args.set)
     for flag, name in (("l1", "l1"), ("l2", "l2"), ("gamma", "gamma"), ("k_top", "k_top")):
         value = getattr(args, flag)
         if value is not None:
             if name in hyper:
-                raise ValueError(f"hyperparameter {name} given twice (--{flag.replace('_', '-')}"
-                                 " and --set)")
+                raise InputError(f"hyperparameter {name} given twice (--"
+                                 f"{flag.replace('_', '-')} and --set)")
             hyper[name] = value
     return hyper
 
 
+def check_train_args(args: argparse.Namespace) -> tuple[dict[str, float | int], Path]:
+    """Validate every option of ``aensae train``; return (hyperparameters, output folder).
+
+    Raises :class:`~aensae._validation.InputError` naming the option. Order: values,
+    hyperparameters of ``--arch``, ``--device``, then ``--out`` (nothing is created).
+    """
+    from aensae.saes import ARCHITECTURES
+
+    if args.arch not in ARCHITECTURES:
+        raise InputError(f"--arch: unknown architecture {args.arch!r}; valid architectures: "
+                         f"{', '.join(ARCHITECTURES)}")
+    with user_input():
+        check_rho(args.rho, "--rho")
+        check_int("--n", args.n, low=2)  # a spike needs room: in R^1 every atom is +-v
+        check_int("--m", args.m, low=1)
+        if args.d_sae is not None:
+            check_int("--d-sae", args.d_sae, low=1)
+        check_int("--k", args.k, low=1, high=args.m)
+        check_real("--lo", args.lo, low=0.0, low_inclusive=False)
+        check_real("--hi", args.hi)
+        if args.hi < args.lo:
+            raise InputError(f"--hi must be >= --lo = {args.lo!r}, got {args.hi!r}")
+        check_real("--noise-std", args.noise_std, low=0.0)
+        check_int("--steps", args.steps, low=1)
+        check_int("--batch-size", args.batch_size, low=1)
+        check_real("--lr", args.lr, low=0.0, low_inclusive=False)
+        check_int("--lr-warmup-steps", args.lr_warmup_steps, low=0)
+        if args.grad_clip is not None:
+            check_real("--grad-clip", args.grad_clip, low=0.0, low_inclusive=False)
+        check_int("--seed", args.seed, low=0)
+        check_int("--dead-window", args.dead_window, low=1)
+        check_int("--eval-samples", args.eval_samples, low=2)
+        check_int("--eval-every", args.eval_every, low=0)
+        check_int("--checkpoint-every", args.checkpoint_every, low=0)
+    hyper = _hyper_from_args(args)
+    with user_input(f"--arch {args.arch} hyperparameters: "):
+        hyper = ARCHITECTURES[args.arch].validate_hyper(hyper)
+        d_sae = args.m if args.d_sae is None else args.d_sae
+        for key in ("k_top", "aux_k"):  # checked by the model only when it is built
+            if hyper.get(key, 0) > d_sae:
+                raise ValueError(f"{key} must be <= the latents d_sae={d_sae}, got "
+                                 f"{hyper[key]}")
+    check_device("--device", args.device)
+    return hyper, check_output_dir("--out", args.out)
+
+
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
-    """Train, save and evaluate as ``aensae train`` does; return the metrics record."""
+    """Train, save and evaluate as ``aensae train`` does; return the metrics record.
+
+    Every option is checked before any data is drawn (:func:`check_train_args`). The
+    model, its ``cfg.json`` and ``metrics.json`` are written as one set
+    (:func:`aensae._io.replace_together`): a run that fails or is redone with
+    ``--overwrite`` leaves the previous set as it was until the new one is complete.
+    """
+    hyper, out = check_train_args(args)
+
     import torch
 
     from aensae import __version__
-    from aensae._io import atomic_write_json
-    from aensae.saes import ARCHITECTURES, TrainConfig, create, save, train
+    from aensae._io import replace_together
+    from aensae.saes import TrainConfig, create, save, train
     from aensae.saes.evaluate import evaluate
     from aensae.saes.trainer import CHECKPOINT_FILE
     from aensae.synthetic import SyntheticStream, spiked_dictionary
 
-    if args.arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {args.arch!r}; valid architectures: "
-                         f"{', '.join(ARCHITECTURES)}")
-    hyper = _hyper_from_args(args)
     d_sae = args.m if args.d_sae is None else args.d_sae
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    model = create(args.arch, args.n, d_sae, seed=args.seed, dtype=dtype, **hyper)
     cfg = TrainConfig(steps=args.steps, lr=args.lr, lr_warmup_steps=args.lr_warmup_steps,
                       grad_clip=args.grad_clip, dead_window=args.dead_window,
                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                       device=args.device, dtype=args.dtype, seed=args.seed,
                       progress=args.progress)
     run_config = {
-        "arch": args.arch, "hyper": dict(model.hyper), "d_sae": d_sae,
+        "arch": args.arch, "hyper": hyper, "d_sae": d_sae,
         "data": {"kind": "spiked", "rho": args.rho, "n": args.n, "m": args.m, "k": args.k,
                  "lo": args.lo, "hi": args.hi, "noise_std": args.noise_std,
                  "batch_size": args.batch_size, "seed": args.seed,
                  "eval_samples": args.eval_samples, "eval_index": EVAL_INDEX},
         "train": {k: v for k, v in cfg.to_dict().items() if k != "progress"},
     }
-    out: Path = args.out
     metrics_path = out / "metrics.json"
     if metrics_path.is_file() and not args.overwrite:
-        done = json.loads(metrics_path.read_text())
-        if done.get("config") == json.loads(json.dumps(run_config)):
+        try:
+            done = json.loads(metrics_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputError(f"--out {str(out)!r}: {metrics_path.name} is damaged ({err}); "
+                             "pass --overwrite to redo the run") from None
+        if isinstance(done, dict) and done.get("config") == json.loads(json.dumps(run_config)):
             print(f"{out}: finished run with this configuration found; skipped "
                   "(--overwrite to redo)", file=sys.stderr)
             return done
-        raise ValueError(f"{out} holds a finished run with a different configuration; "
-                         "choose another --out or pass --overwrite")
-    ckpt = out / CHECKPOINT_FILE
+        raise InputError(f"--out {str(out)!r} holds a finished run with a different "
+                         "configuration; choose another --out or pass --overwrite")
+    ckpt, ckpt_config = out / CHECKPOINT_FILE, out / CHECKPOINT_CONFIG
     if args.overwrite:
-        for path in (metrics_path, ckpt):
-            path.unlink(missing_ok=True)
+        ckpt.unlink(missing_ok=True)
+        ckpt_config.unlink(missing_ok=True)
+    elif ckpt.is_file():
+        try:
+            saved = json.loads(ckpt_config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            saved = None
+        if saved != json.loads(json.dumps(run_config)):
+            raise InputError(f"--out {str(out)!r} holds a checkpoint of another (or an "
+                             f"unrecorded) configuration ({CHECKPOINT_FILE} without a "
+                             f"matching {CHECKPOINT_CONFIG}); choose another --out or pass "
+                             "--overwrite to start afresh")
 
+    model = create(args.arch, args.n, d_sae, seed=args.seed, dtype=dtype, **hyper)
     dic = spiked_dictionary(args.n, args.m, args.rho, seed=args.seed)
     common = {"lo": args.lo, "hi": args.hi, "nonneg": True, "noise_std": args.noise_std}
     stream = SyntheticStream(dic.D, args.k, args.batch_size, seed=args.seed, **common)
@@ -179,10 +286,12 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         return evaluate(m, X_eval, H_eval, D_true=dic.D, shared=dic.shared)
 
     t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.checkpoint_every:
+        atomic_write_json(ckpt_config, run_config)  # what a resume must match
     results = train(model, data, cfg, eval_fn=eval_fn, checkpoint_dir=out,
                     resume=not args.overwrite)
     res = results["model"]
-    save(model, out)
     final = res.evals[-1] if res.evals else eval_fn(model)
     record = {
         "config": run_config,
@@ -198,17 +307,16 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         "last_terms": res.last_terms,
         "seconds": time.perf_counter() - t0,
     }
-    atomic_write_json(metrics_path, record)
+    with replace_together(out, OUTPUT_FILES) as stage:
+        save(model, stage)
+        atomic_write_json(stage / "metrics.json", record)
     ckpt.unlink(missing_ok=True)
+    ckpt_config.unlink(missing_ok=True)
     return record
 
 
 def _train_main(args: argparse.Namespace) -> int:
-    try:
-        record = run_train(args)
-    except (ValueError, TypeError) as err:
-        print(f"aensae train: error: {err}", file=sys.stderr)
-        return 2
+    record = run_train(args)
     f = record["final"]
     print(f"{args.arch}: EV {f['explained_variance']:.4f}  L0 {f['l0']:.2f}  "
           f"dead(final window) {record['dead']['final']}  -> {args.out}")
@@ -365,15 +473,22 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
 
 
 def _bench_main(args: argparse.Namespace) -> int:
+    with user_input():
+        check_int("--n", args.n, low=2)
+        check_int("--m", args.m, low=1)
+        check_int("--batch-size", args.batch_size, low=1)
+        check_int("--k", args.k, low=1, high=args.m)
+        check_int("--models", args.models, low=1)
+        check_int("--steps", args.steps, low=1)
+        check_int("--repeats", args.repeats, low=1)
+    if args.threads is not None:
+        check_threads("--threads", args.threads, allow_zero=False)
+    if args.json is not None:
+        check_output_file("--json", args.json)
+
     import torch
 
-    from aensae._io import atomic_write_json
-
     if args.threads is not None:
-        if args.threads < 1:
-            print(f"aensae bench train: error: --threads must be >= 1, got {args.threads}",
-                  file=sys.stderr)
-            return 2
         torch.set_num_threads(args.threads)
     res = bench_train(args.n, args.m, args.batch_size, args.k, args.models, args.steps,
                       args.repeats)

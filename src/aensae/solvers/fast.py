@@ -174,12 +174,13 @@ class FastSolver:
     ) -> None:
         self.D = validate_dictionary(D)
         self.n, self.m = self.D.shape
-        self.lam1 = check_real("lam1", lam1, low=0.0)
-        if self.lam1 == 0.0:
+        if check_real("lam1", lam1) == 0.0:
             raise ValueError(
-                "lam1 must be > 0, got 0.0: with lam1 = 0 the problem is ridge regression "
-                "(no sparsity) and its augmented-lasso certificate is vacuous; solve "
-                "(D^T D + lam2 I) h = D^T x directly instead")
+                "lam1 must lie in (0, inf), got 0.0: with lam1 = 0 the problem is ridge "
+                "regression (no sparsity) and its augmented-lasso certificate is vacuous; "
+                "solve (D^T D + lam2 I) h = D^T x directly instead")
+        self.lam1 = check_real("lam1", lam1, low=0.0, low_inclusive=False,
+                               high_inclusive=False)
         self.lam2 = check_real("lam2", lam2, low=0.0)
         if not isinstance(nonneg, (bool, np.bool_)):
             raise TypeError(f"nonneg must be a bool, got {nonneg!r}")
