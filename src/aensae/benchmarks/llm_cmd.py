@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from aensae.benchmarks._options import HelpFormatter
+
 __all__ = ["llm_group", "register"]
 
 _HOOKS = ("resid_post", "mlp_out", "attn_out")
@@ -37,11 +39,11 @@ def register(top: Any, bench: Any) -> None:
         "harvest", help="write a hook point's activations to a sharded, resumable cache",
         description="Run a language model on text and cache the activations of one hook "
                     "point (sharded safetensors + manifest.json; rerun to resume).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--model", required=True,
                    help="alias (smollm2-135m), .gguf file, model folder or hub name")
     p.add_argument("--layer", required=True, type=int, help="block index, 0-based")
-    p.add_argument("--hook", default="resid_post", choices=_HOOKS)
+    p.add_argument("--hook", default="resid_post", choices=_HOOKS, help="hook point of the block")
     p.add_argument("--text", default="python-docs",
                    help="python-docs, hf:NAME[:CONFIG][:SPLIT], or a file or folder of "
                         ".txt/.md/.jsonl/.parquet")
@@ -49,10 +51,13 @@ def register(top: Any, bench: Any) -> None:
     p.add_argument("--tokens", required=True, type=int, help="tokens to cache")
     p.add_argument("--ctx", type=int, default=128, help="tokens per window")
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
-    p.add_argument("--dtype", default="float32", choices=_DTYPES)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--revision", default=None, help="hub revision")
-    p.add_argument("--split", default="train", choices=("train", "eval"))
+    p.add_argument("--dtype", default="float32", choices=_DTYPES,
+                   help="dtype of the model and the cached activations")
+    p.add_argument("--device", default="auto",
+                   help="torch device: auto (CUDA when present), cpu, cuda, ...")
+    p.add_argument("--revision", default=None, help="hub revision (default: the newest)")
+    p.add_argument("--split", default="train", choices=("train", "eval"),
+                   help="split of the documents to read")
     p.add_argument("--eval-fraction", type=float, default=0.05,
                    help="share of documents (by hash of their id) in the eval split")
     p.add_argument("--shard-windows", type=int, default=256, help="windows per shard")
@@ -63,25 +68,30 @@ def register(top: Any, bench: Any) -> None:
     p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True,
                    help="start each window with BOS when the tokenizer adds nothing itself "
                         "(the window's first position is an attention sink)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the window shuffle")
     p.add_argument("--out", required=True, type=Path, help="cache folder")
     p.add_argument("--overwrite", action="store_true", help="delete a cache found in --out")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show a progress bar")
     p.set_defaults(func=_harvest_main)
 
     b = bench.add_parser("harvest", help="harvest tokens/s vs a bare forward pass",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=HelpFormatter)
     b.add_argument("--model", default=None,
-                   help="default: smollm2-135m when installed, else tiny-llama (random, offline)")
-    b.add_argument("--layer", type=int, default=None, help="default: 15 (SmolLM2), else middle")
-    b.add_argument("--hook", default="resid_post", choices=_HOOKS)
+                   help="model to time (absent: smollm2-135m when installed, else "
+                        "tiny-llama, random and offline)")
+    b.add_argument("--layer", type=int, default=None,
+                   help="block index (absent: 15 for SmolLM2, else the middle block)")
+    b.add_argument("--hook", default="resid_post", choices=_HOOKS, help="hook point of the block")
     b.add_argument("--tokens", type=int, default=8192, help="tokens per timed harvest")
-    b.add_argument("--repeats", type=int, default=3)
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--ctx", type=int, default=128)
-    b.add_argument("--text", default="python-docs")
-    b.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    b.add_argument("--json", type=Path, default=None, help="write the results here")
+    b.add_argument("--repeats", type=int, default=3, help="timed repeats")
+    b.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    b.add_argument("--ctx", type=int, default=128, help="tokens per window")
+    b.add_argument("--text", default="python-docs", help="text source (as llm harvest)")
+    b.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (absent: torch's own)")
+    b.add_argument("--json", type=Path, default=None,
+                   help="write the results here as JSON (absent: print only)")
     b.set_defaults(func=_bench_main)
 
 
