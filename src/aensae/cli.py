@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "aensae.benchmarks.geometry_cmd",
     "aensae.benchmarks.reproduce_cmd",
     "aensae.benchmarks.llm_cmd",
+    "aensae.benchmarks.llm_sae_cmd",
 )
 
 
