@@ -235,3 +235,38 @@ def test_command_end_to_end(setup, tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
     assert cli.main([*base, "--sae", str(tmp_path / "none"), "--tokens", "10"]) == 2
     assert cli.main([*base, "--sae", str(out), "--tokens", "0"]) == 2
+
+
+def test_exact_codes_on_activations_against_scikit_learn(setup):
+    from aensae.objective import sae_to_exact
+    from aensae.solvers import solve_sklearn
+
+    lm, ids, keep = setup["lm"], setup["ids"], setup["keep"]
+    c = 2.5
+    sae = _trained_sae(setup, c)
+    topk = create("topk", 32, 64, seed=0, k_top=4)
+    res = evaluate_saes(lm, [SplicedSAE("sae", sae, "scalar", c),
+                             SplicedSAE("topk", topk, "scalar", c)], ids, keep, LAYER,
+                        exact_tokens=50)
+    assert res["saes"]["topk"]["exact"] is None
+    ex = res["saes"]["sae"]["exact"]
+    assert ex["exact_tokens"] == 50 and ex["exact_certified"] == 1.0
+    X = torch.cat([lm.activations(torch.from_numpy(ids[i:i + 4]).long(), LAYER)[
+        torch.from_numpy(keep[i:i + 4])] for i in range(0, len(ids), 4)])[:50].double()
+    Xn = (X * c).numpy()
+    lam1, lam2 = sae_to_exact(sae.l1, sae.l2, 32)
+    D = sae.W_dec.detach().double().numpy().T
+    b = sae.b_dec.detach().double().numpy()
+    H = solve_sklearn(D, Xn - b, lam1, lam2, nonneg=True, tol=1e-12).codes
+    X_exact = (H @ D.T + b) / c
+    assert ex["exact_explained_variance"] == pytest.approx(
+        explained_variance(X.numpy(), X_exact), abs=1e-6)
+    assert ex["exact_l0"] == pytest.approx(l0(np.where(np.abs(H) > 1e-9, H, 0)), abs=0.1)
+    with torch.no_grad():
+        H_enc = sae.encode(torch.from_numpy(Xn).float())
+        X_enc = sae.decode(H_enc).double() / c
+    assert ex["encoder_l0"] == pytest.approx(l0(H_enc.numpy()), abs=1e-9)
+    assert ex["encoder_explained_variance"] == pytest.approx(
+        explained_variance(X.numpy(), X_enc.numpy()), abs=1e-5)
+    assert ex["amort_gap_median"] >= -1e-8  # the encoder never beats the exact optimum
+    assert 0.0 <= ex["amort_support_f1"] <= 1.0

@@ -25,7 +25,7 @@ import itertools
 from typing import Any
 
 from aensae._io import check_output_dir
-from aensae._validation import InputError, check_device, check_int, user_input
+from aensae._validation import InputError, check_device, check_int, check_real, user_input
 from aensae.benchmarks._options import add_command
 from aensae.benchmarks.llm_cmd import llm_group
 from aensae.benchmarks.train_cmd import (
@@ -106,6 +106,11 @@ def register(top: Any, bench: Any) -> None:
     e.add_argument("--device", default="auto",
                    help="torch device: auto (CUDA when present), cpu, cuda, ...")
     e.add_argument("--revision", default=None, help="hub revision (absent: the newest)")
+    e.add_argument("--exact-tokens", type=int, default=4096,
+                   help="eval tokens on which each l1-family SAE is compared with exact "
+                        "certified codes (>= 0; 0: none; at most the eval tokens)")
+    e.add_argument("--exact-tol", type=float, default=1e-10,
+                   help="certificate tolerance of the exact codes (relative duality gap, > 0)")
     e.add_argument("--force", action="store_true",
                    help="evaluate an SAE trained on another model or hook (a warning, not "
                         "an error)")
@@ -239,6 +244,8 @@ def _eval_main(args: argparse.Namespace) -> int:
         check_int("--ctx", args.ctx, low=2)
         check_int("--batch-size", args.batch_size, low=1)
         check_int("--seed", args.seed, low=0)
+        check_int("--exact-tokens", args.exact_tokens, low=0)
+        check_real("--exact-tol", args.exact_tol, low=0.0, low_inclusive=False)
         if args.layer is not None:
             check_int("--layer", args.layer, low=0)
     if not 0.0 < args.eval_fraction < 1.0:
@@ -272,7 +279,8 @@ def _eval_main(args: argparse.Namespace) -> int:
                              text_column=args.text_column, prepend_bos=args.prepend_bos,
                              keep_special=args.keep_special)
     res = evaluate_saes(lm, saes, ids, keep, layer, hook, batch_size=args.batch_size,
-                        force=args.force, progress=args.progress)
+                        force=args.force, progress=args.progress,
+                        exact_tokens=args.exact_tokens, exact_tol=args.exact_tol)
     from aensae import __version__
 
     res = {**res, "model": lm.describe(), "text": args.text, "seed": args.seed,
@@ -287,6 +295,14 @@ def _eval_main(args: argparse.Namespace) -> int:
               f"{r['ce_loss_score']:.4f} (mean-abl. {r['ce_loss_score_mean_ablation']:.4f})  "
               f"KL {r['kl_spliced']:.4f}  kl_score {r['kl_score']:.4f}  unnormalised-splice "
               f"score {r['ce_loss_score_unnormalised_splice']:.4f}")
+        ex = r.get("exact")
+        if ex:
+            print(f"    exact codes on {ex['exact_tokens']} tokens ({ex['exact_certified']:.1%} "
+                  f"certified): L0 {ex['exact_l0']:.2f} EV {ex['exact_explained_variance']:.4f}"
+                  f" | encoder L0 {ex['encoder_l0']:.2f} EV "
+                  f"{ex['encoder_explained_variance']:.4f} | amortization gap median "
+                  f"{ex['amort_gap_median']:.4g} (relative {ex['amort_rel_median']:.4g}) | "
+                  f"support F1 {ex['amort_support_f1']:.3f}")
     if args.json is not None:
         atomic_write_json(args.json, res)
     return 0

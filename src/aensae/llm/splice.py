@@ -47,6 +47,8 @@ for the second pass, since the mean ablation needs the mean over all eval tokens
 the layers above run (:meth:`LanguageModel.run_above`) once for the clean pass, once per
 ablation and twice per SAE (its splice and the defective one). Memory: the kept
 ``run_below`` state, about two activations per eval token.
+
+Exact certified codes (``exact_tokens``): see :mod:`aensae.llm.exact`.
 """
 
 from __future__ import annotations
@@ -185,10 +187,15 @@ def _ce_kl(logits: torch.Tensor, targets: torch.Tensor, pred: torch.Tensor,
 
 def evaluate_saes(lm: LanguageModel, saes: list[SplicedSAE], ids: np.ndarray,
                   keep: np.ndarray, layer: int, hook: str = "resid_post", *,
-                  batch_size: int = 8, force: bool = False, progress: bool = False
-                  ) -> dict[str, Any]:
+                  batch_size: int = 8, force: bool = False, progress: bool = False,
+                  exact_tokens: int = 0, exact_tol: float = 1e-10) -> dict[str, Any]:
     """Evaluate ``saes`` spliced at ``(layer, hook)`` on windows ``ids`` with data mask
-    ``keep`` (both (W, T)); see the module docstring for every quantity."""
+    ``keep`` (both (W, T)); see the module docstring for every quantity.
+
+    With ``exact_tokens > 0``, each l1-family SAE is also compared with exact certified
+    codes on the first ``exact_tokens`` data tokens (:mod:`aensae.llm.exact`), under
+    ``"exact"`` in its results (``None`` for the other architectures).
+    """
     from tqdm.auto import tqdm
 
     lm.check_hook(layer, hook)
@@ -210,6 +217,7 @@ def evaluate_saes(lm: LanguageModel, saes: list[SplicedSAE], ids: np.ndarray,
     n, d = X.shape
     mean = X.mean(0)
     total_var = float(((X - mean) ** 2).sum())
+    X_exact = X[:exact_tokens].clone() if exact_tokens > 0 else None
     del rows, X
     t_below = time.perf_counter() - t0
 
@@ -289,6 +297,10 @@ def evaluate_saes(lm: LanguageModel, saes: list[SplicedSAE], ids: np.ndarray,
             "ce_unnormalised_splice": ce_bad, "kl_unnormalised_splice": kl_bad,
             "ce_loss_score_unnormalised_splice": score(ce_zero, ce_bad),
         }
+        if X_exact is not None:
+            from aensae.llm.exact import exact_code_report
+
+            results[s.name]["exact"] = exact_code_report(s, X_exact, tol=exact_tol)
     return {
         "tokens": n, "scored_positions": n_pred, "windows": int(len(ids_t)),
         "ctx": int(ids_t.shape[1]), "layer": layer, "hook": hook, "d_in": d,
