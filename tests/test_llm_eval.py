@@ -270,3 +270,63 @@ def test_exact_codes_on_activations_against_scikit_learn(setup):
         explained_variance(X.numpy(), X_enc.numpy()), abs=1e-5)
     assert ex["amort_gap_median"] >= -1e-8  # the encoder never beats the exact optimum
     assert 0.0 <= ex["amort_support_f1"] <= 1.0
+
+
+def _write_saelens(folder, tensors, cfg):
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()},
+              str(folder / "sae_weights.safetensors"))
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+
+
+def test_saelens_jumprelu_folder_spliced_as_written(setup, tmp_path):
+    lm, ids, keep = setup["lm"], setup["ids"], setup["keep"]
+    g = torch.Generator().manual_seed(3)
+    W_enc = torch.randn(32, 48, generator=g) * 0.3
+    W_dec = torch.randn(48, 32, generator=g) * 0.3
+    b_enc, b_dec = torch.randn(48, generator=g) * 0.1, torch.randn(32, generator=g) * 0.1
+    threshold = torch.rand(48, generator=g) * 0.5
+    folder = tmp_path / "saelens"
+    _write_saelens(folder, {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec,
+                            "threshold": threshold},
+                   {"architecture": "jumprelu", "d_in": 32, "d_sae": 48,
+                    "hook_name": f"blocks.{LAYER}.hook_resid_post", "model_name": "tiny",
+                    "apply_b_dec_to_input": True, "normalize_activations": "none"})
+    s = load_spliced_sae(folder)
+    assert (s.llm["layer"], s.llm["hook"]) == (LAYER, "resid_post")
+
+    def by_hand(x):
+        pre = (x - b_dec) @ W_enc + b_enc
+        return torch.where(pre > threshold, pre, torch.zeros_like(pre)).clamp_min(0) @ W_dec + b_dec
+
+    res = evaluate_saes(lm, [s], ids, keep, LAYER)
+    _, ce, kl = _hand_ce_kl(lm, ids, keep, by_hand)
+    r = res["saes"]["saelens"]
+    assert r["ce_spliced"] == pytest.approx(ce, abs=1e-5)
+    assert r["kl_spliced"] == pytest.approx(kl, abs=1e-5)
+    assert r["ce_spliced"] == r["ce_unnormalised_splice"]  # no normalisation to undo
+    # the command takes the folder with no conversion step, hook point from hook_name
+    js = tmp_path / "e.json"
+    assert cli.main(["llm", "eval", "--sae", str(folder), "--model", str(setup["folder"]),
+                     "--text", str(setup["corpus"]), "--eval-fraction", "0.5", "--ctx", "16",
+                     "--tokens", "60", "--no-progress", "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["saes"]["saelens"]["exact"] is None
+
+
+def test_saelens_bad_files(tmp_path):
+    t = {"W_enc": torch.zeros(4, 6), "W_dec": torch.zeros(6, 4), "b_enc": torch.zeros(6),
+         "b_dec": torch.zeros(4)}
+    _write_saelens(tmp_path / "a", t, {"architecture": "jumprelu"})
+    with pytest.raises(InputError, match="threshold"):
+        load_spliced_sae(tmp_path / "a")
+    _write_saelens(tmp_path / "b", t, {"architecture": "gated"})
+    with pytest.raises(InputError, match="gated"):
+        load_spliced_sae(tmp_path / "b")
+    _write_saelens(tmp_path / "c", t, {"normalize_activations": "expected_average_only_in"})
+    with pytest.raises(InputError, match="normalize_activations"):
+        load_spliced_sae(tmp_path / "c")
+    _write_saelens(tmp_path / "d", t, {"architecture": "topk", "activation_fn_kwargs": {}})
+    with pytest.raises(InputError, match="k"):
+        load_spliced_sae(tmp_path / "d")

@@ -68,7 +68,7 @@ from aensae.llm.models import Below, LanguageModel
 from aensae.llm.normalise import NORMALISATIONS, normalise, unnormalise
 from aensae.llm.text import WindowStream, check_not_empty, open_text
 
-__all__ = ["SplicedSAE", "eval_windows", "evaluate_saes", "load_spliced_sae"]
+__all__ = ["SAELensSAE", "SplicedSAE", "eval_windows", "evaluate_saes", "load_spliced_sae"]
 
 
 @dataclass
@@ -96,15 +96,112 @@ class SplicedSAE:
         return self.sae.decode(self.sae.encode(x))
 
 
+class SAELensSAE(torch.nn.Module):
+    r"""An SAE saved by SAELens (``cfg.json`` + ``sae_weights.safetensors``), as saved.
+
+    ``pre = (x - b_dec) W_enc + b_enc`` (without ``- b_dec`` when ``apply_b_dec_to_input``
+    is false); codes ``relu(pre)`` (``standard``), ``relu(pre) * [pre > threshold]``
+    (``jumprelu``) or ``relu`` of the ``k`` largest pre-activations (``topk``, ``k`` from
+    ``activation_fn_kwargs``); reconstruction ``h W_dec + b_dec``.
+    """
+
+    KINDS = ("standard", "jumprelu", "topk")
+
+    def __init__(self, tensors: dict[str, torch.Tensor], kind: str, *,
+                 apply_b_dec_to_input: bool = True, k: int | None = None) -> None:
+        super().__init__()
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            self.register_buffer(name, tensors[name])
+        self.register_buffer("threshold", tensors.get("threshold"))
+        self.kind, self.k = kind, k
+        self.apply_b_dec_to_input = apply_b_dec_to_input
+        self.d_in, self.d_sae = self.W_enc.shape
+        self.arch = f"saelens-{kind}"
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        pre = (x - self.b_dec if self.apply_b_dec_to_input else x) @ self.W_enc + self.b_enc
+        if self.kind == "jumprelu":
+            return torch.relu(pre) * (pre > self.threshold)
+        if self.kind == "topk":
+            top = torch.topk(pre, self.k, dim=-1)
+            return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+        return torch.relu(pre)
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.W_dec + self.b_dec
+
+
+_SAELENS_HOOKS = {"hook_resid_post": "resid_post", "hook_mlp_out": "mlp_out",
+                  "hook_attn_out": "attn_out"}
+
+
+def _load_saelens(folder: Path, cfg: dict[str, Any]) -> SplicedSAE:
+    from safetensors.torch import load_file
+
+    where = f"--sae {folder}"
+    meta = {**cfg.get("metadata", {}), **cfg}
+    kind = meta.get("architecture", "standard")
+    if kind not in SAELensSAE.KINDS:
+        raise InputError(f"{where}: SAELens architecture {kind!r} is not supported; "
+                         f"supported: {', '.join(SAELensSAE.KINDS)}")
+    norm = meta.get("normalize_activations", "none") or "none"
+    if norm != "none":
+        raise InputError(f"{where}: normalize_activations {norm!r}: its constant is not in "
+                         "cfg.json; fold it into the weights (SAELens "
+                         "fold_activation_norm_scaling_factor) and save again")
+    tensors = load_file(str(folder / "sae_weights.safetensors"))
+    missing = [n for n in ("W_enc", "W_dec", "b_enc", "b_dec") if n not in tensors]
+    if kind == "jumprelu" and "threshold" not in tensors:
+        missing.append("threshold")
+    if missing:
+        raise InputError(f"{where}: sae_weights.safetensors lacks {', '.join(missing)}")
+    tensors = {k: v.float() for k, v in tensors.items()}
+    d_in, d_sae = tensors["W_enc"].shape
+    if tuple(tensors["W_dec"].shape) != (d_sae, d_in):
+        raise InputError(f"{where}: W_dec has shape {tuple(tensors['W_dec'].shape)}, "
+                         f"expected {(d_sae, d_in)} (the transpose of W_enc)")
+    k = None
+    if kind == "topk":
+        k = (meta.get("activation_fn_kwargs") or {}).get("k", meta.get("k"))
+        if not isinstance(k, int) or not 1 <= k <= d_sae:
+            raise InputError(f"{where}: a topk SAE needs activation_fn_kwargs.k in "
+                             f"[1, {d_sae}], got {k!r}")
+    sae = SAELensSAE(tensors, kind, apply_b_dec_to_input=bool(
+        meta.get("apply_b_dec_to_input", True)), k=k)
+    llm = None
+    hook_name = meta.get("hook_name")
+    if isinstance(hook_name, str):
+        parts = hook_name.split(".")
+        if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and (
+                parts[2] in _SAELENS_HOOKS):
+            llm = {"model": {"name": meta.get("model_name"), "fingerprint": None},
+                   "hook": _SAELENS_HOOKS[parts[2]], "layer": int(parts[1])}
+    return SplicedSAE(folder.name, sae.eval(), "none", None, llm, str(folder))
+
+
 def load_spliced_sae(path: str | Path) -> SplicedSAE:
-    """An SAE saved by ``aensae llm train`` (or :func:`aensae.saes.save`) in ``path``.
+    """An SAE saved by ``aensae llm train`` (or :func:`aensae.saes.save`) or by SAELens
+    (``cfg.json`` + ``sae_weights.safetensors``, :class:`SAELensSAE`) in ``path``.
 
     Without the ``llm`` record of ``aensae llm train`` the SAE is taken to see raw
-    activations (normalisation ``none``).
+    activations (normalisation ``none``). A SAELens ``hook_name`` of the form
+    ``blocks.L.hook_resid_post`` (``hook_mlp_out``, ``hook_attn_out``) gives the hook
+    point; its model is named but has no weight fingerprint, so it is not checked.
     """
     from aensae.saes import load
 
     folder = Path(path)
+    if (folder / "sae_weights.safetensors").is_file() and (folder / "cfg.json").is_file():
+        try:
+            cfg = json.loads((folder / "cfg.json").read_text(encoding="utf-8"))
+            if not isinstance(cfg, dict):
+                raise ValueError("not a JSON object")
+            return _load_saelens(folder, cfg)
+        except (OSError, ValueError, KeyError) as err:
+            if isinstance(err, InputError):
+                raise
+            raise InputError(f"--sae {path}: cannot read the SAELens files "
+                             f"({' '.join(str(err).split())})") from None
     cfg_path = folder / "cfg.json"
     if not cfg_path.is_file():
         raise InputError(f"--sae {path}: no cfg.json; expected a folder written by aensae "
@@ -159,7 +256,8 @@ def _check_saes(lm: LanguageModel, saes: list[SplicedSAE], layer: int, hook: str
         if s.llm is None:
             continue
         problems = []
-        if s.llm["model"].get("fingerprint") != lm.fingerprint:
+        fingerprint = s.llm["model"].get("fingerprint")
+        if fingerprint is not None and fingerprint != lm.fingerprint:
             problems.append(f"model {s.llm['model'].get('name')} "
                             f"{s.llm['model'].get('fingerprint')} (evaluating "
                             f"{lm.source.name} {lm.fingerprint})")
