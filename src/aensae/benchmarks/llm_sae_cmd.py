@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 from typing import Any
 
 from aensae._io import check_output_dir
@@ -278,6 +279,9 @@ def _eval_main(args: argparse.Namespace) -> int:
                              eval_fraction=args.eval_fraction, seed=args.seed,
                              text_column=args.text_column, prepend_bos=args.prepend_bos,
                              keep_special=args.keep_special)
+    if int(keep.sum()) < args.tokens:
+        print(f"aensae llm eval: warning: --text {args.text}: the eval split ran out after "
+              f"{int(keep.sum())} of the {args.tokens} tokens asked", file=sys.stderr)
     res = evaluate_saes(lm, saes, ids, keep, layer, hook, batch_size=args.batch_size,
                         force=args.force, progress=args.progress,
                         exact_tokens=args.exact_tokens, exact_tol=args.exact_tol)
