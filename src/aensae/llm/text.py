@@ -361,8 +361,11 @@ class WindowStream:
         batch: list[Document] = []
 
         def encode(docs: list[Document]) -> Iterator[list[int]]:
-            enc = self.tokenizer([d.text for d in docs], add_special_tokens=False,
-                                 verbose=False)["input_ids"]
+            # One document per call: a batch call would start the fast tokenizer's thread
+            # pool, whose threads keep spinning into the forward pass that follows and
+            # take cores from torch's threads.
+            enc = [self.tokenizer(d.text, add_special_tokens=False, verbose=False)["input_ids"]
+                   for d in docs]
             for d, ids in zip(docs, enc, strict=True):
                 self._sha.update(d.id.encode("utf-8") + b"\0" + d.text.encode("utf-8") + b"\0")
                 self.documents += 1
