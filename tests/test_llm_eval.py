@@ -330,3 +330,12 @@ def test_saelens_bad_files(tmp_path):
     _write_saelens(tmp_path / "d", t, {"architecture": "topk", "activation_fn_kwargs": {}})
     with pytest.raises(InputError, match="k"):
         load_spliced_sae(tmp_path / "d")
+
+
+def test_bench_llm_eval_runs(setup):
+    from aensae.llm.eval_bench import bench_llm_eval
+
+    res = bench_llm_eval(2, 40, model=str(setup["folder"]), d_sae=16, ctx=16, repeats=1,
+                         text=str(setup["corpus"]))
+    assert res["config"]["k"] == 2 and res["config"]["tokens"] > 0
+    assert len(res["ratios"]) == 1 and res["ratio"] > 0 and res["ratio_cpu"] > 0
