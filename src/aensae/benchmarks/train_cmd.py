@@ -40,7 +40,8 @@ from aensae._validation import (
 )
 from aensae.benchmarks._options import add_command
 
-__all__ = ["bench_train", "parse_set", "register", "run_train"]
+__all__ = ["add_hyperparameter_options", "add_optimiser_options", "bench_train",
+           "check_optimiser_args", "hyper_from_args", "parse_set", "register", "run_train"]
 
 ARCH_CHOICES = ("relu_l1", "elastic_net", "adaptive_lasso", "aen", "topk", "batchtopk",
                 "jumprelu")
@@ -89,26 +90,8 @@ def register(top: Any, bench: Any) -> None:
                    help="standard deviation of Gaussian noise added to signals (>= 0)")
     p.add_argument("--steps", type=int, default=5000, help="optimizer steps (>= 1)")
     p.add_argument("--batch-size", type=int, default=256, help="signals per step (>= 1)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (> 0)")
-    p.add_argument("--lr-warmup-steps", type=int, default=0,
-                   help="steps of linear learning-rate warmup (>= 0; 0: none)")
-    p.add_argument("--grad-clip", type=float, default=None,
-                   help="max gradient norm per model (> 0; default: no clipping)")
-    hp = p.add_argument_group("hyperparameters (only those of --arch are accepted)")
-    hp.add_argument("--l1", type=float, default=None,
-                    help="l1 penalty, SAE scaling (default: the architecture's)")
-    hp.add_argument("--l2", type=float, default=None,
-                    help="l2 penalty, SAE scaling (default: the architecture's)")
-    hp.add_argument("--gamma", type=float, default=None,
-                    help="adaptive-weight exponent (default: the architecture's)")
-    hp.add_argument("--k-top", type=int, default=None,
-                    help="latents kept per signal, TopK / BatchTopK (default: the "
-                         "architecture's)")
-    hp.add_argument("--init", default=None, choices=INIT_CHOICES,
-                    help="initialisation: tied (W_enc = W_dec^T, zero biases) or independent "
-                         "(torch.nn.Linear's draws, as the AEN-SAE reference) (default: tied)")
-    hp.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                    help="any other hyperparameter, repeatable, e.g. --set warmup_steps=500")
+    add_optimiser_options(p)
+    add_hyperparameter_options(p, "hyperparameters (only those of --arch are accepted)")
     p.add_argument("--seed", type=int, default=0, help="seed of data and model (>= 0)")
     p.add_argument("--dead-window", type=int, default=65536,
                    help="dead-latent window, in samples (>= 1)")
@@ -147,6 +130,44 @@ def register(top: Any, bench: Any) -> None:
     b.set_defaults(func=_bench_main)
 
 
+def add_optimiser_options(p: argparse.ArgumentParser) -> None:
+    """``--lr``, ``--lr-warmup-steps``, ``--grad-clip`` (shared with ``aensae llm train``)."""
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (> 0)")
+    p.add_argument("--lr-warmup-steps", type=int, default=0,
+                   help="steps of linear learning-rate warmup (>= 0; 0: none)")
+    p.add_argument("--grad-clip", type=float, default=None,
+                   help="max gradient norm per model (> 0; default: no clipping)")
+
+
+def add_hyperparameter_options(p: argparse.ArgumentParser, title: str) -> Any:
+    """The architecture hyperparameter options (group ``title``); read them back with
+    :func:`hyper_from_args`. Shared with ``aensae llm train``."""
+    hp = p.add_argument_group(title)
+    hp.add_argument("--l1", type=float, default=None,
+                    help="l1 penalty, SAE scaling (default: the architecture's)")
+    hp.add_argument("--l2", type=float, default=None,
+                    help="l2 penalty, SAE scaling (default: the architecture's)")
+    hp.add_argument("--gamma", type=float, default=None,
+                    help="adaptive-weight exponent (default: the architecture's)")
+    hp.add_argument("--k-top", type=int, default=None,
+                    help="latents kept per signal, TopK / BatchTopK (default: the "
+                         "architecture's)")
+    hp.add_argument("--init", default=None, choices=INIT_CHOICES,
+                    help="initialisation: tied (W_enc = W_dec^T, zero biases) or independent "
+                         "(torch.nn.Linear's draws, as the AEN-SAE reference) (default: tied)")
+    hp.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="any other hyperparameter, repeatable, e.g. --set warmup_steps=500")
+    return hp
+
+
+def check_optimiser_args(args: argparse.Namespace) -> None:
+    """Validate the options of :func:`add_optimiser_options` (inside ``user_input()``)."""
+    check_real("--lr", args.lr, low=0.0, low_inclusive=False)
+    check_int("--lr-warmup-steps", args.lr_warmup_steps, low=0)
+    if args.grad_clip is not None:
+        check_real("--grad-clip", args.grad_clip, low=0.0, low_inclusive=False)
+
+
 # ----------------------------------------------------------------------------- train
 #: The files ``aensae train`` writes as one set (swapped in together when the run ends).
 OUTPUT_FILES = ("sae.safetensors", "cfg.json", "metrics.json")
@@ -156,7 +177,8 @@ OUTPUT_FILES = ("sae.safetensors", "cfg.json", "metrics.json")
 CHECKPOINT_CONFIG = "checkpoint_config.json"
 
 
-def _hyper_from_args(args: argparse.Namespace) -> dict[str, float | int | str]:
+def hyper_from_args(args: argparse.Namespace) -> dict[str, float | int | str]:
+    """The hyperparameters given by the options of :func:`add_hyperparameter_options`."""
     hyper: dict[str, float | int | str] = dict(parse_set(args.set))
     for flag, name in (("l1", "l1"), ("l2", "l2"), ("gamma", "gamma"), ("k_top", "k_top"),
                        ("init", "init")):
@@ -194,16 +216,13 @@ def check_train_args(args: argparse.Namespace) -> tuple[dict[str, float | int], 
         check_real("--noise-std", args.noise_std, low=0.0)
         check_int("--steps", args.steps, low=1)
         check_int("--batch-size", args.batch_size, low=1)
-        check_real("--lr", args.lr, low=0.0, low_inclusive=False)
-        check_int("--lr-warmup-steps", args.lr_warmup_steps, low=0)
-        if args.grad_clip is not None:
-            check_real("--grad-clip", args.grad_clip, low=0.0, low_inclusive=False)
+        check_optimiser_args(args)
         check_int("--seed", args.seed, low=0)
         check_int("--dead-window", args.dead_window, low=1)
         check_int("--eval-samples", args.eval_samples, low=2)
         check_int("--eval-every", args.eval_every, low=0)
         check_int("--checkpoint-every", args.checkpoint_every, low=0)
-    hyper = _hyper_from_args(args)
+    hyper = hyper_from_args(args)
     with user_input(f"--arch {args.arch} hyperparameters: "):
         hyper = ARCHITECTURES[args.arch].validate_hyper(hyper)
         d_sae = args.m if args.d_sae is None else args.d_sae

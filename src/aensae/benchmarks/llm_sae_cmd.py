@@ -1,0 +1,340 @@
+"""``aensae llm train`` (SAEs on an activation cache) and the spliced evaluation commands.
+
+``aensae llm train --cache CACHE --arch ARCH [--arch ARCH ...] --d-sae M --steps N
+--batch-size B --out DIR`` trains one SAE per architecture, and per combination of the
+``--sweep NAME=V1,V2`` values, all on the same batches in one pass. A hyperparameter
+option (--l1, --k-top, --set ...) applies to every --arch that has that hyperparameter;
+one that no --arch has is an error. Each SAE is written to DIR/NAME (NAME is the
+architecture followed by its swept values, e.g. relu_l1-l1=0.01), with the run in
+DIR/run.json; a killed run resumes from DIR/checkpoint.pt when rerun.
+
+``aensae llm eval --sae DIR [--sae DIR ...] --model M --text SRC --tokens N`` splices
+each SAE into the model at the hook it was trained on, on the eval split of the text,
+and reports per SAE L0, dead fraction, explained variance, MSE, the CE of the clean,
+spliced, zero- and mean-ablated passes, ce_loss_score (both baselines), KL and kl_score,
+and the reference's defective splice (ce_loss_score_unnormalised_splice). An SAE trained
+on another model or hook is an error unless --force (then a warning).
+
+As elsewhere, the handlers import aensae.llm (and transformers) only when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from typing import Any
+
+from aensae._io import check_output_dir
+from aensae._validation import InputError, check_device, check_int, check_real, user_input
+from aensae.benchmarks._options import add_command
+from aensae.benchmarks.llm_cmd import llm_group
+from aensae.benchmarks.train_cmd import (
+    ARCH_CHOICES,
+    add_hyperparameter_options,
+    add_optimiser_options,
+    check_optimiser_args,
+    hyper_from_args,
+    parse_set,
+)
+
+__all__ = ["register", "sae_specs"]
+
+
+def register(top: Any, bench: Any) -> None:
+    """Add ``aensae llm train``, ``aensae llm eval`` and ``aensae bench llm-eval``."""
+    p = add_command(llm_group(top), "train",
+                    help="train SAEs on an activation cache (several in one pass)",
+                    doc=__doc__.split("\n\n")[1])
+    p.add_argument("--cache", required=True, help="activation cache written by llm harvest")
+    p.add_argument("--arch", required=True, action="append", choices=ARCH_CHOICES,
+                   help="SAE architecture; repeat to train several on the same batches")
+    p.add_argument("--d-sae", required=True, type=int, help="SAE latents (>= 1)")
+    p.add_argument("--steps", required=True, type=int, help="optimizer steps (>= 1)")
+    p.add_argument("--batch-size", required=True, type=int, help="tokens per step (>= 1)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (created; must not be a file)")
+    add_optimiser_options(p)
+    add_hyperparameter_options(p, "hyperparameters (each applies to the --arch that have it)")
+    p.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
+                   help="train one SAE per value (per --arch that has NAME; several "
+                        "--sweep give their product), repeatable")
+    p.add_argument("--normalisation", default="scalar", choices=("scalar", "per_token", "none"),
+                   help="activation normalisation seen by the SAEs (scalar: the cache's "
+                        "constant)")
+    p.add_argument("--dead-window", type=int, default=None,
+                   help="dead-latent window in tokens (>= 1; absent: 10M tokens, or the "
+                        "whole run when shorter)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the models and the batches")
+    p.add_argument("--checkpoint-every", type=int, default=500,
+                   help="write a checkpoint every this many steps (>= 0; 0: never)")
+    p.add_argument("--device", default="auto",
+                   help="torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                   help="floating-point type of the SAEs")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show a progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo a finished run (its files are replaced when the new one ends)")
+    p.set_defaults(func=_train_main)
+
+    e = add_command(llm_group(top), "eval", help="spliced evaluation of SAEs (CE, KL, EV, L0)",
+                    doc=__doc__.split("\n\n")[2])
+    e.add_argument("--sae", required=True, action="append", metavar="DIR",
+                   help="SAE folder (cfg.json + sae.safetensors) or an llm train output "
+                        "folder (all its SAEs); repeatable")
+    e.add_argument("--model", required=True,
+                   help="alias (smollm2-135m), .gguf file, model folder or hub name")
+    e.add_argument("--text", default="python-docs",
+                   help="python-docs, hf:NAME[:CONFIG][:SPLIT], or a file or folder")
+    e.add_argument("--tokens", required=True, type=int, help="eval tokens (data tokens, >= 1)")
+    e.add_argument("--layer", type=int, default=None,
+                   help="block index (absent: the one the SAEs were trained on)")
+    e.add_argument("--hook", default=None, choices=("resid_post", "mlp_out", "attn_out"),
+                   help="hook point (absent: the one the SAEs were trained on)")
+    e.add_argument("--ctx", type=int, default=128, help="tokens per window")
+    e.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    e.add_argument("--text-column", default="text", help="column of .jsonl/.parquet/hf text")
+    e.add_argument("--eval-fraction", type=float, default=0.05,
+                   help="share of documents in the eval split (as the harvest)")
+    e.add_argument("--keep-special", action="store_true",
+                   help="score special tokens too (BOS/EOS/pad)")
+    e.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True,
+                   help="start each window with BOS when the tokenizer adds nothing itself")
+    e.add_argument("--seed", type=int, default=0, help="seed of the window shuffle")
+    e.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="dtype of the model")
+    e.add_argument("--device", default="auto",
+                   help="torch device: auto (CUDA when present), cpu, cuda, ...")
+    e.add_argument("--revision", default=None, help="hub revision (absent: the newest)")
+    e.add_argument("--exact-tokens", type=int, default=4096,
+                   help="eval tokens on which each l1-family SAE is compared with exact "
+                        "certified codes (>= 0; 0: none; at most the eval tokens)")
+    e.add_argument("--exact-tol", type=float, default=1e-10,
+                   help="certificate tolerance of the exact codes (relative duality gap, > 0)")
+    e.add_argument("--force", action="store_true",
+                   help="evaluate an SAE trained on another model or hook (a warning, not "
+                        "an error)")
+    e.add_argument("--json", metavar="PATH", default=None,
+                   help="write the results here as JSON (absent: print only)")
+    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show a progress bar")
+    e.set_defaults(func=_eval_main)
+
+    b = add_command(bench, "llm-eval", help="k SAEs spliced together vs k separate evaluations",
+                    doc="Seconds of one spliced evaluation of k SAEs over those of k "
+                        "separate evaluations, in the same process (ratio < 1 is a saving).")
+    b.add_argument("--k", type=int, default=4, help="SAEs (>= 1)")
+    b.add_argument("--tokens", type=int, default=4096, help="eval tokens (>= 1)")
+    b.add_argument("--model", default=None,
+                   help="model (absent: a tiny random Llama, offline)")
+    b.add_argument("--d-sae", type=int, default=256, help="latents per SAE (>= 1)")
+    b.add_argument("--ctx", type=int, default=64, help="tokens per window (>= 2)")
+    b.add_argument("--repeats", type=int, default=5, help="timed repeats (>= 1)")
+    b.add_argument("--json", metavar="PATH", default=None,
+                   help="write the results here as JSON (absent: print only)")
+    b.set_defaults(func=_bench_main)
+
+
+def _parse_sweep(items: list[str]) -> dict[str, list[float | int]]:
+    out: dict[str, list[float | int]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep or not name or not values:
+            raise InputError(f"--sweep expects NAME=V1,V2,..., got {item!r}")
+        if name in out:
+            raise InputError(f"--sweep {name}: given twice")
+        parsed = [parse_set([f"{name}={v}"])[name] for v in values.split(",")]
+        if len(set(parsed)) != len(parsed):
+            raise InputError(f"--sweep {name}: a value is repeated in {values!r}")
+        out[name] = parsed
+    return out
+
+
+def sae_specs(args: argparse.Namespace) -> list[Any]:
+    """The SAEs of an ``aensae llm train`` command line, validated (InputError naming the
+    option otherwise)."""
+    from aensae.llm.training import SAESpec, sae_name
+    from aensae.saes import ARCHITECTURES
+
+    archs = list(args.arch)
+    if len(set(archs)) != len(archs):
+        raise InputError(f"--arch: an architecture is repeated in {archs}; use --sweep to "
+                         "train one several times")
+    fixed = hyper_from_args(args)
+    sweep = _parse_sweep(args.sweep)
+    for name in [*fixed, *sweep]:
+        if name in fixed and name in sweep:
+            raise InputError(f"hyperparameter {name} is both fixed and swept (--sweep)")
+        if not any(name in ARCHITECTURES[a].HYPER for a in archs):
+            raise InputError(f"hyperparameter {name}: no --arch among {', '.join(archs)} "
+                             "has it")
+    specs = []
+    for arch in archs:
+        own = ARCHITECTURES[arch].HYPER
+        mine = {k: v for k, v in fixed.items() if k in own}
+        keys = [k for k in sweep if k in own]
+        for values in itertools.product(*(sweep[k] for k in keys)):
+            swept = dict(zip(keys, values, strict=True))
+            with user_input(f"--arch {arch} hyperparameters: "):
+                hyper = ARCHITECTURES[arch].validate_hyper({**mine, **swept})
+            specs.append(SAESpec(arch, hyper, sae_name(arch, swept)))
+    return specs
+
+
+def _train_main(args: argparse.Namespace) -> int:
+    with user_input():
+        check_int("--d-sae", args.d_sae, low=1)
+        check_int("--steps", args.steps, low=1)
+        check_int("--batch-size", args.batch_size, low=1)
+        check_optimiser_args(args)
+        if args.dead_window is not None:
+            check_int("--dead-window", args.dead_window, low=1)
+        check_int("--seed", args.seed, low=0)
+        check_int("--checkpoint-every", args.checkpoint_every, low=0)
+    try:
+        from aensae.llm.training import TrainRun, train_on_cache
+    except ImportError as err:
+        raise InputError(str(err)) from None
+    specs = sae_specs(args)
+    check_device("--device", args.device)
+    out = check_output_dir("--out", args.out)
+    from pathlib import Path
+
+    run = TrainRun(cache=Path(args.cache), specs=specs, d_sae=args.d_sae, steps=args.steps,
+                   batch_size=args.batch_size, out=out, lr=args.lr,
+                   lr_warmup_steps=args.lr_warmup_steps, grad_clip=args.grad_clip,
+                   dead_window=args.dead_window, normalisation=args.normalisation,
+                   seed=args.seed, checkpoint_every=args.checkpoint_every,
+                   device=args.device, dtype=args.dtype, progress=args.progress,
+                   overwrite=args.overwrite)
+    record = train_on_cache(run)
+    for name, r in record["saes"].items():
+        print(f"{name}: final loss {r['train_loss_last']:.5g}  dead(final window of "
+              f"{record['dead_window_tokens']} tokens) {r['dead']['final']}  -> "
+              f"{out / name}")
+    return 0
+
+
+def _sae_folders(items: list[str]) -> list[Any]:
+    from pathlib import Path
+
+    folders = []
+    for item in items:
+        path = Path(item)
+        if (path / "run.json").is_file() and not (path / "cfg.json").is_file():
+            import json
+
+            try:
+                names = list(json.loads((path / "run.json").read_text())["saes"])
+            except (ValueError, KeyError, TypeError) as err:
+                raise InputError(f"--sae {item}: run.json is damaged ({err})") from None
+            folders += [path / n for n in names]
+        elif path.is_dir():
+            folders.append(path)
+        else:
+            raise InputError(f"--sae {item}: no such folder")
+    return folders
+
+
+def _eval_main(args: argparse.Namespace) -> int:
+    from aensae._io import atomic_write_json, check_output_file
+
+    with user_input():
+        check_int("--tokens", args.tokens, low=1)
+        check_int("--ctx", args.ctx, low=2)
+        check_int("--batch-size", args.batch_size, low=1)
+        check_int("--seed", args.seed, low=0)
+        check_int("--exact-tokens", args.exact_tokens, low=0)
+        check_real("--exact-tol", args.exact_tol, low=0.0, low_inclusive=False)
+        if args.layer is not None:
+            check_int("--layer", args.layer, low=0)
+    if not 0.0 < args.eval_fraction < 1.0:
+        raise InputError(f"--eval-fraction must lie in (0, 1), got {args.eval_fraction!r}")
+    if args.json is not None:
+        check_output_file("--json", args.json)
+    try:
+        from aensae.llm.models import load_model
+        from aensae.llm.splice import eval_windows, evaluate_saes, load_spliced_sae
+    except ImportError as err:
+        raise InputError(str(err)) from None
+    saes = [load_spliced_sae(f) for f in _sae_folders(args.sae)]
+    names = [s.name for s in saes]
+    if len(set(names)) != len(names):
+        for i, s in enumerate(saes):  # same folder names from different runs
+            s.name = f"{i}:{s.name}"
+    trained = {(s.llm["layer"], s.llm["hook"]) for s in saes if s.llm is not None}
+    layer, hook = args.layer, args.hook
+    if layer is None or hook is None:
+        if len(trained) != 1:
+            raise InputError("--layer and --hook are needed: the SAEs record "
+                             + ("no hook point" if not trained else
+                                f"several hook points {sorted(trained)}"))
+        t_layer, t_hook = next(iter(trained))
+        layer = t_layer if layer is None else layer
+        hook = t_hook if hook is None else hook
+    lm = load_model(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
+    lm.check_hook(layer, hook)
+    ids, keep = eval_windows(lm, args.text, args.tokens, ctx=args.ctx,
+                             eval_fraction=args.eval_fraction, seed=args.seed,
+                             text_column=args.text_column, prepend_bos=args.prepend_bos,
+                             keep_special=args.keep_special)
+    if int(keep.sum()) < args.tokens:
+        print(f"aensae llm eval: warning: --text {args.text}: the eval split ran out after "
+              f"{int(keep.sum())} of the {args.tokens} tokens asked", file=sys.stderr)
+    res = evaluate_saes(lm, saes, ids, keep, layer, hook, batch_size=args.batch_size,
+                        force=args.force, progress=args.progress,
+                        exact_tokens=args.exact_tokens, exact_tol=args.exact_tol)
+    from aensae import __version__
+
+    res = {**res, "model": lm.describe(), "text": args.text, "seed": args.seed,
+           "eval_fraction": args.eval_fraction, "aensae_version": __version__,
+           "device": str(lm.device)}
+    print(f"{lm.source.name} {hook} L{layer}: {res['tokens']} tokens, CE clean "
+          f"{res['ce_clean']:.4f} zero {res['ce_zero']:.4f} mean "
+          f"{res['ce_mean_ablation']:.4f}")
+    for name, r in res["saes"].items():
+        print(f"  {name}: L0 {r['l0']:.2f}  dead {r['dead_fraction']:.3f}  EV "
+              f"{r['explained_variance']:.4f}  CE {r['ce_spliced']:.4f}  score "
+              f"{r['ce_loss_score']:.4f} (mean-abl. {r['ce_loss_score_mean_ablation']:.4f})  "
+              f"KL {r['kl_spliced']:.4f}  kl_score {r['kl_score']:.4f}  unnormalised-splice "
+              f"score {r['ce_loss_score_unnormalised_splice']:.4f}")
+        ex = r.get("exact")
+        if ex:
+            print(f"    exact codes on {ex['exact_tokens']} tokens ({ex['exact_certified']:.1%} "
+                  f"certified): L0 {ex['exact_l0']:.2f} EV {ex['exact_explained_variance']:.4f}"
+                  f" | encoder L0 {ex['encoder_l0']:.2f} EV "
+                  f"{ex['encoder_explained_variance']:.4f} | amortization gap median "
+                  f"{ex['amort_gap_median']:.4g} (relative {ex['amort_rel_median']:.4g}) | "
+                  f"support F1 {ex['amort_support_f1']:.3f}")
+    if args.json is not None:
+        atomic_write_json(args.json, res)
+    return 0
+
+
+def _bench_main(args: argparse.Namespace) -> int:
+    from aensae._io import atomic_write_json, check_output_file
+
+    with user_input():
+        check_int("--k", args.k, low=1)
+        check_int("--tokens", args.tokens, low=1)
+        check_int("--d-sae", args.d_sae, low=1)
+        check_int("--ctx", args.ctx, low=2)
+        check_int("--repeats", args.repeats, low=1)
+    if args.json is not None:
+        check_output_file("--json", args.json)
+    try:
+        from aensae.llm.eval_bench import bench_llm_eval
+    except ImportError as err:
+        raise InputError(str(err)) from None
+    res = bench_llm_eval(args.k, args.tokens, model=args.model, d_sae=args.d_sae,
+                         ctx=args.ctx, repeats=args.repeats)
+    c = res["config"]
+    print(f"{c['model']} L{c['layer']}, {c['tokens']} tokens, {args.k} SAEs of {c['d_sae']}: "
+          f"joint {min(res['joint_s']):.2f} s vs {args.k} separate "
+          f"{min(res['separate_s']):.2f} s: ratio x{res['ratio']:.3f} (min-based "
+          f"x{res['ratio_min']:.3f}; in CPU seconds x{res['ratio_cpu']:.3f}; per repeat "
+          + ", ".join(f"{r:.3f}" for r in res["ratios"]) + ")")
+    if args.json is not None:
+        atomic_write_json(args.json, res)
+    return 0

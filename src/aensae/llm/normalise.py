@@ -1,0 +1,103 @@
+r"""Activation normalisation: one function normalises, one undoes it.
+
+Two kinds, each under its own name (``"none"`` leaves activations as they are):
+
+- ``"scalar"`` (the default, as SAELens does it): every activation is multiplied by one
+  constant
+
+  .. math:: c = \sqrt{d_{in} / \mathbb{E}\,\lVert x \rVert_2^2},
+
+  so that normalised activations have mean squared norm ``d_in``. The expectation is
+  taken over the whole activation cache when it is written (the harvest adds up
+  ``||x||^2`` per shard in float64) and stored in the cache's ``manifest.json``.
+- ``"per_token"`` (the reference implementation's): each activation is rescaled on its
+  own, :math:`x \mapsto x \sqrt{d_{in}} / \lVert x \rVert_2`.
+
+:func:`normalise` returns the normalised activations *and the scale it used* (a 0-d
+tensor for ``"scalar"``, one value per token, shape ``(..., 1)``, for ``"per_token"``).
+:func:`unnormalise` divides by that scale, so a reconstruction made in the normalised
+space goes back into the model in the model's own scale: ``unnormalise(sae(xn), scale)``.
+A token of norm 0 keeps norm 0 under ``"per_token"`` (its norm is floored at the
+smallest normal number of its dtype, so its scale is finite).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from aensae._validation import InputError
+
+__all__ = ["NORMALISATIONS", "normalise", "scalar_constant", "unnormalise"]
+
+#: The normalisation kinds, default first.
+NORMALISATIONS: tuple[str, ...] = ("scalar", "per_token", "none")
+
+
+def scalar_constant(sum_sq_norm: float, n_tokens: int, d_in: int) -> float:
+    r"""``c = sqrt(d_in / (sum_sq_norm / n_tokens))``: the scalar normalisation constant.
+
+    ``sum_sq_norm`` is :math:`\sum_t \lVert x_t \rVert^2` over ``n_tokens`` activations.
+    """
+    if n_tokens <= 0:
+        raise ValueError(f"n_tokens must be positive, got {n_tokens}")
+    mean_sq = sum_sq_norm / n_tokens
+    if not (mean_sq > 0 and math.isfinite(mean_sq)):
+        raise ValueError(f"the mean squared norm of the activations must be positive and "
+                         f"finite, got {mean_sq!r}")
+    return math.sqrt(d_in / mean_sq)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in NORMALISATIONS:
+        raise InputError(f"normalisation must be one of {', '.join(NORMALISATIONS)}; "
+                         f"got {kind!r}")
+
+
+def normalise(x: torch.Tensor, kind: str = "scalar", constant: float | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalise activations ``x`` (..., d_in); return ``(x_normalised, scale)``.
+
+    Parameters
+    ----------
+    x : tensor (..., d_in)
+    kind : "scalar", "per_token" or "none"
+    constant : float
+        The scalar constant ``c`` (needed for ``"scalar"``, e.g.
+        ``manifest["normalisation"]["scalar_constant"]``; ignored otherwise).
+
+    Returns
+    -------
+    x_normalised : tensor, same shape and dtype as ``x``
+        ``x * scale``.
+    scale : tensor
+        0-d (``"scalar"``: ``c``; ``"none"``: 1) or (..., 1) (``"per_token"``:
+        ``sqrt(d_in) / ||x||``), in ``x``'s dtype and on its device. Pass it to
+        :func:`unnormalise`.
+    """
+    _check_kind(kind)
+    if kind == "none":
+        return x, torch.ones((), dtype=x.dtype, device=x.device)
+    if kind == "scalar":
+        if constant is None:
+            raise InputError("normalisation 'scalar' needs its constant (the cache "
+                             "manifest's normalisation.scalar_constant)")
+        if not (math.isfinite(constant) and constant > 0):
+            raise InputError(f"the scalar normalisation constant must be positive and "
+                             f"finite, got {constant!r}")
+        scale = torch.tensor(constant, dtype=x.dtype, device=x.device)
+        return x * scale, scale
+    d_in = x.shape[-1]
+    norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    floor = torch.finfo(x.dtype).tiny
+    scale = math.sqrt(d_in) / norms.clamp_min(floor)
+    return x * scale, scale
+
+
+def unnormalise(x_normalised: torch.Tensor, scale: torch.Tensor | Any) -> torch.Tensor:
+    """Undo :func:`normalise`: ``x_normalised / scale`` with the ``scale`` it returned."""
+    if not isinstance(scale, torch.Tensor):
+        scale = torch.as_tensor(scale, dtype=x_normalised.dtype, device=x_normalised.device)
+    return x_normalised / scale

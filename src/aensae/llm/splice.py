@@ -1,0 +1,410 @@
+r"""Spliced evaluation: an SAE's reconstruction put back into the model (``aensae llm eval``).
+
+For each eval token ``t`` that is data (special tokens are masked exactly as in the
+harvest: their activations are left as they are and they are in no metric), with hooked
+activation :math:`x_t` in the model's own scale, an SAE trained on normalised
+activations gives
+
+.. math:: \hat x_t = u\big(\mathrm{dec}(\mathrm{enc}(n(x_t)))\big),
+
+with :math:`n` its normalisation and :math:`u` the undo (:mod:`aensae.llm.normalise`,
+with the kind and constant recorded in the SAE's ``cfg.json``). The model then runs on
+from the hook with :math:`\hat x_t` in place of :math:`x_t`.
+
+Per SAE, over the :math:`N` data tokens (float64 sums):
+
+- ``l0`` = mean number of non-zero codes; ``dead_fraction`` = share of latents that fire
+  on none of the eval tokens;
+- ``explained_variance`` = :math:`1 - \sum_t \lVert x_t - \hat x_t\rVert^2 / \sum_t
+  \lVert x_t - \bar x\rVert^2` (the formula of :func:`aensae.metrics.explained_variance`:
+  the mean predictor scores 0), ``mse`` = :math:`\sum_t \lVert x_t - \hat x_t\rVert^2 /
+  (N d_{in})`, both in the model's scale.
+
+Next-token cross-entropy, over the positions ``t`` whose token and next token are both
+data: :math:`CE = -\frac1{|P|}\sum_{t\in P} \log p(y_{t+1}\mid\cdot)` with log-softmax
+logits, for the clean pass, the spliced pass, the zero ablation (:math:`x_t \to 0`) and
+the mean ablation (:math:`x_t \to \bar x`, the mean over the eval tokens). Then
+
+.. math::
+
+   \mathrm{ce\_loss\_score} = \frac{CE_{zero} - CE_{spliced}}{CE_{zero} - CE_{clean}},
+   \qquad
+   \mathrm{ce\_loss\_score\_mean\_ablation} = \frac{CE_{mean} - CE_{spliced}}
+   {CE_{mean} - CE_{clean}},
+
+:math:`KL = \frac1{|P|}\sum_{t\in P} \sum_v p^{clean}_{tv}(\log p^{clean}_{tv} - \log
+p^{spliced}_{tv})` (log-softmax on both sides, never a log of a softmax) and
+``kl_score`` = :math:`(KL_{zero} - KL_{spliced}) / KL_{zero}`.
+
+The reference implementation's defective splice feeds the *raw* activation to the SAE and
+puts its output back *without* undoing the normalisation,
+:math:`\tilde x_t = \mathrm{dec}(\mathrm{enc}(x_t))`; its scores are reported as
+``ce_unnormalised_splice``, ``kl_unnormalised_splice`` and
+``ce_loss_score_unnormalised_splice``.
+
+Cost: the layers below the hook run once per batch (:meth:`LanguageModel.run_below`, kept
+for the second pass, since the mean ablation needs the mean over all eval tokens first);
+the layers above run (:meth:`LanguageModel.run_above`) once for the clean pass, once per
+ablation and twice per SAE (its splice and the defective one). Memory: the kept
+``run_below`` state, about two activations per eval token.
+
+Exact certified codes (``exact_tokens``): see :mod:`aensae.llm.exact`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aensae._validation import InputError
+from aensae.llm.models import Below, LanguageModel
+from aensae.llm.normalise import NORMALISATIONS, normalise, unnormalise
+from aensae.llm.text import WindowStream, check_not_empty, open_text
+
+__all__ = ["SAELensSAE", "SplicedSAE", "eval_windows", "evaluate_saes", "load_spliced_sae"]
+
+
+@dataclass
+class SplicedSAE:
+    """An SAE with what a splice needs: its normalisation and where it was trained."""
+
+    name: str
+    sae: Any
+    normalisation: str = "none"
+    constant: float | None = None
+    llm: dict[str, Any] | None = None
+    path: str | None = None
+
+    def normalised(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return normalise(x, self.normalisation, self.constant)
+
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_hat, h)`` in the model's scale: normalise, encode, decode, undo."""
+        xn, scale = self.normalised(x)
+        h = self.sae.encode(xn)
+        return unnormalise(self.sae.decode(h), scale), h
+
+    def reconstruct_defective(self, x: torch.Tensor) -> torch.Tensor:
+        """The reference's splice: raw ``x`` in, the normalised-scale output out."""
+        return self.sae.decode(self.sae.encode(x))
+
+
+class SAELensSAE(torch.nn.Module):
+    r"""An SAE saved by SAELens (``cfg.json`` + ``sae_weights.safetensors``), as saved.
+
+    ``pre = (x - b_dec) W_enc + b_enc`` (without ``- b_dec`` when ``apply_b_dec_to_input``
+    is false); codes ``relu(pre)`` (``standard``), ``relu(pre) * [pre > threshold]``
+    (``jumprelu``) or ``relu`` of the ``k`` largest pre-activations (``topk``, ``k`` from
+    ``activation_fn_kwargs``); reconstruction ``h W_dec + b_dec``.
+    """
+
+    KINDS = ("standard", "jumprelu", "topk")
+
+    def __init__(self, tensors: dict[str, torch.Tensor], kind: str, *,
+                 apply_b_dec_to_input: bool = True, k: int | None = None) -> None:
+        super().__init__()
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            self.register_buffer(name, tensors[name])
+        self.register_buffer("threshold", tensors.get("threshold"))
+        self.kind, self.k = kind, k
+        self.apply_b_dec_to_input = apply_b_dec_to_input
+        self.d_in, self.d_sae = self.W_enc.shape
+        self.arch = f"saelens-{kind}"
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        pre = (x - self.b_dec if self.apply_b_dec_to_input else x) @ self.W_enc + self.b_enc
+        if self.kind == "jumprelu":
+            return torch.relu(pre) * (pre > self.threshold)
+        if self.kind == "topk":
+            top = torch.topk(pre, self.k, dim=-1)
+            return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+        return torch.relu(pre)
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.W_dec + self.b_dec
+
+
+_SAELENS_HOOKS = {"hook_resid_post": "resid_post", "hook_mlp_out": "mlp_out",
+                  "hook_attn_out": "attn_out"}
+
+
+def _load_saelens(folder: Path, cfg: dict[str, Any]) -> SplicedSAE:
+    from safetensors.torch import load_file
+
+    where = f"--sae {folder}"
+    meta = {**cfg.get("metadata", {}), **cfg}
+    kind = meta.get("architecture", "standard")
+    if kind not in SAELensSAE.KINDS:
+        raise InputError(f"{where}: SAELens architecture {kind!r} is not supported; "
+                         f"supported: {', '.join(SAELensSAE.KINDS)}")
+    norm = meta.get("normalize_activations", "none") or "none"
+    if norm != "none":
+        raise InputError(f"{where}: normalize_activations {norm!r}: its constant is not in "
+                         "cfg.json; fold it into the weights (SAELens "
+                         "fold_activation_norm_scaling_factor) and save again")
+    tensors = load_file(str(folder / "sae_weights.safetensors"))
+    missing = [n for n in ("W_enc", "W_dec", "b_enc", "b_dec") if n not in tensors]
+    if kind == "jumprelu" and "threshold" not in tensors:
+        missing.append("threshold")
+    if missing:
+        raise InputError(f"{where}: sae_weights.safetensors lacks {', '.join(missing)}")
+    tensors = {k: v.float() for k, v in tensors.items()}
+    d_in, d_sae = tensors["W_enc"].shape
+    if tuple(tensors["W_dec"].shape) != (d_sae, d_in):
+        raise InputError(f"{where}: W_dec has shape {tuple(tensors['W_dec'].shape)}, "
+                         f"expected {(d_sae, d_in)} (the transpose of W_enc)")
+    k = None
+    if kind == "topk":
+        k = (meta.get("activation_fn_kwargs") or {}).get("k", meta.get("k"))
+        if not isinstance(k, int) or not 1 <= k <= d_sae:
+            raise InputError(f"{where}: a topk SAE needs activation_fn_kwargs.k in "
+                             f"[1, {d_sae}], got {k!r}")
+    sae = SAELensSAE(tensors, kind, apply_b_dec_to_input=bool(
+        meta.get("apply_b_dec_to_input", True)), k=k)
+    llm = None
+    hook_name = meta.get("hook_name")
+    if isinstance(hook_name, str):
+        parts = hook_name.split(".")
+        if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and (
+                parts[2] in _SAELENS_HOOKS):
+            llm = {"model": {"name": meta.get("model_name"), "fingerprint": None},
+                   "hook": _SAELENS_HOOKS[parts[2]], "layer": int(parts[1])}
+    return SplicedSAE(folder.name, sae.eval(), "none", None, llm, str(folder))
+
+
+def load_spliced_sae(path: str | Path) -> SplicedSAE:
+    """An SAE saved by ``aensae llm train`` (or :func:`aensae.saes.save`) or by SAELens
+    (``cfg.json`` + ``sae_weights.safetensors``, :class:`SAELensSAE`) in ``path``.
+
+    Without the ``llm`` record of ``aensae llm train`` the SAE is taken to see raw
+    activations (normalisation ``none``). A SAELens ``hook_name`` of the form
+    ``blocks.L.hook_resid_post`` (``hook_mlp_out``, ``hook_attn_out``) gives the hook
+    point; its model is named but has no weight fingerprint, so it is not checked.
+    """
+    from aensae.saes import load
+
+    folder = Path(path)
+    if (folder / "sae_weights.safetensors").is_file() and (folder / "cfg.json").is_file():
+        try:
+            cfg = json.loads((folder / "cfg.json").read_text(encoding="utf-8"))
+            if not isinstance(cfg, dict):
+                raise ValueError("not a JSON object")
+            return _load_saelens(folder, cfg)
+        except (OSError, ValueError, KeyError) as err:
+            if isinstance(err, InputError):
+                raise
+            raise InputError(f"--sae {path}: cannot read the SAELens files "
+                             f"({' '.join(str(err).split())})") from None
+    cfg_path = folder / "cfg.json"
+    if not cfg_path.is_file():
+        raise InputError(f"--sae {path}: no cfg.json; expected a folder written by aensae "
+                         "llm train")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        sae = load(folder)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise InputError(f"--sae {path}: cannot load the SAE ({' '.join(str(err).split())})"
+                         ) from None
+    llm = cfg.get("llm")
+    kind, constant = "none", None
+    if llm is not None:
+        kind = llm["normalisation"]["kind"]
+        constant = llm["normalisation"]["constant"]
+        if kind not in NORMALISATIONS:
+            raise InputError(f"--sae {path}: cfg.json llm.normalisation.kind {kind!r} is not "
+                             f"one of {', '.join(NORMALISATIONS)}")
+    return SplicedSAE(folder.name, sae.eval(), kind, constant, llm, str(folder))
+
+
+def eval_windows(lm: LanguageModel, text: str, tokens: int, *, ctx: int = 128,
+                 eval_fraction: float = 0.05, seed: int = 0, text_column: str = "text",
+                 prepend_bos: bool = True, keep_special: bool = False,
+                 shuffle_windows: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Windows (W, ctx) of the eval split of ``text`` holding at least ``tokens`` data
+    tokens (fewer when the text runs out), and their data mask (special tokens False)."""
+    source = open_text(text, text_column=text_column)
+    check_not_empty(source, "eval", eval_fraction)
+    stream = WindowStream(source, lm.tokenizer, ctx, split="eval", eval_fraction=eval_fraction,
+                          buffer=shuffle_windows, seed=seed, prepend_bos=prepend_bos)
+    windows, masks, kept = [], [], 0
+    for w in stream:
+        m = stream.info.keep_mask(w, keep_special)
+        windows.append(w)
+        masks.append(m)
+        kept += int(m.sum())
+        if kept >= tokens:
+            break
+    if not windows or kept == 0:
+        raise InputError(f"--text {text}: the eval split holds no window of --ctx {ctx} "
+                         "tokens with data")
+    return np.stack(windows), np.stack(masks)
+
+
+def _check_saes(lm: LanguageModel, saes: list[SplicedSAE], layer: int, hook: str,
+                force: bool) -> None:
+    for s in saes:
+        if s.sae.d_in != lm.d_model:
+            raise InputError(f"--sae {s.path or s.name}: d_in {s.sae.d_in} does not match "
+                             f"the width {lm.d_model} of hook {hook} of {lm.source.name}")
+        if s.llm is None:
+            continue
+        problems = []
+        fingerprint = s.llm["model"].get("fingerprint")
+        if fingerprint is not None and fingerprint != lm.fingerprint:
+            problems.append(f"model {s.llm['model'].get('name')} "
+                            f"{s.llm['model'].get('fingerprint')} (evaluating "
+                            f"{lm.source.name} {lm.fingerprint})")
+        if (s.llm["layer"], s.llm["hook"]) != (layer, hook):
+            problems.append(f"hook {s.llm['hook']} of layer {s.llm['layer']} (splicing into "
+                            f"{hook} of layer {layer})")
+        if problems:
+            msg = f"--sae {s.path or s.name}: trained on " + " and ".join(problems)
+            if not force:
+                raise InputError(msg + "; pass --force to evaluate it anyway")
+            print(f"aensae llm eval: warning: {msg}; evaluated anyway (--force)",
+                  file=sys.stderr)
+
+
+def _ce_kl(logits: torch.Tensor, targets: torch.Tensor, pred: torch.Tensor,
+           lp_clean: torch.Tensor | None) -> tuple[float, float]:
+    """Sums over the positions ``pred`` of the CE and of KL(clean || this)."""
+    lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)[pred]
+    ce = -lp.gather(1, targets[pred].unsqueeze(1)).double().sum()
+    if lp_clean is None:
+        return float(ce), 0.0
+    kl = (lp_clean.exp() * (lp_clean - lp)).sum(-1).double().sum()
+    return float(ce), float(kl)
+
+
+def evaluate_saes(lm: LanguageModel, saes: list[SplicedSAE], ids: np.ndarray,
+                  keep: np.ndarray, layer: int, hook: str = "resid_post", *,
+                  batch_size: int = 8, force: bool = False, progress: bool = False,
+                  exact_tokens: int = 0, exact_tol: float = 1e-10) -> dict[str, Any]:
+    """Evaluate ``saes`` spliced at ``(layer, hook)`` on windows ``ids`` with data mask
+    ``keep`` (both (W, T)); see the module docstring for every quantity.
+
+    With ``exact_tokens > 0``, each l1-family SAE is also compared with exact certified
+    codes on the first ``exact_tokens`` data tokens (:mod:`aensae.llm.exact`), under
+    ``"exact"`` in its results (``None`` for the other architectures).
+    """
+    from tqdm.auto import tqdm
+
+    lm.check_hook(layer, hook)
+    if not saes:
+        raise InputError("--sae: give at least one SAE")
+    _check_saes(lm, saes, layer, hook, force)
+    t0 = time.perf_counter()
+    ids_t = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+    keep_t = torch.from_numpy(np.asarray(keep, dtype=bool))
+    starts = range(0, len(ids_t), batch_size)
+    belows: list[Below] = []
+    rows = []
+    for s in tqdm(starts, disable=not progress, desc="eval: layers below", dynamic_ncols=True):
+        below = lm.run_below(ids_t[s:s + batch_size], layer, hook)
+        belows.append(below)
+        rows.append(below.activation[keep_t[s:s + batch_size].to(below.activation.device)]
+                    .double().cpu())
+    X = torch.cat(rows)
+    n, d = X.shape
+    mean = X.mean(0)
+    total_var = float(((X - mean) ** 2).sum())
+    X_exact = X[:exact_tokens].clone() if exact_tokens > 0 else None
+    del rows, X
+    t_below = time.perf_counter() - t0
+
+    names = ["clean", "zero", "mean"]
+    sums = {k: [0.0, 0.0] for k in names}
+    per = {s.name: {"ce": 0.0, "kl": 0.0, "ce_bad": 0.0, "kl_bad": 0.0, "l0": 0.0, "sse": 0.0,
+                    "fired": torch.zeros(s.sae.d_sae, dtype=torch.bool)} for s in saes}
+    n_pred = 0
+    above_calls = 0
+    for bi, below in enumerate(tqdm(belows, disable=not progress, desc="eval: layers above",
+                                    dynamic_ncols=True)):
+        s0 = bi * batch_size
+        b_ids = ids_t[s0:s0 + batch_size]
+        m = keep_t[s0:s0 + batch_size].to(below.activation.device)
+        pred = m[:, :-1] & m[:, 1:]
+        targets = b_ids[:, 1:].to(below.activation.device)
+        n_pred += int(pred.sum())
+        act = below.activation
+
+        def above(replacement: torch.Tensor | None, below: Below = below) -> torch.Tensor:
+            nonlocal above_calls
+            above_calls += 1
+            return lm.run_above(below, replacement)
+
+        lp_clean = torch.log_softmax(above(None)[:, :-1].float(), dim=-1)[pred]
+        ce = -lp_clean.gather(1, targets[pred].unsqueeze(1)).double().sum()
+        sums["clean"][0] += float(ce)
+        for key, value in (("zero", torch.zeros((), dtype=act.dtype)),
+                           ("mean", mean.to(act.dtype))):
+            rep = act.clone()
+            rep[m] = value.to(act.device)
+            c, k = _ce_kl(above(rep), targets, pred, lp_clean)
+            sums[key][0] += c
+            sums[key][1] += k
+        x = act[m]
+        for s in saes:
+            p = per[s.name]
+            xs = x.to(s.sae.W_dec.dtype).to(s.sae.W_dec.device)
+            with torch.no_grad():
+                x_hat, h = s.reconstruct(xs)
+                x_bad = s.reconstruct_defective(xs)
+            nz = h != 0
+            p["l0"] += float(nz.sum())
+            p["fired"] |= nz.any(0).cpu()
+            p["sse"] += float(((xs.double() - x_hat.double()) ** 2).sum())
+            for out, key in ((x_hat, ""), (x_bad, "_bad")):
+                rep = act.clone()
+                rep[m] = out.to(act.dtype).to(act.device)
+                c, k = _ce_kl(above(rep), targets, pred, lp_clean)
+                p["ce" + key] += c
+                p["kl" + key] += k
+    if n_pred == 0:
+        raise InputError("--tokens: the eval windows hold no pair of consecutive data tokens "
+                         "to score; ask for more tokens or a larger --ctx")
+    ce_clean = sums["clean"][0] / n_pred
+    ce_zero, kl_zero = sums["zero"][0] / n_pred, sums["zero"][1] / n_pred
+    ce_mean, kl_mean = sums["mean"][0] / n_pred, sums["mean"][1] / n_pred
+
+    def score(base: float, value: float) -> float:
+        return (base - value) / (base - ce_clean) if base != ce_clean else float("nan")
+
+    results = {}
+    for s in saes:
+        p = per[s.name]
+        ce, kl = p["ce"] / n_pred, p["kl"] / n_pred
+        ce_bad, kl_bad = p["ce_bad"] / n_pred, p["kl_bad"] / n_pred
+        results[s.name] = {
+            "path": s.path, "arch": s.sae.arch, "d_sae": s.sae.d_sae,
+            "normalisation": {"kind": s.normalisation, "constant": s.constant},
+            "l0": p["l0"] / n, "dead_fraction": 1.0 - float(p["fired"].double().mean()),
+            "explained_variance": 1.0 - p["sse"] / total_var if total_var > 0 else float("nan"),
+            "mse": p["sse"] / (n * d),
+            "ce_spliced": ce, "kl_spliced": kl,
+            "ce_loss_score": score(ce_zero, ce),
+            "ce_loss_score_mean_ablation": score(ce_mean, ce),
+            "kl_score": (kl_zero - kl) / kl_zero if kl_zero > 0 else float("nan"),
+            "ce_unnormalised_splice": ce_bad, "kl_unnormalised_splice": kl_bad,
+            "ce_loss_score_unnormalised_splice": score(ce_zero, ce_bad),
+        }
+        if X_exact is not None:
+            from aensae.llm.exact import exact_code_report
+
+            results[s.name]["exact"] = exact_code_report(s, X_exact, tol=exact_tol)
+    return {
+        "tokens": n, "scored_positions": n_pred, "windows": int(len(ids_t)),
+        "ctx": int(ids_t.shape[1]), "layer": layer, "hook": hook, "d_in": d,
+        "ce_clean": ce_clean, "ce_zero": ce_zero, "ce_mean_ablation": ce_mean,
+        "kl_zero": kl_zero, "kl_mean_ablation": kl_mean,
+        "saes": results,
+        "cost": {"below_calls": len(belows), "above_calls": above_calls,
+                 "seconds_below": t_below, "seconds": time.perf_counter() - t0},
+    }

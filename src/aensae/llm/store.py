@@ -1,0 +1,182 @@
+r"""Reading an activation cache: :class:`ActivationStore`, shuffled batches for the trainer.
+
+``ActivationStore(CACHE).batches(batch_size, seed, start)`` is an endless iterator of
+(batch_size, d_in) tensors: the cache read epoch after epoch, each epoch in a fresh
+shuffled order. It is a pure function of ``(seed, start)``: batch ``start + i`` of
+``batches(B, seed, start)`` is batch ``start + i`` of ``batches(B, seed, 0)``, and
+starting at ``start`` costs one buffer load, never a replay. ``batch_source(B, seed)``
+is the ``start -> iterator`` callable that :func:`aensae.saes.trainer.train` takes to
+resume exactly::
+
+    store = ActivationStore("cache")
+    train(models, store.batch_source(4096, seed=0), TrainConfig(steps=...))
+
+Shuffle buffer. Epoch ``e`` visits the shards in the order of a permutation drawn from
+``(seed, e)``, ``buffer_shards`` shards at a time: those shards' rows are loaded
+together (the buffer, about ``buffer_tokens`` rows) and read in the order of a
+permutation drawn from ``(seed, e, group)``. Rows were already shuffled across windows
+when the cache was written, so a buffer of a few shards mixes the whole text. Memory:
+one buffer plus one batch.
+
+Normalisation (``normalisation=``, default ``"scalar"``, see :mod:`aensae.llm.normalise`)
+is applied per batch with the cache's own constant; ``"none"`` gives the raw activations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aensae._validation import InputError
+from aensae.llm.cache import FORMAT, MANIFEST
+from aensae.llm.normalise import NORMALISATIONS, normalise
+
+__all__ = ["ActivationStore"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class ActivationStore:
+    """An activation cache written by :func:`aensae.llm.cache.harvest`.
+
+    Parameters
+    ----------
+    path : the cache folder
+    allow_partial : accept a cache whose harvest has not finished (its completed shards)
+
+    Attributes
+    ----------
+    manifest : dict, the cache's ``manifest.json``
+    d_in, n_tokens : int
+    """
+
+    def __init__(self, path: str | Path, *, allow_partial: bool = False) -> None:
+        self.path = Path(path)
+        man = self.path / MANIFEST
+        if not man.is_file():
+            raise InputError(f"--cache {self.path}: no {MANIFEST}; not an activation cache")
+        try:
+            self.manifest: dict[str, Any] = json.loads(man.read_text())
+        except json.JSONDecodeError as err:
+            raise InputError(f"--cache {self.path}: {MANIFEST} is not valid JSON ({err.msg})"
+                             ) from None
+        if self.manifest.get("format") != FORMAT:
+            raise InputError(f"--cache {self.path}: format {self.manifest.get('format')!r}, "
+                             f"expected {FORMAT!r}")
+        if not self.manifest["complete"] and not allow_partial:
+            raise InputError(f"--cache {self.path}: the harvest has not finished "
+                             f"({self.manifest['tokens']} of {self.manifest['tokens_requested']}"
+                             " tokens); rerun it to complete the cache")
+        self.shards: list[dict[str, Any]] = self.manifest["shards"]
+        if not self.shards:
+            raise InputError(f"--cache {self.path}: holds no completed shard")
+        self.sizes = np.array([s["tokens"] for s in self.shards], dtype=np.int64)
+        self.n_tokens = int(self.sizes.sum())
+        self.d_in = int(self.manifest["d_in"])
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"ActivationStore({str(self.path)!r}: {m['model']['name']} {m['hook']} "
+                f"L{m['layer']}, {self.n_tokens} tokens x {self.d_in})")
+
+    @property
+    def scalar_constant(self) -> float:
+        """The scalar normalisation constant ``c`` of this cache."""
+        return float(self.manifest["normalisation"]["scalar_constant"])
+
+    def shard(self, i: int) -> dict[str, torch.Tensor]:
+        """Shard ``i``: ``activations`` (n, d_in), ``tokens`` (n,), ``positions`` (n,)."""
+        from safetensors.torch import load_file
+
+        return load_file(self.path / self.shards[i]["file"])
+
+    def verify(self) -> None:
+        """Check every shard file against the SHA-256 the manifest records for it."""
+        for s in self.shards:
+            h = hashlib.sha256()
+            with open(self.path / s["file"], "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    h.update(chunk)
+            if h.hexdigest() != s["sha256"]:
+                raise InputError(f"--cache {self.path}: {s['file']} does not match the "
+                                 "SHA-256 in the manifest (the file changed or is damaged)")
+
+    # ------------------------------------------------------------------ batches
+    def _groups(self, seed: int, epoch: int, buffer_shards: int) -> list[np.ndarray]:
+        order = np.random.default_rng([seed, 0, epoch]).permutation(len(self.shards))
+        return [order[i:i + buffer_shards] for i in range(0, len(order), buffer_shards)]
+
+    def _buffer_shards(self, buffer_tokens: int) -> int:
+        return max(1, int(buffer_tokens // max(1, int(self.sizes.max()))))
+
+    def batches(self, batch_size: int, seed: int = 0, start: int = 0, *,
+                normalisation: str = "scalar", dtype: str = "float32",
+                buffer_tokens: int = 2**17, device: str | torch.device = "cpu"
+                ) -> Iterator[torch.Tensor]:
+        """Endless shuffled batches (batch_size, d_in), from batch index ``start`` on.
+
+        ``normalisation``: ``"scalar"`` (default), ``"per_token"`` or ``"none"``;
+        ``dtype``: ``"float32"`` or ``"float64"``; ``buffer_tokens``: rows held in the
+        shuffle buffer (rounded to whole shards, at least one).
+        """
+        for name, value, low in (("batch_size", batch_size, 1), ("seed", seed, 0),
+                                 ("start", start, 0), ("buffer_tokens", buffer_tokens, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise InputError(f"{name} must be an integer >= {low}; got {value!r}")
+        if normalisation not in NORMALISATIONS:
+            raise InputError(f"normalisation must be one of {', '.join(NORMALISATIONS)}; "
+                             f"got {normalisation!r}")
+        if dtype not in _DTYPES:
+            raise InputError(f"dtype must be one of {', '.join(_DTYPES)}; got {dtype!r}")
+        return self._batches(int(batch_size), int(seed), int(start), normalisation,
+                             _DTYPES[dtype], self._buffer_shards(buffer_tokens),
+                             torch.device(device))
+
+    def batch_source(self, batch_size: int, seed: int = 0, **kwargs: Any
+                     ) -> Callable[[int], Iterator[torch.Tensor]]:
+        """``start -> batches(batch_size, seed, start, **kwargs)``: the trainer's data."""
+        self.batches(batch_size, seed, 0, **kwargs)  # validate now, not at the first step
+
+        def source(start: int) -> Iterator[torch.Tensor]:
+            return self.batches(batch_size, seed, start, **kwargs)
+
+        return source
+
+    def _batches(self, B: int, seed: int, start: int, normalisation: str,
+                 dtype: torch.dtype, G: int, device: torch.device) -> Iterator[torch.Tensor]:
+        constant = self.scalar_constant if normalisation == "scalar" else None
+        epoch, offset = divmod(start * B, self.n_tokens)
+        groups = self._groups(seed, epoch, G)
+        sizes = np.array([self.sizes[g].sum() for g in groups])
+        ends = np.cumsum(sizes)
+        gi = int(np.searchsorted(ends, offset, side="right"))
+        offset -= int(ends[gi] - sizes[gi])
+        pieces: list[torch.Tensor] = []
+        have = 0
+        while True:
+            X = torch.cat([self.shard(int(i))["activations"] for i in groups[gi]])
+            perm = torch.from_numpy(
+                np.random.default_rng([seed, 1, epoch, gi]).permutation(len(X)))
+            i = offset
+            while i < len(X):
+                take = min(B - have, len(X) - i)
+                pieces.append(X.index_select(0, perm[i:i + take]))
+                have += take
+                i += take
+                if have == B:
+                    x = (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).to(
+                        device=device, dtype=dtype)
+                    pieces, have = [], 0
+                    yield normalise(x, normalisation, constant)[0]
+            del X
+            offset = 0
+            gi += 1
+            if gi == len(groups):
+                epoch, gi = epoch + 1, 0
+                groups = self._groups(seed, epoch, G)

@@ -1,0 +1,63 @@
+"""Tiny randomly initialised language models for the LLM tests (no downloads)."""
+
+from __future__ import annotations
+
+import torch
+
+VOCAB = 49152  # SmolLM2's tokenizer
+FAMILY_CONFIGS = ("llama", "mistral", "qwen2", "gpt_neox", "gpt2", "bert")
+
+
+def tiny_config(kind: str, d: int = 32, layers: int = 3):
+    import transformers as T
+
+    common = {"vocab_size": VOCAB}
+    if kind in ("llama", "mistral", "qwen2"):
+        cls = {"llama": T.LlamaConfig, "mistral": T.MistralConfig, "qwen2": T.Qwen2Config}[kind]
+        return cls(hidden_size=d, intermediate_size=2 * d, num_hidden_layers=layers,
+                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                   bos_token_id=1, eos_token_id=2, pad_token_id=None, **common)
+    if kind == "gpt_neox":
+        return T.GPTNeoXConfig(hidden_size=d, intermediate_size=2 * d, num_hidden_layers=layers,
+                               num_attention_heads=4, max_position_embeddings=512,
+                               bos_token_id=1, eos_token_id=2, **common)
+    if kind == "gpt2":
+        return T.GPT2Config(n_embd=d, n_layer=layers, n_head=4, n_positions=512,
+                            bos_token_id=1, eos_token_id=2, **common)
+    if kind == "bert":
+        return T.BertConfig(hidden_size=d, intermediate_size=2 * d, num_hidden_layers=layers,
+                            num_attention_heads=4, max_position_embeddings=512, is_decoder=True,
+                            pad_token_id=0, **common)
+    if kind == "opt":
+        return T.OPTConfig(hidden_size=d, ffn_dim=2 * d, num_hidden_layers=layers,
+                           num_attention_heads=4, max_position_embeddings=512,
+                           word_embed_proj_dim=d, **common)
+    raise ValueError(kind)
+
+
+def tiny_model(kind: str, seed: int = 0, d: int = 32, layers: int = 3):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(kind, d, layers))
+    return model.eval()
+
+
+def tiny_language_model(kind: str, tokenizer_dir, seed: int = 0, d: int = 32, layers: int = 3):
+    """A :class:`aensae.llm.models.LanguageModel` around :func:`tiny_model`."""
+    from transformers import AutoTokenizer
+
+    from aensae.llm.models import LanguageModel, ModelSource
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return LanguageModel(tiny_model(kind, seed, d, layers), tok,
+                         ModelSource(f"tiny-{kind}", "random"), {"seed": seed})
+
+
+def save_tiny(kind: str, tokenizer_dir, folder, seed: int = 0, d: int = 32, layers: int = 3):
+    """Save a tiny model and the tokenizer as a local model folder; return the folder."""
+    from transformers import AutoTokenizer
+
+    tiny_model(kind, seed, d, layers).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
+    return folder
