@@ -40,7 +40,7 @@ from aensae.solvers import (
     solve_sklearn,
 )
 from aensae.solvers._kernels import _top_k_row, fill_upper
-from aensae.solvers.fast import gram32
+from aensae.solvers.fast import gram
 from aensae.solvers.reference import sklearn_parameters
 from aensae.synthetic import (
     block_dictionary,
@@ -884,27 +884,29 @@ def test_fill_upper_mirrors_the_lower_triangle(m):
         np.testing.assert_array_equal(T, [[1, 2, 4], [2, 3, 5], [4, 5, 6]])
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("blocks", [1, 2, 3, 8])
 @pytest.mark.parametrize(("n", "m"), [(1, 1), (7, 5), (40, 130), (300, 17)])
-def test_gram32_within_its_rounding_bound(n, m, blocks):
-    # oracle: the float64 Gram matrix of the float64 dictionary; the float32 one (rounded
-    # inputs, float32 dot products) must be exactly symmetric and within the classical
-    # bound 2 gamma_{n+2} ||D_a|| ||D_j|| the certificate assumes
+def test_gram_within_its_rounding_bound(n, m, blocks, dtype):
+    # oracle: the Gram matrix in extended precision (math.fsum of exact float products);
+    # the result must be exactly symmetric and within the dot-product bound gamma_n
     rng = np.random.default_rng(n * m + blocks)
-    D = rng.standard_normal((n, m)) * rng.lognormal(0.0, 1.0, m)
-    G = gram32(D.astype(np.float32), blocks)
-    assert G.dtype == np.float32 and G.shape == (m, m) and G.flags.c_contiguous
+    D = (rng.standard_normal((n, m)) * rng.lognormal(0.0, 1.0, m)).astype(dtype)
+    G = gram(D, blocks)
+    assert G.dtype == dtype and G.shape == (m, m) and G.flags.c_contiguous
     np.testing.assert_array_equal(G, G.T)
-    u = 2.0**-24
-    err = 2.0 * (n + 2) * u / (1.0 - (n + 2) * u)
-    norms = np.linalg.norm(D, axis=0)
-    assert np.all(np.abs(G - D.T @ D) <= err * np.outer(norms, norms))
+    D64 = D.astype(np.float64)
+    exact = np.array([[math.fsum(D64[:, a] * D64[:, j]) for j in range(m)] for a in range(m)])
+    u = np.finfo(dtype).eps / 2
+    err = 2.0 * n * u / (1.0 - n * u)
+    norms = np.linalg.norm(D64, axis=0)
+    assert np.all(np.abs(G - exact) <= err * np.outer(norms, norms))
 
 
 @pytest.mark.parametrize("weights", ["ones", "population"])
 def test_float32_dictionary_and_heavy_tailed_signals_match_sklearn(weights):
     # an SAE decoder is float32 and LLM activations are heavy-tailed: the certificate
-    # (float32 screening and Gram, float64 restricted problems) must still give codes that
+    # (float32 screening, float64 Gram and restricted problems) must still give codes that
     # agree with scikit-learn and pass an independent float64 duality gap
     rng = np.random.default_rng(7)
     n, m, B = 24, 96, 40
@@ -928,9 +930,8 @@ def test_float32_dictionary_and_heavy_tailed_signals_match_sklearn(weights):
 
 @pytest.mark.parametrize("nonneg", [False, True])
 def test_small_weights_on_large_codes_still_certify(nonneg):
-    # the float32 Gram's error bound grows with sum_a |h_a| ||D_a||; divided by a small
-    # weight it exceeds lam1. The support's dual scale must come from its exact float64
-    # correlations, not from those bounds, or optimal codes fail their certificate
+    # large codes on atoms with small weights: the certificate's bounds are divided by the
+    # weights; optimal codes must still pass it (and agree with scikit-learn)
     rng = np.random.default_rng(3)
     n, m, B = 20, 40, 6
     D = rng.standard_normal((n, m))

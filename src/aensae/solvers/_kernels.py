@@ -407,41 +407,29 @@ def _push_top(vidx, vval, nv, j, val):
     return nv
 
 
-@njit(cache=True, fastmath=_FM)
-def _add_atoms(Dt, X, b, wmat, wrow, lam1, lam2, idx, Q, c, wl, DW, W0, W1):
-    """Make the global atoms ``idx[W0:W1]`` working-set entries ``W0 .. W1 - 1``:
-    ``c_i = D_j^T x``, the l1 weights, and rows and columns ``W0 .. W1 - 1`` of
-    ``Q = D_W^T D_W + lam2 I`` in float64, as one BLAS product of the new atoms with the
-    whole working set (``DW`` holds the working set's atoms as rows; the float32 Gram
-    matrix never enters the restricted problem). Not inlined: its BLAS call allocates, and
-    an allocation inside the parallel kernel's loop could be hoisted with a stale size.
-    """
+@njit(cache=True, inline="always", fastmath=_FM)
+def _add_atom(Dt, G, X, b, wmat, wrow, lam1, lam2, idx, Q, c, wl, i, j):
+    """Make global atom ``j`` the ``i``-th working-set entry: c_i = D_j^T x, row/column i of Q."""
     n = X.shape[1]
-    for i in range(W0, W1):
-        j = idx[i]
-        s = 0.0
-        for d in range(n):
-            v = Dt[j, d]
-            DW[i, d] = v
-            s += v * X[b, d]
-        c[i] = s
-        wl[i] = lam1 * wmat[wrow, j]
-    block = np.dot(DW[W0:W1], DW[:W1].T)
-    for i in range(W0, W1):
-        for a in range(W1):
-            q = block[i - W0, a]
-            Q[i, a] = q
-            Q[a, i] = q
-        Q[i, i] = block[i - W0, i] + lam2
+    idx[i] = j
+    s = 0.0
+    for d in range(n):
+        s += Dt[j, d] * X[b, d]
+    c[i] = s
+    wl[i] = lam1 * wmat[wrow, j]
+    for a in range(i):
+        q = G[j, idx[a]]
+        Q[i, a] = q
+        Q[a, i] = q
+    Q[i, i] = G[j, j] + lam2
 
 
 @njit(cache=True, inline="always", fastmath=_FM)
 def _exact_pass(z, r, Dt, iw, cnw, e, mark, mu_s, lam1, nonneg, vidx, vval):
     """Tight dual scale ``mu`` and exact violators (pass 2 of :func:`solve_signals`).
 
-    The support's atoms are in ``mu_s`` already (exact); of the others, atoms whose bound
-    ``ub_j`` stays below ``max(mu_S, (1 - 1e-3) lam1)`` contribute the bound, the rest are
-    recomputed as ``D_j^T r`` in float64.
+    Atoms whose bound ``ub_j`` stays below ``max(mu_S, (1 - 1e-3) lam1)`` contribute the
+    bound; the others (outside the support) are recomputed as ``D_j^T r`` in float64.
     Returns ``(mu, number of violators written to vidx/vval)``.
     """
     n = r.shape[0]
@@ -453,9 +441,7 @@ def _exact_pass(z, r, Dt, iw, cnw, e, mark, mu_s, lam1, nonneg, vidx, vval):
         zj = z[j]
         a = zj if nonneg else abs(zj)
         ub = a * iw[j] + e * cnw[j]
-        if mark[j] == 2:
-            continue  # the support: its exact value is in mu_s
-        if ub <= thresh:
+        if ub <= thresh or mark[j] == 2:
             mu = max(mu, ub)
             continue
         s = 0.0
@@ -469,20 +455,17 @@ def _exact_pass(z, r, Dt, iw, cnw, e, mark, mu_s, lam1, nonneg, vidx, vval):
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)
-def solve_signals(Dt, G32, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam2, nonneg, tol,
+def solve_signals(Dt, G, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam2, nonneg, tol,
                   err32, ws_init, ws_grow, max_rounds, max_iter, rel_tol, ws_idx, ws_len, h_ws,
                   todo, gap, iters, rounds, status, outcome):
     r"""Working-set rounds, each certified, for the signals listed in ``todo`` (in place).
 
-    Inputs: ``Dt`` (m, n) = D^T (float64), ``G32`` (m, m) = D^T D in float32, ``C32`` (B, m)
-    the float32 screening correlations ``X D``, ``X`` (B, n), ``sq_norm`` (B,) = ||x_b||^2
-    (certified means ``gap <= tol ||x||^2``), ``wmat`` (1 or B, m) l1 weights,
+    Inputs: ``Dt`` (m, n) = D^T, ``G`` (m, m) = D^T D (float64), ``C32`` (B, m) the float32
+    screening correlations ``X D``, ``X`` (B, n), ``sq_norm`` (B,) = ||x_b||^2 (certified
+    means ``gap <= tol ||x||^2``), ``wmat`` (1 or B, m) l1 weights,
     ``col_norm`` (m,) = ||D_j||, ``iw0`` = 1 / w and ``cnw0`` = ||D_j|| / w_j for shared
     weights (ignored for per-row weights), ``err32`` the rigorous relative error factor of
-    ``C32`` and of ``G32`` (``|C32_bj - D_j^T x_b| <= err32 ||D_j|| ||x_b||``,
-    ``|G32_aj - D_a^T D_j| <= err32 ||D_a|| ||D_j||``). The restricted problems never see
-    ``G32``: their matrices ``Q`` are float64 dot products of rows of ``Dt``
-    (:func:`_add_atoms`).
+    ``C32`` (``|C32_bj - D_j^T x_b| <= err32 ||D_j|| ||x_b||``).
 
     State (read as warm start, written back): ``ws_idx`` (B, cap) global atom indices of each
     working set (first ``ws_len[b]`` valid; ``ws_len[b] = 0`` starts from the top
@@ -493,21 +476,20 @@ def solve_signals(Dt, G32, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam
     Each round solves the restricted problem exactly (:func:`_solve_one`), then checks
     every atom without a BLAS call. With ``S`` the support and ``r = x - D_S h_S``,
 
-        D_j^T r = D_j^T x - sum_{a in S} h_a G_{aj}  ~  z_j = C32_bj - sum_{a in S} h_a G32_aj,
+        D_j^T r = D_j^T x - sum_{a in S} h_a G_{aj}  ~  z_j = C32_bj - sum_{a in S} h_a G_aj,
 
-    a Gram update of ``|S| m`` flops (accumulated in float64), and
-    ``|z_j - D_j^T r| <= e ||D_j||`` with, writing ``hs = sum_a |h_a| ||D_a||``,
-    ``e = err32 (||x|| + hs) + 2 (n + 2|S| + 12) u64 (2 ||x|| + 2 hs)`` (the float32 errors
-    of ``C32`` and ``G32``; the float64 rounding of the update, of ``r`` and of the scan's
-    own arithmetic, using ``|z_j| <= ||D_j|| (2 ||x|| + 2 hs)``). Hence
+    a Gram update of ``|S| m`` flops, and ``|z_j - D_j^T r| <= e ||D_j||`` with
+    ``e = err32 ||x|| + 2 (n + 2|S| + 12) u64 (2 ||x|| + sum_a |h_a| ||D_a||)`` (the float32
+    screening error; the float64 rounding of ``G``, of the update, of ``r`` and of the
+    scan's own arithmetic, using ``|z_j| <= ||D_j|| (2 ||x|| + sum_a |h_a| ||D_a||)``). Hence
     ``ub_j = (|z_j| + e ||D_j||) / w_j`` bounds ``|D_j^T r| / w_j`` from above and
-    ``lb_j`` from below. The gap evaluated with ``mu = max(mu_S, max_{j not in S} ub_j)``
-    (``mu_S`` exact on the support) is a rigorous upper bound. If it exceeds
-    ``tol ||x||^2`` and some atoms have ``lb_j > lam1`` (certain violators), the
-    ``ws_grow`` largest join the working set and the next round starts. Otherwise every
-    atom whose bound could matter (``ub_j`` above ``max(mu_S, (1 - 1e-3) lam1)``) is
-    recomputed as ``D_j^T r`` in float64; the certificate and the violators are taken
-    from those exact values, so the reported gap is as tight as float64 allows.
+    ``lb_j`` from below. The gap evaluated with ``mu = max(mu_S, max_j ub_j)`` (``mu_S``
+    exact on the support) is a rigorous upper bound. If it exceeds ``tol ||x||^2`` and some
+    atoms have ``lb_j > lam1`` (certain violators), the ``ws_grow`` largest join the
+    working set and the next round starts. Otherwise every atom whose bound could matter
+    (``ub_j`` above ``max(mu_S, (1 - 1e-3) lam1)``) is recomputed as ``D_j^T r`` in float64;
+    the certificate and the violators are taken from those exact values, so the reported
+    gap is as tight as float64 allows.
     """
     n = X.shape[1]
     m = Dt.shape[0]
@@ -541,8 +523,8 @@ def solve_signals(Dt, G32, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam
             _top_k_row(C32, b, iw, nonneg, W, idx, z, hvk, hik)  # z as scratch
             for i in range(W):
                 h[i] = 0.0
-        DW = np.empty((cap, n))
-        _add_atoms(Dt, X, b, wmat, wrow, lam1, lam2, idx, Q, c, wl, DW, 0, W)
+        for i in range(W):
+            _add_atom(Dt, G, X, b, wmat, wrow, lam1, lam2, idx, Q, c, wl, i, idx[i])
         xx = sq_norm[b]
         xnorm = np.sqrt(xx)
         mark = np.zeros(m, np.int8)
@@ -583,15 +565,14 @@ def solve_signals(Dt, G32, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam
                 for d in range(n):
                     r[d] -= hv * Dt[gi, d]
                 for j in range(m):
-                    z[j] -= hv * G32[gi, j]
+                    z[j] -= hv * G[gi, j]
             rx = 0.0
             rr = 0.0
             for d in range(n):
                 rx += r[d] * X[b, d]
                 rr += r[d] * r[d]
-            # the support's exact dual scale (float64 D_j^T r); the scans below take the
-            # support's dual scale from mu_s alone, not from its bounds e ||D_j|| / w_j,
-            # which with small weights w_j would loosen the certificate for nothing
+            # the support's exact dual scale; its z entries are zeroed so that the scan
+            # below adds only e ||D_j|| / w_j for them (a harmless overestimate)
             mu_s = 0.0
             for i in range(W):
                 gi = idx[i]
@@ -606,8 +587,7 @@ def solve_signals(Dt, G32, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam
                     s += Dt[gi, d] * r[d]
                 s -= lam2 * hv
                 mu_s = max(mu_s, (s if nonneg else abs(s)) * iw[gi])
-            e = (err32 * (xnorm + hsum)
-                 + 2.0 * (n + 2 * n_s + 12) * _U64 * (2.0 * xnorm + 2.0 * hsum))
+            e = err32 * xnorm + 2.0 * (n + 2 * n_s + 12) * _U64 * (2.0 * xnorm + hsum)
             # pass 1: rigorous bounds from z, certain violators (lb_j > lam1)
             mu = mu_s
             nv = 0
@@ -616,8 +596,7 @@ def solve_signals(Dt, G32, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam
                 a = zj if nonneg else abs(zj)
                 ej = e * cnw[j]
                 ub = a * iw[j] + ej
-                if mark[j] != 2:
-                    mu = max(mu, ub)
+                mu = max(mu, ub)
                 if ub - 2.0 * ej > lam1_hi and mark[j] == 0:
                     nv = _push_top(vidx, vval, nv, j, ub - 2.0 * ej)
             g = duality_gap_from_stats(rx, rr, hh, l1w, mu, lam1, lam2)
@@ -651,9 +630,8 @@ def solve_signals(Dt, G32, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam
                 res = OUT_NEED_CAP
                 break
             for q in range(nv):
-                idx[W + q] = vidx[q]
+                _add_atom(Dt, G, X, b, wmat, wrow, lam1, lam2, idx, Q, c, wl, W + q, vidx[q])
                 h[W + q] = 0.0
-            _add_atoms(Dt, X, b, wmat, wrow, lam1, lam2, idx, Q, c, wl, DW, W, W + nv)
             W += nv
         ws_len[b] = W
         gap[b] = g

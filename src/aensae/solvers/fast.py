@@ -7,16 +7,13 @@ For each chunk of signals ``X`` (b, n) it runs
    ``ws_init`` atoms. ``C`` is kept: every later certificate reuses it.
 2. **Restricted solves (compiled, float64).** On each working set ``W`` the weighted
    elastic net is solved exactly by a primal active-set method
-   (:func:`aensae.solvers._kernels._solve_one`) on ``Q = D_W^T D_W + lam2 I`` in float64
-   (new atoms' rows as one BLAS product with the working set's atoms); the codes are
-   solutions of the linear system on their support and signs, i.e. already polished.
+   (:func:`aensae.solvers._kernels._solve_one`); the codes are solutions of the linear
+   system on their support and signs, i.e. already polished.
 3. **Certificate without a second product.** With ``S`` the support,
    ``D_j^T r = D_j^T x - sum_{a in S} h_a G_aj``: the float32 ``C`` updated through the
-   float32 Gram matrix ``G`` (``|S| m`` flops instead of ``n m``). The rounding errors
-   are at most ``2 gamma_{n+2} ||D_j|| ||x||`` for ``C`` and
-   ``2 gamma_{n+2} ||D_a|| ||D_j||`` for ``G`` (``gamma_k = k u / (1 - k u)``,
-   ``u = 2^-24``: the classical dot-product bound, valid for any summation order, the
-   rounding of the inputs to float32 included), so every atom gets a
+   Gram matrix (``|S| m`` flops instead of ``n m``). ``C``'s rounding error is at most
+   ``2 gamma_{n+2} ||D_j|| ||x||`` (``gamma_k = k u / (1 - k u)``, ``u = 2^-24``: the
+   classical dot-product bound, valid for any summation order), so every atom gets a
    rigorous interval for ``|D_j^T r| / w_j``; atoms whose interval cannot decide the
    certificate are recomputed in float64. The duality gap
    (:mod:`aensae.solvers.certificate`) is then exact up to float64 rounding, or a
@@ -25,11 +22,13 @@ For each chunk of signals ``X`` (b, n) it runs
    violating atoms (``|D_j^T r| > lam1 w_j``) added, and steps 2-4 repeat, warm-started,
    inside the same compiled call (:func:`aensae.solvers._kernels.solve_signals`).
 
-Per dictionary (:class:`FastSolver`'s constructor) the setup is ``D^T`` in float64, ``D``
-in float32 and the float32 Gram matrix (:func:`gram32`, its lower triangle), about a
-third of the float64 general product ``D^T D`` it replaces, which was the bulk of the
-setup; rows computed lazily would not save it (at 4,096 atoms every atom enters some
-working set of 1,000 signals).
+Per dictionary (:class:`FastSolver`'s constructor) the setup is ``D^T`` and ``D`` in
+float32 and the float64 Gram matrix (:func:`gram`: its lower triangle only, half the
+flops of the general product, in row bands on single-threaded BLAS); rows computed
+lazily would not save it (at 4,096 atoms every atom enters some working set of 1,000
+signals). A float32 Gram matrix would cost a third, but its rigorous error bound grows
+with ``sum_a |h_a| ||D_a||``, which on heavy-tailed signals sends most atoms to float64
+recomputation (measured 6x slower per signal).
 
 Every returned code carries its gap; a code that cannot be certified says why
 (``SolveResult.status``) and triggers a warning.
@@ -205,8 +204,8 @@ class FastSolver:
         self.Dt = np.ascontiguousarray(self.D.T)
         self.D32 = self.D.astype(np.float32)
         with _blas_limit(self.blas_threads):
-            self.G32 = gram32(self.D32, 1 if self.blas_threads is None
-                              else 2 * numba.get_num_threads())
+            self.G = gram(self.D, 1 if self.blas_threads is None
+                          else 2 * numba.get_num_threads())
         self.col_norm = np.sqrt(np.einsum("nm,nm->m", self.D, self.D))
         k = self.n + 2
         # rigorous bound factor of float32 dot products (x2 safety margin)
@@ -282,7 +281,7 @@ class FastSolver:
         todo = np.arange(B, dtype=np.int64)
         while True:
             # 2-4. restricted solves, certificates and working-set growth, per signal
-            K.solve_signals(self.Dt, self.G32, C32, X, sq_norm, w, iw, cnw, self.col_norm,
+            K.solve_signals(self.Dt, self.G, C32, X, sq_norm, w, iw, cnw, self.col_norm,
                             self.lam1, self.lam2, self.nonneg, self.tol, self._err_factor,
                             self.ws_init, self.ws_grow, self.max_rounds, self.max_iter or 0,
                             1e-13, ws_idx, ws_len, h_ws, todo, gap, iters, rounds, status,
@@ -310,35 +309,33 @@ class FastSolver:
         }
 
 
-def gram32(D32: np.ndarray, blocks: int = 1) -> np.ndarray:
-    r"""The float32 Gram matrix ``G = D^T D`` (m, m) of a float32 dictionary ``D`` (n, m).
+def gram(D: np.ndarray, blocks: int = 1) -> np.ndarray:
+    r"""The Gram matrix ``G = D^T D`` (m, m) of ``D`` (n, m), in ``D``'s dtype.
 
-    Only the lower triangle is computed (``m^2 n`` flops, half a general product, in float32
-    at twice the float64 rate), then mirrored by
-    :func:`aensae.solvers._kernels.fill_upper`. With ``blocks = 1`` one BLAS ``ssyrk``
-    call (BLAS's own threads); otherwise ``blocks`` row bands of equal triangle area,
-    ``G[r0:r1, :r1] = D[:, r0:r1]^T D[:, :r1]``, each one BLAS call, run on a pool of
+    Only the lower triangle is computed (``m^2 n`` flops, half a general product), then
+    mirrored by :func:`aensae.solvers._kernels.fill_upper`: with ``blocks = 1`` one BLAS
+    ``syrk`` call (BLAS's own threads); otherwise ``blocks`` row bands of equal triangle
+    area, ``G[r0:r1, :r1] = D[:, r0:r1]^T D[:, :r1]``, each one BLAS call, on a pool of
     ``blocks`` Python threads (for single-threaded BLAS: its idle threads would spin-wait
-    and take cores from the solver's kernel that follows). Each entry is a float32 dot
-    product of length ``n``, so ``|G_aj - D_a^T D_j| <= 2 gamma_{n+2} ||D_a|| ||D_j||``
-    (the bound of the screening correlations, the rounding of ``D`` to float32 included),
-    which the certificate accounts for.
+    and take cores from the solver's kernel that follows).
     """
-    m = D32.shape[1]
+    m = D.shape[1]
     if blocks <= 1 or m < 2 * blocks:
-        from scipy.linalg.blas import ssyrk
+        from scipy.linalg.blas import dsyrk, ssyrk
 
-        G = ssyrk(1.0, np.asfortranarray(D32.T), trans=0).T  # lower triangle valid
+        syrk = ssyrk if D.dtype == np.float32 else dsyrk
+        G = syrk(1.0, np.asfortranarray(D.T), trans=0).T  # lower triangle valid
     else:
-        G = np.empty((m, m), np.float32)
-        Dt32 = np.ascontiguousarray(D32.T)
+        G = np.empty((m, m), D.dtype)
+        Dt = np.ascontiguousarray(D.T)
         edges = sorted({0, m, *(int(round(m * np.sqrt(k / blocks))) for k in range(1, blocks))})
 
         def band(k: int) -> None:
             r0, r1 = edges[k], edges[k + 1]
-            np.matmul(Dt32[r0:r1], D32[:, :r1], out=G[r0:r1, :r1])
+            np.matmul(Dt[r0:r1], D[:, :r1], out=G[r0:r1, :r1])
 
         list(_pool(blocks).map(band, range(len(edges) - 1)))
+    G = np.ascontiguousarray(G)
     K.fill_upper(G)
     return G
 
