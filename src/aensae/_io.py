@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,7 +25,8 @@ from typing import Any
 from aensae._validation import InputError
 
 __all__ = ["STAGE_PREFIX", "atomic_write", "atomic_write_bytes", "atomic_write_json",
-           "atomic_write_text", "check_output_dir", "check_output_file", "replace_together"]
+           "atomic_write_text", "check_output_dir", "check_output_file", "check_resumable",
+           "replace_together"]
 
 #: Name prefix of the staging folders of :func:`replace_together`.
 STAGE_PREFIX = ".aensae-stage-"
@@ -135,6 +137,48 @@ def check_output_file(where: str, path: str | os.PathLike) -> Path:
         raise InputError(f"{where}: {text!r} is a folder, not a file")
     check_output_dir(where, p.parent)
     return p
+
+
+def check_resumable(out: Path, done_file: str, config: dict[str, Any], overwrite: bool,
+                    checkpoint_file: str, checkpoint_config: str) -> dict[str, Any] | None:
+    """Decide what a training command finds in its ``--out`` folder, before any work.
+
+    Returns the record ``out/done_file`` (a finished run whose ``"config"`` equals
+    ``config``: the caller skips the run), else ``None`` (train, resuming from
+    ``out/checkpoint_file`` when one is there). A finished run or a checkpoint of another
+    configuration (``out/checkpoint_config`` records the checkpoint's), or a damaged
+    record, is an :class:`~aensae._validation.InputError` naming ``--out``; with
+    ``overwrite`` a stale checkpoint and its configuration are removed instead.
+    """
+    config = json.loads(json.dumps(config, default=_default))  # as it reads back from JSON
+    done_path = out / done_file
+    if done_path.is_file() and not overwrite:
+        try:
+            done = json.loads(done_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputError(f"--out {str(out)!r}: {done_file} is damaged ({err}); pass "
+                             "--overwrite to redo the run") from None
+        if isinstance(done, dict) and done.get("config") == config:
+            print(f"{out}: finished run with this configuration found; skipped "
+                  "(--overwrite to redo)", file=sys.stderr)
+            return done
+        raise InputError(f"--out {str(out)!r} holds a finished run with a different "
+                         "configuration; choose another --out or pass --overwrite")
+    ckpt, ckpt_config = out / checkpoint_file, out / checkpoint_config
+    if overwrite:
+        ckpt.unlink(missing_ok=True)
+        ckpt_config.unlink(missing_ok=True)
+    elif ckpt.is_file():
+        try:
+            saved = json.loads(ckpt_config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            saved = None
+        if saved != config:
+            raise InputError(f"--out {str(out)!r} holds a checkpoint of another (or an "
+                             f"unrecorded) configuration ({checkpoint_file} without a "
+                             f"matching {checkpoint_config}); choose another --out or pass "
+                             "--overwrite to start afresh")
+    return None
 
 
 def _fsync_tree(root: Path) -> None:

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from aensae._io import atomic_write_json, check_output_dir, check_output_file
+from aensae._io import atomic_write_json, check_output_dir, check_output_file, check_resumable
 from aensae._validation import (
     InputError,
     check_device,
@@ -268,33 +266,11 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
                  "eval_samples": args.eval_samples, "eval_index": EVAL_INDEX},
         "train": {k: v for k, v in cfg.to_dict().items() if k != "progress"},
     }
-    metrics_path = out / "metrics.json"
-    if metrics_path.is_file() and not args.overwrite:
-        try:
-            done = json.loads(metrics_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise InputError(f"--out {str(out)!r}: {metrics_path.name} is damaged ({err}); "
-                             "pass --overwrite to redo the run") from None
-        if isinstance(done, dict) and done.get("config") == json.loads(json.dumps(run_config)):
-            print(f"{out}: finished run with this configuration found; skipped "
-                  "(--overwrite to redo)", file=sys.stderr)
-            return done
-        raise InputError(f"--out {str(out)!r} holds a finished run with a different "
-                         "configuration; choose another --out or pass --overwrite")
+    done = check_resumable(out, "metrics.json", run_config, args.overwrite, CHECKPOINT_FILE,
+                           CHECKPOINT_CONFIG)
+    if done is not None:
+        return done
     ckpt, ckpt_config = out / CHECKPOINT_FILE, out / CHECKPOINT_CONFIG
-    if args.overwrite:
-        ckpt.unlink(missing_ok=True)
-        ckpt_config.unlink(missing_ok=True)
-    elif ckpt.is_file():
-        try:
-            saved = json.loads(ckpt_config.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            saved = None
-        if saved != json.loads(json.dumps(run_config)):
-            raise InputError(f"--out {str(out)!r} holds a checkpoint of another (or an "
-                             f"unrecorded) configuration ({CHECKPOINT_FILE} without a "
-                             f"matching {CHECKPOINT_CONFIG}); choose another --out or pass "
-                             "--overwrite to start afresh")
 
     model = create(args.arch, args.n, d_sae, seed=args.seed, dtype=dtype, **hyper)
     dic = spiked_dictionary(args.n, args.m, args.rho, seed=args.seed)

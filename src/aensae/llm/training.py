@@ -26,7 +26,6 @@ exactly (the batches are a pure function of the seed and the batch index).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 
 import torch
 
-from aensae._io import atomic_write_json, replace_together
+from aensae._io import atomic_write_json, check_resumable, replace_together
 from aensae._validation import InputError
 from aensae.llm.store import ActivationStore
 
@@ -133,32 +132,11 @@ def train_on_cache(run: TrainRun) -> dict[str, Any]:
     }
     config = json.loads(json.dumps(config))
     out = run.out
-    done_path = out / RUN_FILE
-    if done_path.is_file() and not run.overwrite:
-        try:
-            done = json.loads(done_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise InputError(f"--out {str(out)!r}: {RUN_FILE} is damaged ({err}); pass "
-                             "--overwrite to redo the run") from None
-        if isinstance(done, dict) and done.get("config") == config:
-            print(f"{out}: finished run with this configuration found; skipped "
-                  "(--overwrite to redo)", file=sys.stderr)
-            return done
-        raise InputError(f"--out {str(out)!r} holds a finished run with a different "
-                         "configuration; choose another --out or pass --overwrite")
+    done = check_resumable(out, RUN_FILE, config, run.overwrite, CHECKPOINT_FILE,
+                           CHECKPOINT_CONFIG)
+    if done is not None:
+        return done
     ckpt, ckpt_config = out / CHECKPOINT_FILE, out / CHECKPOINT_CONFIG
-    if run.overwrite:
-        ckpt.unlink(missing_ok=True)
-        ckpt_config.unlink(missing_ok=True)
-    elif ckpt.is_file():
-        try:
-            saved = json.loads(ckpt_config.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            saved = None
-        if saved != config:
-            raise InputError(f"--out {str(out)!r} holds a checkpoint of another (or an "
-                             f"unrecorded) configuration; choose another --out or pass "
-                             "--overwrite to start afresh")
     dtype = {"float32": torch.float32, "float64": torch.float64}[run.dtype]
     models = {s.name: create(s.arch, store.d_in, run.d_sae, seed=run.seed, dtype=dtype,
                              **s.hyper) for s in run.specs}
