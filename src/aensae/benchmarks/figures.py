@@ -111,6 +111,18 @@ def _ev(r: dict[str, Any]) -> float:
     return _num(r.get("explained_variance"))
 
 
+def _legend_entries(axes: np.ndarray) -> tuple[dict, list[str]]:
+    """Each label drawn in any panel once, in first-drawn order, with its first handle."""
+    handles: dict = {}
+    labels: list[str] = []
+    for ax in axes.ravel():
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    return handles, labels
+
+
 def _plain_log_ticks(ax: Any, axis: str = "x") -> None:
     """Plain numbers (2, 4, 8) rather than powers of ten on a log axis."""
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
@@ -195,12 +207,7 @@ def _pareto_panels(fig: Any, rows: list[dict[str, Any]], specs: list[tuple], tit
                 ax.set_xlabel("L0 (active latents per sample, held-out)")
             if j == 0:
                 ax.set_ylabel(ylabel)
-    handles, labels = {}, []
-    for ax in axes.ravel():
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in handles:
-                handles[lab] = h
-                labels.append(lab)
+    handles, labels = _legend_entries(axes)
     if flagged:
         from matplotlib.lines import Line2D
 
@@ -532,12 +539,7 @@ def _fig7(fig: Any, rows: list[dict[str, Any]], speed: Any) -> None:
                 ax.set_xlabel("L0 / k (active latents per true non-zero)")
             if j == 0:
                 ax.set_ylabel(ylabel)
-    handles, labels = {}, []
-    for ax in axes.ravel():
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in handles:
-                handles[lab] = h
-                labels.append(lab)
+    handles, labels = _legend_entries(axes)
     fig.legend([handles[lab] for lab in labels], labels, loc="outside right center",
                fontsize=7, title="grey: authors; colour: aensae")
     fig.suptitle(
