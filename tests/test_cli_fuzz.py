@@ -18,6 +18,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
+from grid_support import MICRO
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
@@ -286,33 +287,6 @@ def test_fuzz_bench_solvers(tmp_path, data) -> None:
 
 
 # ----------------------------------------------------------------------------- reproduce
-MICRO = """\
-[experiment]
-name = "{name}"
-threads = {threads}
-[data]
-n = 4
-m = 8
-k = 1
-rho = [0.0]
-[train]
-steps = 2
-batch_size = 8
-dead_window = 16
-dead_last = 1
-checkpoint_every = 1
-progress = false
-[eval]
-samples = 8
-encoder_samples = 2
-hoffman_samples = 2
-[reference]
-ladder = 2
-[[family]]
-name = "{family}"
-arch = "topk"
-target_l0 = [1.0]
-"""
 CONFIGS = {
     "valid": MICRO.format(name="micro", threads=1, family="topk"),
     "no_data": MICRO.format(name="micro", threads=1, family="topk").replace(

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from grid_support import micro_config
 
 from aensae import cli
 from aensae.benchmarks.grid import load_config
@@ -25,44 +26,6 @@ from aensae.benchmarks.grid import load_config
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 TINY_TRAIN = ["--n", "6", "--m", "8", "--k", "1", "--steps", "3", "--batch-size", "8",
               "--eval-samples", "16", "--dead-window", "16", "--no-progress"]
-MICRO = """\
-[experiment]
-name = "{name}"
-threads = {threads}
-device = "cpu"
-[data]
-n = 4
-m = 8
-k = 1
-rho = [0.0]
-[train]
-steps = 2
-batch_size = 8
-dead_window = 16
-dead_last = 1
-checkpoint_every = 1
-progress = false
-[eval]
-samples = 8
-encoder_samples = 2
-hoffman_samples = 2
-[reference]
-ladder = 2
-[[family]]
-name = "{family}"
-arch = "topk"
-target_l0 = [1.0]
-"""
-
-
-def micro_config(folder: Path, name: str = "micro", family: str = "topk",
-                 threads: int = 1) -> Path:
-    """A grid that runs end to end in about a second (two steps, one TopK run)."""
-    path = folder / f"{name.replace('/', '_')}.toml"
-    path.write_text(MICRO.format(name=name, family=family, threads=threads))
-    return path
-
-
 def one_line_error(capsys, *needles: str) -> str:
     """stderr holds exactly one line, ``aensae ...: error: ...``, with every needle."""
     err = capsys.readouterr().err
