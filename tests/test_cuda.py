@@ -74,10 +74,10 @@ def test_cuda_joint_training_equals_separate_training() -> None:
 def test_cuda_stacked_training_matches_cpu_separate() -> None:
     data = _stream(10)
     cfg = dict(steps=10, dtype="float64", **CFG)
-    family = ("aen", "al", "en", "relu", "topk")
-    stacked = {k: v for k, v in _models().items() if k in family}
-    train(stacked, data, TrainConfig(device="cuda", stack=True, **cfg))
-    for name in family:
+    stacked = _models()  # all seven architectures, each family on its stacked path
+    res = train(stacked, data, TrainConfig(device="cuda", stack=True, **cfg))
+    assert {r.path for r in res.values()} == {"stacked-eager"}
+    for name in stacked:
         alone = {name: _models()[name]}
         train(alone, data, TrainConfig(device="cpu", **cfg))
         for (k, a), b in zip(alone[name].state_dict().items(),
