@@ -123,7 +123,7 @@ def register(top: Any, bench: Any) -> None:
     b.add_argument("--k", type=int, default=16, help="non-zeros per true code, in [1, m]")
     b.add_argument("--models", type=int, default=8, help="models trained together (>= 1)")
     b.add_argument("--arch", default="aen", choices=ARCH_CHOICES,
-                   help="architecture of the timed models (default: aen)")
+                   help="architecture of the timed models")
     b.add_argument("--stack", action="store_true",
                    help="also time the models on the stacked path (batched products, "
                         "TrainConfig(stack=True)) and report ms per model-step against "
