@@ -176,3 +176,18 @@ def test_cli_train_on_cuda(tmp_path) -> None:
     rec = json.loads((out / "metrics.json").read_text())
     assert rec["config"]["train"]["device"] == "auto" and rec["device"] == "cuda"
     assert load(out, device="cuda").W_dec.device.type == "cuda"
+
+
+def test_cuda_bench_train_stack_times_on_the_device(tmp_path) -> None:
+    from aensae import cli
+
+    path = tmp_path / "bench.json"
+    assert cli.main(["bench", "train", "--n", "16", "--m", "32", "--batch-size", "16",
+                     "--k", "2", "--models", "3", "--steps", "8", "--repeats", "1",
+                     "--arch", "topk", "--stack", "--device", "cuda", "--json",
+                     str(path)]) == 0
+    import json
+
+    rec = json.loads(path.read_text())
+    assert rec["config"]["device"].startswith("cuda") and rec["machine"]["gpu"]
+    assert rec["stack_path"] == "stacked-eager" and rec["stack_speedup"] > 0

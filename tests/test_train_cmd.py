@@ -154,9 +154,10 @@ def test_bench_train_stack_reports_ms_per_model_step(tmp_path, capsys, arch: str
     path = tmp_path / "bench.json"
     assert _run(["bench", "train", "--n", "16", "--m", "32", "--batch-size", "16", "--k", "2",
                  "--models", "3", "--steps", "2", "--repeats", "1", "--arch", arch,
-                 "--stack", "--json", str(path)]) == 0
+                 "--stack", "--device", "cpu", "--json", str(path)]) == 0
     rec = json.loads(path.read_text())
     assert rec["config"]["arch"] == arch and rec["config"]["stack"] is True
+    assert rec["config"]["device"] == "cpu" and rec["machine"]["gpu"] is None
     assert rec["stack_path"] == "stacked-eager"
     for key in ("ms_per_model_step_separate", "ms_per_model_step_stacked"):
         assert 0 < rec[key]["min"] <= rec[key]["median"] <= rec[key]["max"]
@@ -176,3 +177,11 @@ def test_bench_train_without_stack_has_no_stacked_fields(tmp_path) -> None:
 def test_bench_train_topk_needs_room_for_its_k(capsys) -> None:
     assert _run(["bench", "train", "--arch", "topk", "--m", "8", "--n", "4", "--k", "1"]) == 2
     assert "--m must be >= 16 with --arch topk" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 7, reason="needs cuda:7 to be absent")
+def test_bench_train_absent_device_is_one_line(capsys) -> None:
+    assert _run(["bench", "train", "--device", "cuda:7", "--n", "4", "--m", "8",
+                 "--k", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("aensae bench train: error: --device") and "\n" not in err

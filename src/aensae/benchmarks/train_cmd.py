@@ -130,6 +130,9 @@ def register(top: Any, bench: Any) -> None:
                         "the same models trained separately")
     b.add_argument("--steps", type=int, default=40, help="timed steps per repeat (>= 1)")
     b.add_argument("--repeats", type=int, default=3, help="timed repeats (>= 1)")
+    b.add_argument("--device", default="cpu",
+                   help="torch device of models and floor: cpu, cuda, cuda:1, auto (CUDA when "
+                        "present)")
     b.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads, in [1, cores] (default: torch's own)")
     b.set_defaults(func=_bench_main)
@@ -336,7 +339,8 @@ def _train_main(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- bench
 def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
                 n_models: int = 8, steps: int = 40, repeats: int = 3, *,
-                arch: str = "aen", stack: bool = False) -> dict[str, Any]:
+                arch: str = "aen", stack: bool = False, device: str = "cpu"
+                ) -> dict[str, Any]:
     """Measure ms per training step (with data generation) against the GEMM floor.
 
     A step is what ``aensae train`` does per batch: the signals of batch ``i`` of the
@@ -358,7 +362,9 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
     one after the other, ``stack_speedup_range`` their smallest and largest, and
     ``ms_per_model_step*`` give median, min and max per model-step). The models are
     ``arch`` with default hyperparameters and seeds ``0 .. n_models - 1`` (the l1 models
-    therefore in their cold start, see above). Each block is paired with the floor timed
+    therefore in their cold start, see above). ``device`` places models and floor (the
+    data are drawn on the CPU, as in training; on CUDA every timer reading waits for
+    the device). Each block is paired with the floor timed
     right before and right after it; a ratio is the block's time per step (per model) over
     the mean of its two floors, and the reported ratios are medians over all blocks.
     Pairing keeps the ratios meaningful on a shared machine, where a slow period inflates
@@ -385,16 +391,20 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
 
     torch.manual_seed(0)
     stream = SyntheticStream(spiked_dictionary(n, m, 0.0, seed=0).D, k, batch_size, seed=0)
-    cfg = TrainConfig(steps=10**9, device="cpu", dtype="float32")
+    from aensae.saes.trainer import resolve_device
+
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    cfg = TrainConfig(steps=10**9, device=str(dev), dtype="float32")
     single = _Run({"m0": create(arch, n, m, seed=0)}, cfg)
     multi = _Run({f"m{i}": create(arch, n, m, seed=i) for i in range(n_models)}, cfg)
     stacked = (_Run({f"m{i}": create(arch, n, m, seed=i) for i in range(n_models)},
-                    TrainConfig(steps=10**9, device="cpu", dtype="float32", stack=True))
+                    TrainConfig(steps=10**9, device=str(dev), dtype="float32", stack=True))
                if stack else None)
-    x = next(stream.torch_signal_batches(1))
+    x = next(stream.torch_signal_batches(1)).to(dev)
     W_enc, W_dec = single.models["m0"].W_enc.detach(), single.models["m0"].W_dec.detach()
     h = torch.relu(x @ W_enc)
-    g = torch.randn(batch_size, n)
+    g = torch.randn(batch_size, n).to(dev)
 
     def floor_step() -> None:
         torch.mm(x, W_enc)
@@ -413,8 +423,12 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
         return stream.torch_signal_batches(start=0, dtype=torch.float32, chunk=block)
 
     def timed(fn: Any) -> float:
+        if cuda:
+            torch.cuda.synchronize(dev)
         t = time.perf_counter()
         fn()
+        if cuda:
+            torch.cuda.synchronize(dev)
         return 1e3 * (time.perf_counter() - t)
 
     def block_of(run: Any) -> Any:
@@ -498,10 +512,11 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
         "ratio_per_model_8_min": min(times["multi"]) / n_models / min(floors),
         "load_average": os.getloadavg(),
         "config": {"n": n, "m": m, "batch_size": batch_size, "k": k, "arch": arch,
-                   "dtype": "float32", "device": "cpu", "models": n_models, "steps": steps,
+                   "dtype": "float32", "device": str(dev), "models": n_models, "steps": steps,
                    "repeats": repeats, "stack": stack},
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "gpu": torch.cuda.get_device_name(dev) if cuda else None,
                     "torch": torch.__version__},
         "aensae_version": __version__,
     }
@@ -521,6 +536,7 @@ def _bench_main(args: argparse.Namespace) -> int:
                              f"k_top is 16 latents per signal), got {args.m}")
     if args.threads is not None:
         check_threads("--threads", args.threads, allow_zero=False)
+    check_device("--device", args.device)
     if args.json is not None:
         check_output_file("--json", args.json)
 
@@ -529,7 +545,7 @@ def _bench_main(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     res = bench_train(args.n, args.m, args.batch_size, args.k, args.models, args.steps,
-                      args.repeats, arch=args.arch, stack=args.stack)
+                      args.repeats, arch=args.arch, stack=args.stack, device=args.device)
     print(f"floor {res['floor_ms']:.2f} ms | one model {res['ms_per_step']:.2f} ms/step "
           f"(x{res['ratio_single']:.3f}, min-based x{res['ratio_single_min']:.3f}) | "
           f"{args.models} models {res['ms_per_step_8']:.2f} ms/step "
