@@ -58,6 +58,7 @@ from typing import ClassVar
 
 import torch
 
+from aensae.saes.adaptive_lasso import AdaptiveLassoSAE
 from aensae.saes.base import SAE, LossOutput, check_batch
 from aensae.saes.batchtopk import BatchTopKSAE
 from aensae.saes.jumprelu import JumpReLUSAE
@@ -151,10 +152,18 @@ class StackedGroup:
                             dtype=dtype or self.dtype, device=self.device)
 
     def compute_grads(self, x: torch.Tensor) -> list[LossOutput]:
-        """Losses of ``x`` (B, d_in) for every model; gradients left in each ``.grad``."""
+        """Losses of ``x`` (B, d_in) for every model; gradients left in each ``.grad``.
+
+        Off the CPU the losses come back to the host in one transfer (the trainer reads
+        each as a float), instead of one synchronisation per model.
+        """
         check_batch("x", x, self.d_in)
         with torch.no_grad():
             outs = self._forward_backward(x)
+            if self.device.type != "cpu":
+                host = torch.stack([o.loss for o in outs]).cpu()
+                for o, loss in zip(outs, host, strict=True):
+                    o.loss = loss
         for i, m in enumerate(self.models):
             for name in self.PARAMS:
                 getattr(m, name).grad = self.grads[name][i]
@@ -203,14 +212,23 @@ class StackedReLU(StackedGroup):
         self.l2 = torch.tensor([m.l2 for m in self.models], dtype=self.dtype,
                                device=self.device)
         self.any_l2 = bool((self.l2 != 0).any())
+        self.adaptive = [isinstance(m, AdaptiveLassoSAE) for m in self.models]
+        self.ones = torch.ones(len(self.models), self.d_sae, dtype=self.dtype,
+                               device=self.device)
 
     def _weights(self) -> torch.Tensor:
-        """(G, d_sae) l1 weights of every model (ones where a model has none)."""
+        """(G, d_sae) l1 weights of every model (ones where a model has none).
+
+        The adaptive models' step counters are read in one transfer.
+        """
+        if not any(self.adaptive):
+            return self.ones
+        steps = iter(torch.stack([m.step for m, a in zip(self.models, self.adaptive,
+                                                         strict=True) if a]).tolist())
         rows = []
-        for m in self.models:
-            w = m.l1_weights()
-            rows.append(torch.ones(self.d_sae, dtype=self.dtype, device=self.device)
-                        if w is None else w)
+        for i, (m, a) in enumerate(zip(self.models, self.adaptive, strict=True)):
+            w = m.l1_weights(next(steps)) if a else m.l1_weights()
+            rows.append(self.ones[i] if w is None else w)
         return torch.stack(rows)
 
     def _forward_backward(self, x: torch.Tensor) -> list[LossOutput]:
