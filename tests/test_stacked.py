@@ -207,3 +207,19 @@ def test_per_model_k_matches_each_models_own_codes(ks, b, arch, seed) -> None:
     for m, o, ref, gref in zip(models, outs, own, own_grads, strict=True):
         torch.testing.assert_close(o.h, ref.h, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(m.W_enc.grad, gref, rtol=1e-12, atol=1e-14)
+
+
+def test_batched_projection_refuses_a_zero_decoder_row() -> None:
+    models = [create("jumprelu", N, M, seed=i) for i in range(3)]
+    group = stack_models(models)
+    with torch.no_grad():
+        models[1].W_dec.mul_(3.0)
+        models[2].W_dec[4:6] = 0.0
+    with pytest.raises(FloatingPointError, match="2 decoder row\\(s\\) of jumprelu have zero"):
+        group.project_decoders()
+    with torch.no_grad():
+        models[2].W_dec[4:6] = 1.0
+    group.project_decoders()
+    for m in models:  # every row back on the unit sphere, the direction kept
+        torch.testing.assert_close(m.W_dec.norm(dim=1), torch.ones(M))
+    torch.testing.assert_close(models[2].W_dec[4], torch.full((N,), N ** -0.5))

@@ -169,6 +169,20 @@ class StackedGroup:
                 getattr(m, name).grad = self.grads[name][i]
         return outs
 
+    @torch.no_grad()
+    def project_decoders(self) -> None:
+        """Every model's :meth:`~aensae.saes.base.SAE.project_decoder`, as one batched
+        projection of the stacked decoders (one host read for the zero-norm check)."""
+        W_dec = self.params["W_dec"]
+        norms = torch.linalg.vector_norm(W_dec, dim=2, keepdim=True)
+        if float(norms.amin()) == 0.0:
+            bad = (norms == 0).sum((1, 2)).tolist()
+            i = next(j for j, b in enumerate(bad) if b)
+            raise FloatingPointError(f"{bad[i]} decoder row(s) of {self.models[i].arch} have "
+                                     "zero norm; they cannot be projected onto the unit "
+                                     "sphere")
+        W_dec.div_(norms)
+
     # -- shared pieces ---------------------------------------------------------
     def _pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(xc, pre)``: centred inputs (G, B, n) and pre-activations (G, B, m)."""

@@ -43,7 +43,7 @@ from aensae._io import atomic_write
 from aensae._validation import check_int, check_real
 from aensae.saes.base import SAE, LossOutput
 from aensae.saes.dead import DeadTracker
-from aensae.saes.stacked import StackedGroup, group_models, step_path
+from aensae.saes.stacked import PATH_SEPARATE, StackedGroup, group_models, step_path
 
 __all__ = ["CHECKPOINT_FILE", "ModelResult", "TrainConfig", "resolve_device", "train"]
 
@@ -305,9 +305,12 @@ class _Run:
                                              f"({model.arch}) at step {self.step}") from err
             outs[name] = out
         self.adam.step(lr)
+        for _, group in self.groups:
+            group.project_decoders()  # one batched projection per stacked group
         for name, model in self.models.items():
             out = outs[name]
-            model.project_decoder()
+            if self.paths[name] == PATH_SEPARATE:
+                model.project_decoder()
             model.after_step(out)
             self.dead[name].update(out.h, out.stats.get("fired"))
         self.step += 1
