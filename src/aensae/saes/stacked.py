@@ -3,8 +3,9 @@ r"""Forward and backward of several SAEs of one family at once, with batched pro
 For ``G`` models of one family and equal shape, trained on the same batch ``x`` (B, n),
 each model's loss and gradients are evaluated for all models together. The parameters
 (and the buffers the loss reads) are stacked into ``(G, ...)`` tensors and every model's
-own tensors become views of them, so the per-model optimizer state, decoder projection,
-``after_step`` and checkpoints keep working unchanged; the matrix products of each model
+own tensors become views of them, so the per-model optimizer state, ``after_step`` and
+checkpoints keep working unchanged (the decoder projection runs once per group,
+:meth:`StackedGroup.project_decoders`); the matrix products of each model
 become batched products (``torch.baddbmm`` / ``torch.bmm``), one kernel call each for the
 whole group. Hyperparameters that differ between the models (``l1``, ``l2``, ``k_top``,
 ``aux_k``, ``l0``, ``bandwidth`` ...) are ``(G,)`` tensors.
