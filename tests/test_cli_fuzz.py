@@ -234,7 +234,10 @@ def test_fuzz_bench_train(tmp_path, data) -> None:
             "--batch-size": (["1", "4"], ["0"]), "--k": (["1", "4"], ["0", "9"]),
             "--models": (["1", "2"], ["0"]), "--steps": (["1", "2"], ["0"]),
             "--repeats": (["1"], ["0"]), "--threads": ([None, "1"], ["0", "100000"]),
+            "--arch": ([None, "aen", "jumprelu", "batchtopk"], ["nope"]),
         })
+        if data.draw(st.booleans(), "--stack"):
+            argv.append("--stack")
         status, _ = s.run(argv, [json_path])
         if status == 0 and json_path is not None:
             assert json_path.is_file()

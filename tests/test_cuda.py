@@ -74,10 +74,10 @@ def test_cuda_joint_training_equals_separate_training() -> None:
 def test_cuda_stacked_training_matches_cpu_separate() -> None:
     data = _stream(10)
     cfg = dict(steps=10, dtype="float64", **CFG)
-    family = ("aen", "al", "en", "relu", "topk")
-    stacked = {k: v for k, v in _models().items() if k in family}
-    train(stacked, data, TrainConfig(device="cuda", stack=True, **cfg))
-    for name in family:
+    stacked = _models()  # all seven architectures, each family on its stacked path
+    res = train(stacked, data, TrainConfig(device="cuda", stack=True, **cfg))
+    assert {r.path for r in res.values()} == {"stacked-eager"}
+    for name in stacked:
         alone = {name: _models()[name]}
         train(alone, data, TrainConfig(device="cpu", **cfg))
         for (k, a), b in zip(alone[name].state_dict().items(),
@@ -176,3 +176,18 @@ def test_cli_train_on_cuda(tmp_path) -> None:
     rec = json.loads((out / "metrics.json").read_text())
     assert rec["config"]["train"]["device"] == "auto" and rec["device"] == "cuda"
     assert load(out, device="cuda").W_dec.device.type == "cuda"
+
+
+def test_cuda_bench_train_stack_times_on_the_device(tmp_path) -> None:
+    from aensae import cli
+
+    path = tmp_path / "bench.json"
+    assert cli.main(["bench", "train", "--n", "16", "--m", "32", "--batch-size", "16",
+                     "--k", "2", "--models", "3", "--steps", "8", "--repeats", "1",
+                     "--arch", "topk", "--stack", "--device", "cuda", "--json",
+                     str(path)]) == 0
+    import json
+
+    rec = json.loads(path.read_text())
+    assert rec["config"]["device"].startswith("cuda") and rec["machine"]["gpu"]
+    assert rec["stack_path"] == "stacked-eager" and rec["stack_speedup"] > 0

@@ -56,6 +56,7 @@ def test_train_writes_model_cfg_and_metrics(tmp_path, capsys) -> None:
     rec = json.loads((out / "metrics.json").read_text())
     assert rec["seed"] == 3 and "aensae_version" in rec
     assert rec["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # not "auto"
+    assert rec["path"] == "separate"
     assert rec["config"]["data"]["rho"] == 0.5
     assert rec["config"]["hyper"]["warmup_steps"] == 5 and rec["config"]["hyper"]["l1"] == 0.002
     assert rec["dead"]["window_samples"] == 320 and len(rec["dead"]["fractions"]) == 3
@@ -146,3 +147,41 @@ def test_bench_train_json_fields(tmp_path) -> None:
                 "data_ms_single", "adam_ratio_single", "adam_ratio_per_model_8"):
         assert rec[key] > 0
     assert rec["config"]["models"] == 2 and "aensae_version" in rec and rec["block_steps"] == 8
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "batchtopk"])
+def test_bench_train_stack_reports_ms_per_model_step(tmp_path, capsys, arch: str) -> None:
+    path = tmp_path / "bench.json"
+    assert _run(["bench", "train", "--n", "16", "--m", "32", "--batch-size", "16", "--k", "2",
+                 "--models", "3", "--steps", "2", "--repeats", "1", "--arch", arch,
+                 "--stack", "--device", "cpu", "--json", str(path)]) == 0
+    rec = json.loads(path.read_text())
+    assert rec["config"]["arch"] == arch and rec["config"]["stack"] is True
+    assert rec["config"]["device"] == "cpu" and rec["machine"]["gpu"] is None
+    assert rec["stack_path"] == "stacked-eager"
+    for key in ("ms_per_model_step_separate", "ms_per_model_step_stacked"):
+        assert 0 < rec[key]["min"] <= rec[key]["median"] <= rec[key]["max"]
+    lo, hi = rec["stack_speedup_range"]
+    assert 0 < lo <= rec["stack_speedup"] <= hi
+    assert "ms per model-step" in capsys.readouterr().out
+
+
+def test_bench_train_without_stack_has_no_stacked_fields(tmp_path) -> None:
+    path = tmp_path / "bench.json"
+    assert _run(["bench", "train", "--n", "16", "--m", "32", "--batch-size", "16", "--k", "2",
+                 "--models", "2", "--steps", "1", "--repeats", "1", "--json", str(path)]) == 0
+    rec = json.loads(path.read_text())
+    assert "stack_speedup" not in rec and rec["config"]["stack"] is False
+
+
+def test_bench_train_topk_needs_room_for_its_k(capsys) -> None:
+    assert _run(["bench", "train", "--arch", "topk", "--m", "8", "--n", "4", "--k", "1"]) == 2
+    assert "--m must be >= 16 with --arch topk" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 7, reason="needs cuda:7 to be absent")
+def test_bench_train_absent_device_is_one_line(capsys) -> None:
+    assert _run(["bench", "train", "--device", "cuda:7", "--n", "4", "--m", "8",
+                 "--k", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("aensae bench train: error: --device") and "\n" not in err

@@ -14,8 +14,8 @@ used). The tables:
 - ``[data]``: the spiked stream -- ``n``, ``m`` (true atoms), ``k``, ``lo``, ``hi``,
   ``nonneg``, ``noise_std``, ``rho`` (list), ``d_sae`` (latents);
 - ``[train]``: ``steps``, ``batch_size``, ``lr``, ``dead_window`` (samples), ``dead_last``,
-  ``checkpoint_every``, ``progress``, ``stack`` (batched products for the ReLU-family
-  models of a group, :class:`~aensae.saes.TrainConfig`'s ``stack``: equal to separate
+  ``checkpoint_every``, ``progress``, ``stack`` (batched products for the models of a
+  group, any architecture, :class:`~aensae.saes.TrainConfig`'s ``stack``: equal to separate
   training to rounding, not bit for bit; about 1.5x faster per model-step on a GPU, where
   separate small products are bound by kernel launches);
 - ``[eval]``: ``samples`` (held-out signals), ``encoder_samples`` (Jacobians, jumps),

@@ -14,6 +14,7 @@ step's five matrix products alone, measured in the same process::
 
     ratio_single      = ms_per_step / floor_ms
     ratio_per_model_8 = (ms per step of 8 models trained together) / 8 / floor_ms
+    stack_speedup     = (ms per model-step, separate) / (ms per model-step, stacked)
 """
 
 from __future__ import annotations
@@ -121,8 +122,17 @@ def register(top: Any, bench: Any) -> None:
     b.add_argument("--batch-size", type=int, default=256, help="signals per step (>= 1)")
     b.add_argument("--k", type=int, default=16, help="non-zeros per true code, in [1, m]")
     b.add_argument("--models", type=int, default=8, help="models trained together (>= 1)")
+    b.add_argument("--arch", default="aen", choices=ARCH_CHOICES,
+                   help="architecture of the timed models")
+    b.add_argument("--stack", action="store_true",
+                   help="also time the models on the stacked path (batched products, "
+                        "TrainConfig(stack=True)) and report ms per model-step against "
+                        "the same models trained separately")
     b.add_argument("--steps", type=int, default=40, help="timed steps per repeat (>= 1)")
     b.add_argument("--repeats", type=int, default=3, help="timed repeats (>= 1)")
+    b.add_argument("--device", default="cpu",
+                   help="torch device of models and floor: cpu, cuda, cuda:1, auto (CUDA when "
+                        "present)")
     b.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads, in [1, cores] (default: torch's own)")
     b.set_defaults(func=_bench_main)
@@ -301,6 +311,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         "aensae_version": __version__,
         "torch_version": torch.__version__,
         "device": res.device,
+        "path": res.path,
         "dead": res.dead,
         "final": final,
         "evals": res.evals,
@@ -327,8 +338,10 @@ def _train_main(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- bench
 def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
-                n_models: int = 8, steps: int = 40, repeats: int = 3) -> dict[str, Any]:
-    """Measure ms per AEN training step (with data generation) against the GEMM floor.
+                n_models: int = 8, steps: int = 40, repeats: int = 3, *,
+                arch: str = "aen", stack: bool = False, device: str = "cpu"
+                ) -> dict[str, Any]:
+    """Measure ms per training step (with data generation) against the GEMM floor.
 
     A step is what ``aensae train`` does per batch: the signals of batch ``i`` of the
     synthetic stream (float64 numpy, converted to float32 torch; generated 8 batches at a
@@ -343,8 +356,15 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
     Timed in blocks of 8 consecutive steps (one chunk of data generation each, so the
     per-step time is amortized over a chunk, never a step that skipped it),
     ``repeats * steps / 8`` blocks each: one model, ``n_models`` models trained together
-    with the default configuration (``ratio_per_model_8``) and with batched products
-    (``TrainConfig(stack=True)``, ``*_stacked``). Each block is paired with the floor timed
+    with the default configuration (``ratio_per_model_8``) and, with ``stack``, with
+    batched products (``TrainConfig(stack=True)``, ``*_stacked``; ``stack_speedup`` is
+    the median over blocks of the separate block's time over the stacked block's, timed
+    one after the other, ``stack_speedup_range`` their smallest and largest, and
+    ``ms_per_model_step*`` give median, min and max per model-step). The models are
+    ``arch`` with default hyperparameters and seeds ``0 .. n_models - 1`` (the l1 models
+    therefore in their cold start, see above). ``device`` places models and floor (the
+    data are drawn on the CPU, as in training; on CUDA every timer reading waits for
+    the device). Each block is paired with the floor timed
     right before and right after it; a ratio is the block's time per step (per model) over
     the mean of its two floors, and the reported ratios are medians over all blocks.
     Pairing keeps the ratios meaningful on a shared machine, where a slow period inflates
@@ -371,15 +391,20 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
 
     torch.manual_seed(0)
     stream = SyntheticStream(spiked_dictionary(n, m, 0.0, seed=0).D, k, batch_size, seed=0)
-    cfg = TrainConfig(steps=10**9, device="cpu", dtype="float32")
-    single = _Run({"m0": create("aen", n, m, seed=0)}, cfg)
-    multi = _Run({f"m{i}": create("aen", n, m, seed=i) for i in range(n_models)}, cfg)
-    stacked = _Run({f"m{i}": create("aen", n, m, seed=i) for i in range(n_models)},
-                   TrainConfig(steps=10**9, device="cpu", dtype="float32", stack=True))
-    x = next(stream.torch_signal_batches(1))
+    from aensae.saes.trainer import resolve_device
+
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    cfg = TrainConfig(steps=10**9, device=str(dev), dtype="float32")
+    single = _Run({"m0": create(arch, n, m, seed=0)}, cfg)
+    multi = _Run({f"m{i}": create(arch, n, m, seed=i) for i in range(n_models)}, cfg)
+    stacked = (_Run({f"m{i}": create(arch, n, m, seed=i) for i in range(n_models)},
+                    TrainConfig(steps=10**9, device=str(dev), dtype="float32", stack=True))
+               if stack else None)
+    x = next(stream.torch_signal_batches(1)).to(dev)
     W_enc, W_dec = single.models["m0"].W_enc.detach(), single.models["m0"].W_dec.detach()
     h = torch.relu(x @ W_enc)
-    g = torch.randn(batch_size, n)
+    g = torch.randn(batch_size, n).to(dev)
 
     def floor_step() -> None:
         torch.mm(x, W_enc)
@@ -398,8 +423,12 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
         return stream.torch_signal_batches(start=0, dtype=torch.float32, chunk=block)
 
     def timed(fn: Any) -> float:
+        if cuda:
+            torch.cuda.synchronize(dev)
         t = time.perf_counter()
         fn()
+        if cuda:
+            torch.cuda.synchronize(dev)
         return 1e3 * (time.perf_counter() - t)
 
     def block_of(run: Any) -> Any:
@@ -410,8 +439,9 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
                 run.step_all(next(it))
         return steps_of_block
 
-    runs = {"single": block_of(single), "multi": block_of(multi),
-            "multi_stacked": block_of(stacked)}
+    runs = {"single": block_of(single), "multi": block_of(multi)}
+    if stack:
+        runs["multi_stacked"] = block_of(stacked)
     adam_runs = {"single": single, "multi": multi}
     floor_step()
     for fn in runs.values():  # warm-up: allocator, thread pool, optimizer state
@@ -446,14 +476,31 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
             adam_ratios[key].append(t / per_model[key] / (0.5 * (before + after)))
             before = after
     med = statistics.median
+
+    def model_step(key: str) -> dict[str, float]:
+        ts = [t / per_model[key] for t in times[key]]
+        return {"median": med(ts), "min": min(ts), "max": max(ts)}
+
+    stacked_keys: dict[str, Any] = {}
+    if stack:
+        speedups = [a / b for a, b in zip(times["multi"], times["multi_stacked"], strict=True)]
+        stacked_keys = {
+            "ms_per_step_8_stacked": med(times["multi_stacked"]),
+            "ratio_per_model_8_stacked": med(ratios["multi_stacked"]),
+            "ms_per_model_step_stacked": model_step("multi_stacked"),
+            "stack_speedup": med(speedups),
+            "stack_speedup_range": [min(speedups), max(speedups)],
+            "stack_path": stacked.paths["m0"] if stacked is not None else None,
+        }
     return {
         "ms_per_step": med(times["single"]),
         "floor_ms": med(floors),
         "ratio_single": med(ratios["single"]),
         "ms_per_step_8": med(times["multi"]),
         "ratio_per_model_8": med(ratios["multi"]),
-        "ms_per_step_8_stacked": med(times["multi_stacked"]),
-        "ratio_per_model_8_stacked": med(ratios["multi_stacked"]),
+        "ms_per_model_step_single": model_step("single"),
+        "ms_per_model_step_separate": model_step("multi"),
+        **stacked_keys,
         "adam_ratio_single": med(adam_ratios["single"]),
         "adam_ratio_per_model_8": med(adam_ratios["multi"]),
         "data_ms": med(datas),
@@ -464,11 +511,12 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
         "ratio_single_min": min(times["single"]) / min(floors),
         "ratio_per_model_8_min": min(times["multi"]) / n_models / min(floors),
         "load_average": os.getloadavg(),
-        "config": {"n": n, "m": m, "batch_size": batch_size, "k": k, "arch": "aen",
-                   "dtype": "float32", "device": "cpu", "models": n_models, "steps": steps,
-                   "repeats": repeats},
+        "config": {"n": n, "m": m, "batch_size": batch_size, "k": k, "arch": arch,
+                   "dtype": "float32", "device": str(dev), "models": n_models, "steps": steps,
+                   "repeats": repeats, "stack": stack},
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "gpu": torch.cuda.get_device_name(dev) if cuda else None,
                     "torch": torch.__version__},
         "aensae_version": __version__,
     }
@@ -483,8 +531,12 @@ def _bench_main(args: argparse.Namespace) -> int:
         check_int("--models", args.models, low=1)
         check_int("--steps", args.steps, low=1)
         check_int("--repeats", args.repeats, low=1)
+        if args.arch in ("topk", "batchtopk") and args.m < 16:
+            raise InputError(f"--m must be >= 16 with --arch {args.arch} (its default "
+                             f"k_top is 16 latents per signal), got {args.m}")
     if args.threads is not None:
         check_threads("--threads", args.threads, allow_zero=False)
+    check_device("--device", args.device)
     if args.json is not None:
         check_output_file("--json", args.json)
 
@@ -493,16 +545,24 @@ def _bench_main(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     res = bench_train(args.n, args.m, args.batch_size, args.k, args.models, args.steps,
-                      args.repeats)
+                      args.repeats, arch=args.arch, stack=args.stack, device=args.device)
     print(f"floor {res['floor_ms']:.2f} ms | one model {res['ms_per_step']:.2f} ms/step "
           f"(x{res['ratio_single']:.3f}, min-based x{res['ratio_single_min']:.3f}) | "
           f"{args.models} models {res['ms_per_step_8']:.2f} ms/step "
           f"(x{res['ratio_per_model_8']:.3f} per model, min-based "
-          f"x{res['ratio_per_model_8_min']:.3f}; stacked "
-          f"x{res['ratio_per_model_8_stacked']:.3f}) | data {res['data_ms']:.2f} ms/batch "
+          f"x{res['ratio_per_model_8_min']:.3f}) | data {res['data_ms']:.2f} ms/batch "
           f"in chunks of {res['block_steps']} ({res['data_ms_single']:.2f} alone) | "
           f"Adam alone x{res['adam_ratio_single']:.3f}, "
           f"x{res['adam_ratio_per_model_8']:.3f} per model of {args.models}")
+    if args.stack:
+        sep, st = res["ms_per_model_step_separate"], res["ms_per_model_step_stacked"]
+        lo, hi = res["stack_speedup_range"]
+        print(f"{args.arch} x{args.models}, ms per model-step (median [min, max] over blocks): "
+              f"separate {sep['median']:.3f} [{sep['min']:.3f}, {sep['max']:.3f}] | stacked "
+              f"{st['median']:.3f} [{st['min']:.3f}, {st['max']:.3f}] | speed-up of "
+              f"stacking x{res['stack_speedup']:.3f} [{lo:.3f}, {hi:.3f}] "
+              f"(x{res['ratio_per_model_8_stacked']:.3f} of the floor per model; path "
+              f"{res['stack_path']})")
     if args.json is not None:
         atomic_write_json(args.json, res)
     return 0

@@ -66,20 +66,22 @@ class AdaptiveLassoSAE(ReluL1SAE):
             raise ValueError(f"w_min must be <= w_max, got w_min={hyper['w_min']!r} > "
                              f"w_max={hyper['w_max']!r}")
 
-    def ramp(self) -> float:
-        """Cold-start factor ``alpha`` at the current step."""
-        return ramp_factor(int(self.step), int(self.hyper["warmup_steps"]),
-                           int(self.hyper["ramp_steps"]))
+    def ramp(self, step: int | None = None) -> float:
+        """Cold-start factor ``alpha`` at the current step (``step``: its value, when the
+        caller has already read the buffer, e.g. once for a stacked group on a GPU)."""
+        return ramp_factor(int(self.step) if step is None else step,
+                           int(self.hyper["warmup_steps"]), int(self.hyper["ramp_steps"]))
 
     @torch.no_grad()
-    def l1_weights(self) -> torch.Tensor:
+    def l1_weights(self, step: int | None = None) -> torch.Tensor:
         """``blend_weights(population_weights(ema, ...), ramp())`` (d_sae,), no gradient.
 
         During the cold-start hold (``ramp() == 0``) the blend is exactly 1 for any finite
         population weights (they are clamped to ``[w_min, w_max]``), so the population
-        weights are not computed then and ones are returned.
+        weights are not computed then and ones are returned. ``step``: as for
+        :meth:`ramp`.
         """
-        alpha = self.ramp()
+        alpha = self.ramp(step)
         if alpha == 0.0:
             return torch.ones_like(self.ema)
         hp = self.hyper

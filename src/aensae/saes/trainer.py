@@ -43,7 +43,7 @@ from aensae._io import atomic_write
 from aensae._validation import check_int, check_real
 from aensae.saes.base import SAE, LossOutput
 from aensae.saes.dead import DeadTracker
-from aensae.saes.stacked import StackedReLU, stackable
+from aensae.saes.stacked import PATH_SEPARATE, StackedGroup, group_models, step_path
 
 __all__ = ["CHECKPOINT_FILE", "ModelResult", "TrainConfig", "resolve_device", "train"]
 
@@ -87,9 +87,11 @@ class TrainConfig:
     progress : bool
         Show a tqdm progress bar.
     stack : bool
-        Compute the losses and gradients of ReLU-family models that share ``d_sae`` with
-        batched products (:class:`~aensae.saes.stacked.StackedReLU`); faster for sweeps,
-        equal to separate training up to floating-point rounding instead of bit for bit.
+        Compute the losses and gradients of the models of one family (ReLU family, TopK,
+        BatchTopK, JumpReLU) that share ``d_sae`` with batched products
+        (:mod:`aensae.saes.stacked`); faster for sweeps, equal to separate training up to
+        floating-point rounding instead of bit for bit. ``ModelResult.path`` records
+        which path each model took.
     """
 
     steps: int
@@ -166,6 +168,7 @@ class ModelResult:
     evals: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     device: str = ""  # the device trained on: what ``TrainConfig.device`` resolved to
+    path: str = ""  # the step it took: "separate" or "stacked-eager" (aensae.saes.stacked)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy."""
@@ -273,15 +276,11 @@ class _Run:
         self.results = {k: ModelResult(k, m.arch, 0) for k, m in models.items()}
         self.step = 0
         self._last_terms: dict[str, dict[str, torch.Tensor]] = {}
-        self.groups: list[tuple[list[str], StackedReLU]] = []
-        if cfg.stack:
-            by_shape: dict[int, list[str]] = {}
-            for k, m in models.items():
-                if stackable(m):
-                    by_shape.setdefault(m.d_sae, []).append(k)
-            for names in by_shape.values():
-                if len(names) > 1:
-                    self.groups.append((names, StackedReLU([models[k] for k in names])))
+        # stacked groups: one per (family, d_sae) of the stackable models (aensae.saes.stacked)
+        self.groups: list[tuple[list[str], StackedGroup]] = (
+            group_models(models) if cfg.stack else [])
+        stacked = {k for names, _ in self.groups for k in names}
+        self.paths = {k: step_path(k in stacked) for k in models}
 
     # -------------------------------------------------------------- one step
     def step_all(self, X: torch.Tensor) -> None:
@@ -306,9 +305,12 @@ class _Run:
                                              f"({model.arch}) at step {self.step}") from err
             outs[name] = out
         self.adam.step(lr)
+        for _, group in self.groups:
+            group.project_decoders()  # one batched projection per stacked group
         for name, model in self.models.items():
             out = outs[name]
-            model.project_decoder()
+            if self.paths[name] == PATH_SEPARATE:
+                model.project_decoder()
             model.after_step(out)
             self.dead[name].update(out.h, out.stats.get("fired"))
         self.step += 1
@@ -503,6 +505,7 @@ def train(
         res = run.results[k]
         res.steps = run.step
         res.device = str(run.device)  # set here, not at start: a resume may change it
+        res.path = run.paths[k]
         res.dead = run.dead[k].summary()
         res.seconds += elapsed
     return run.results
