@@ -1,0 +1,223 @@
+"""Data-parallel training (``torchrun ... -m aensae train`` / ``llm train``): 2 ranks with
+gloo on the CPU, each reading half of every batch, against 1 process on the whole batches.
+
+The oracle is the single-process command itself, unchanged by this feature (its own tests
+check it against hand computations and autograd): the 2-rank run, interrupted after a
+checkpoint and resumed, must end with the same weights and buffers (float64, to rounding)
+and the same dead-latent record. The ranks' data slices are checked against the full
+batches directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aensae import cli
+from aensae.saes import load
+
+RANKS = 2
+CUT = 5  # the interrupted runs stop before step 5, after the checkpoint of step 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, jobs: list[tuple[list[str], int | None]], report: str
+            ) -> None:
+    """One rank: run each command line (cut at step ``CUT`` when asked), record exit codes."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(RANKS),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from aensae.saes import trainer
+
+    # the group is made here once; each command finds it initialised and uses it
+    dist.init_process_group("gloo", rank=rank, world_size=RANKS,
+                            timeout=timedelta(seconds=120))
+    original = trainer._Run.step_all
+
+    def interrupted(self, X):
+        if self.step == CUT:
+            raise KeyboardInterrupt
+        return original(self, X)
+
+    codes = []
+    for argv, cut in jobs:
+        trainer._Run.step_all = interrupted if cut else original
+        codes.append(cli.main(argv))
+    trainer._Run.step_all = original
+    dist.destroy_process_group()
+    Path(report, f"rank{rank}.json").write_text(json.dumps(codes))
+
+
+def _run_ranks(jobs: list[tuple[list[str], int | None]], tmp_path: Path) -> list[list[int]]:
+    import torch.multiprocessing as mp
+
+    report = tmp_path / "codes"
+    report.mkdir()
+    mp.spawn(_worker, args=(_free_port(), jobs, str(report)), nprocs=RANKS, join=True)
+    return [json.loads((report / f"rank{r}.json").read_text()) for r in range(RANKS)]
+
+
+def _max_abs_diff(a: Path, b: Path) -> float:
+    """Largest |difference| over every parameter and buffer of two saved SAEs."""
+    ma, mb = load(a).state_dict(), load(b).state_dict()
+    assert ma.keys() == mb.keys()
+    return max(float((ma[k].double() - mb[k].double()).abs().max()) for k in ma)
+
+
+# ----------------------------------------------------------------------------- aensae train
+SYNTH = ["--n", "12", "--m", "24", "--k", "2", "--steps", "8", "--batch-size", "32",
+         "--eval-samples", "256", "--dead-window", "64", "--checkpoint-every", "4",
+         "--noise-std", "0.05", "--lr", "0.01", "--dtype", "float64", "--device", "cpu",
+         "--no-progress"]
+#: architecture -> its options: the adaptive weights leave the hold at step 2, AuxK is on
+#: with latents counted dead after 64 samples, BatchTopK keeps 3 per sample on average
+SYNTH_ARCHS = {
+    "relu_l1": ["--l1", "0.01"],
+    "aen": ["--l1", "0.01", "--l2", "0.001", "--set", "warmup_steps=2", "--set",
+            "ramp_steps=3", "--set", "beta=0.5"],
+    "topk": ["--k-top", "3", "--set", "aux_k=4", "--set", "dead_samples=64"],
+    "batchtopk": ["--k-top", "3", "--set", "threshold_beta=0.5"],
+    "jumprelu": ["--set", "l0=0.01"],
+}
+
+
+def test_train_two_ranks_equal_one_process(tmp_path, capsys):
+    def argv(arch: str, out: Path) -> list[str]:
+        return ["train", "--arch", arch, *SYNTH_ARCHS[arch], "--out", str(out), *SYNTH]
+
+    jobs: list[tuple[list[str], int | None]] = []
+    for arch in SYNTH_ARCHS:  # interrupted after the checkpoint of step 4, then resumed
+        jobs += [(argv(arch, tmp_path / "ddp" / arch), CUT), (argv(arch, tmp_path / "ddp" / arch),
+                                                            None)]
+    jobs.append((argv("relu_l1", tmp_path / "cut"), CUT))  # left interrupted
+    codes = _run_ranks(jobs, tmp_path)
+    assert codes == [[130, 0] * len(SYNTH_ARCHS) + [130]] * RANKS
+
+    diffs = {}
+    for arch in SYNTH_ARCHS:
+        one, two = tmp_path / "one" / arch, tmp_path / "ddp" / arch
+        assert cli.main(argv(arch, one)) == 0
+        assert sorted(p.name for p in two.iterdir()) == ["cfg.json", "metrics.json",
+                                                         "sae.safetensors"]
+        diffs[arch] = _max_abs_diff(one, two)
+        r1 = json.loads((one / "metrics.json").read_text())
+        r2 = json.loads((two / "metrics.json").read_text())
+        assert (r1["world_size"], r2["world_size"]) == (1, RANKS)
+        assert r2["dead"] == r1["dead"] and len(r1["dead"]["fractions"]) == 4
+        for key in ("l0", "mse", "explained_variance"):
+            assert r2["final"][key] == pytest.approx(r1["final"][key], rel=1e-9, abs=1e-12)
+        for key in ("train_loss_first", "train_loss_last"):
+            assert r2[key] == pytest.approx(r1[key], rel=1e-9)
+    with capsys.disabled():
+        print(f"\naensae train, max |2 ranks - 1 process| over weights and buffers, "
+              f"float64: {diffs}")
+    assert max(diffs.values()) < 1e-10, diffs
+    # the buffers that hold batch statistics moved away from their initial values
+    assert float(load(tmp_path / "ddp" / "batchtopk").threshold) > 0
+    assert int(load(tmp_path / "ddp" / "aen").step) == 8
+
+    # a 2-rank checkpoint is not resumed by 1 process: one line naming the ranks
+    capsys.readouterr()
+    assert cli.main(argv("relu_l1", tmp_path / "cut")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "2 data-parallel rank(s)" in err, err
+
+
+def test_stream_rows_are_the_batch_rows():
+    from aensae.synthetic import SyntheticStream, spiked_dictionary
+
+    stream = SyntheticStream(spiked_dictionary(8, 16, 0.5, seed=1), k=3, batch_size=10,
+                             noise_std=0.1, seed=2)
+    for i in (0, 7):
+        full = stream.signals(i)
+        parts = [stream.signals(i, rows) for rows in ((0, 5), (5, 10))]
+        assert np.array_equal(np.concatenate(parts), full)
+        assert np.array_equal(stream.signals(i, (3, 4)), full[3:4])
+    halves = [list(stream.torch_signal_batches(3, start=1, rows=r, dtype=torch.float64))
+              for r in ((0, 5), (5, 10))]
+    for j, (a, b) in enumerate(zip(*halves, strict=True)):
+        assert torch.equal(torch.cat([a, b]), torch.from_numpy(stream.signals(1 + j)))
+    with pytest.raises(ValueError, match="rows"):
+        stream.signals(0, (5, 11))
+
+
+# ----------------------------------------------------------------------------- llm train
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, smol_tokenizer_dir):
+    pytest.importorskip("transformers")
+    from llm_support import tiny_language_model
+
+    from aensae.llm.cache import HarvestConfig, harvest
+
+    lm = tiny_language_model("gpt2", smol_tokenizer_dir, d=16)
+    corpus = tmp_path_factory.mktemp("corpus")
+    for i in range(30):
+        (corpus / f"{i}.md").write_text(f"# note {i}\n" + "some words here " * (3 + i % 5))
+    out = tmp_path_factory.mktemp("cache") / "c"
+    cfg = HarvestConfig(model="tiny-gpt2", layer=1, text=str(corpus), tokens=600, ctx=8,
+                        batch_size=4, shard_windows=10, shuffle_windows=4)
+    harvest(cfg, out, model=lm, progress=False)
+    return out
+
+
+def test_store_rows_are_the_batch_rows(cache):
+    from aensae.llm.store import ActivationStore
+
+    store = ActivationStore(cache)
+    kw = {"normalisation": "per_token", "dtype": "float64", "buffer_tokens": 100}
+    n = 2 * store.n_tokens // 48  # two epochs: batches straddle buffers and epochs
+    full = itertools.islice(store.batches(48, seed=3, start=1, **kw), n)
+    parts = [store.batches(48, seed=3, start=1, rows=r, **kw) for r in ((0, 16), (16, 48))]
+    for x, a, b in zip(full, *parts, strict=False):  # the parts are endless
+        assert a.shape == (16, store.d_in) and torch.equal(torch.cat([a, b]), x)
+    with pytest.raises(ValueError, match="rows"):
+        store.batches(48, rows=(10, 10))
+
+
+def test_llm_train_two_ranks_equal_one_process(cache, tmp_path, capsys):
+    # The tiny cache repeats tokens, so its batches hold identical rows: BatchTopK meets
+    # ties at its threshold, and must keep exactly k B entries (any of the tied ones: for
+    # identical rows every choice gives the same gradients) to match one process.
+    archs = ["relu_l1", "aen", "topk", "batchtopk", "jumprelu"]
+    flags = [f"--arch={a}" for a in archs] + [
+        "--k-top", "4", "--set", "aux_k=4", "--set", "dead_samples=64", "--set",
+        "warmup_steps=2", "--set", "ramp_steps=3", "--l1", "0.01"]
+
+    def argv(out: Path) -> list[str]:
+        return ["llm", "train", "--cache", str(cache), "--d-sae", "24", "--steps", "8",
+                "--batch-size", "32", "--dead-window", "64", "--checkpoint-every", "4",
+                "--dtype", "float64", "--device", "cpu", "--lr", "0.01", "--out", str(out),
+                "--no-progress", *flags]
+
+    two, one = tmp_path / "ddp", tmp_path / "one"
+    assert _run_ranks([(argv(two), CUT), (argv(two), None)], tmp_path) == [[130, 0]] * RANKS
+    assert cli.main(argv(one)) == 0
+    r1 = json.loads((one / "run.json").read_text())
+    r2 = json.loads((two / "run.json").read_text())
+    assert (r1["world_size"], r2["world_size"]) == (1, RANKS)
+    assert sorted(r2["saes"]) == sorted(archs)
+    diffs = {}
+    for name in archs:
+        diffs[name] = _max_abs_diff(one / name, two / name)
+        assert r2["saes"][name]["dead"] == r1["saes"][name]["dead"]
+        assert r2["saes"][name]["train_loss_last"] == pytest.approx(
+            r1["saes"][name]["train_loss_last"], rel=1e-9)
+    with capsys.disabled():
+        print(f"\naensae llm train, max |2 ranks - 1 process| over weights and buffers, "
+              f"float64: {diffs}")
+    assert max(diffs.values()) < 1e-10, diffs
