@@ -1,11 +1,13 @@
 """Data-parallel training (``torchrun ... -m aensae train`` / ``llm train``): 2 ranks with
 gloo on the CPU, each reading half of every batch, against 1 process on the whole batches.
 
-The oracle is the single-process command itself, unchanged by this feature (its own tests
-check it against hand computations and autograd): the 2-rank run, interrupted after a
-checkpoint and resumed, must end with the same weights and buffers (float64, to rounding)
-and the same dead-latent record. The ranks' data slices are checked against the full
-batches directly.
+Each rank is a spawned process given torchrun's environment variables (RANK, LOCAL_RANK,
+WORLD_SIZE, MASTER_ADDR, MASTER_PORT on a free port), so the commands set up the process
+group themselves, as under torchrun. The oracle is the single-process command itself,
+unchanged by this feature (its own tests check it against hand computations and
+autograd): the 2-rank run, interrupted after a checkpoint and resumed, must end with the
+same weights and buffers (float64, to rounding) and the same dead-latent record. The
+ranks' data slices are checked against the full batches directly.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import itertools
 import json
 import os
 import socket
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -34,19 +35,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, port: int, jobs: list[tuple[list[str], int | None]], report: str
-            ) -> None:
-    """One rank: run each command line (cut at step ``CUT`` when asked), record exit codes."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(RANKS),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank: int, jobs: list[tuple[list[str], bool, int, int]]) -> None:
+    """One rank, as torchrun starts it (its environment variables): run each command line
+    ``argv`` (cut before step ``CUT`` when ``cut``) on its own port; a wrong exit code
+    raises, which makes ``spawn`` stop the other rank and fail the test."""
     torch.set_num_threads(1)
-    import torch.distributed as dist
-
     from aensae.saes import trainer
 
-    # the group is made here once; each command finds it initialised and uses it
-    dist.init_process_group("gloo", rank=rank, world_size=RANKS,
-                            timeout=timedelta(seconds=120))
     original = trainer._Run.step_all
 
     def interrupted(self, X):
@@ -54,22 +49,21 @@ def _worker(rank: int, port: int, jobs: list[tuple[list[str], int | None]], repo
             raise KeyboardInterrupt
         return original(self, X)
 
-    codes = []
-    for argv, cut in jobs:
+    for argv, cut, expected, port in jobs:
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(RANKS),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         trainer._Run.step_all = interrupted if cut else original
-        codes.append(cli.main(argv))
+        code = cli.main(argv)  # initialises the process group from the environment
+        assert code == expected, (rank, argv, code)
     trainer._Run.step_all = original
-    dist.destroy_process_group()
-    Path(report, f"rank{rank}.json").write_text(json.dumps(codes))
 
 
-def _run_ranks(jobs: list[tuple[list[str], int | None]], tmp_path: Path) -> list[list[int]]:
+def _run_ranks(jobs: list[tuple[list[str], bool, int]]) -> None:
+    """Run ``(argv, cut, expected exit code)`` jobs on ``RANKS`` spawned processes."""
     import torch.multiprocessing as mp
 
-    report = tmp_path / "codes"
-    report.mkdir()
-    mp.spawn(_worker, args=(_free_port(), jobs, str(report)), nprocs=RANKS, join=True)
-    return [json.loads((report / f"rank{r}.json").read_text()) for r in range(RANKS)]
+    ports = [(*job, _free_port()) for job in jobs]
+    mp.spawn(_worker, args=(ports,), nprocs=RANKS, join=True)
 
 
 def _max_abs_diff(a: Path, b: Path) -> float:
@@ -100,13 +94,12 @@ def test_train_two_ranks_equal_one_process(tmp_path, capsys):
     def argv(arch: str, out: Path) -> list[str]:
         return ["train", "--arch", arch, *SYNTH_ARCHS[arch], "--out", str(out), *SYNTH]
 
-    jobs: list[tuple[list[str], int | None]] = []
+    jobs = []
     for arch in SYNTH_ARCHS:  # interrupted after the checkpoint of step 4, then resumed
-        jobs += [(argv(arch, tmp_path / "ddp" / arch), CUT), (argv(arch, tmp_path / "ddp" / arch),
-                                                            None)]
-    jobs.append((argv("relu_l1", tmp_path / "cut"), CUT))  # left interrupted
-    codes = _run_ranks(jobs, tmp_path)
-    assert codes == [[130, 0] * len(SYNTH_ARCHS) + [130]] * RANKS
+        out = tmp_path / "ddp" / arch
+        jobs += [(argv(arch, out), True, 130), (argv(arch, out), False, 0)]
+    jobs.append((argv("relu_l1", tmp_path / "cut"), True, 130))  # left interrupted
+    _run_ranks(jobs)
 
     diffs = {}
     for arch in SYNTH_ARCHS:
@@ -205,7 +198,7 @@ def test_llm_train_two_ranks_equal_one_process(cache, tmp_path, capsys):
                 "--no-progress", *flags]
 
     two, one = tmp_path / "ddp", tmp_path / "one"
-    assert _run_ranks([(argv(two), CUT), (argv(two), None)], tmp_path) == [[130, 0]] * RANKS
+    _run_ranks([(argv(two), True, 130), (argv(two), False, 0)])
     assert cli.main(argv(one)) == 0
     r1 = json.loads((one / "run.json").read_text())
     r2 = json.loads((two / "run.json").read_text())
@@ -221,3 +214,34 @@ def test_llm_train_two_ranks_equal_one_process(cache, tmp_path, capsys):
         print(f"\naensae llm train, max |2 ranks - 1 process| over weights and buffers, "
               f"float64: {diffs}")
     assert max(diffs.values()) < 1e-10, diffs
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_rows_split_the_batch_and_refuse_unequal_shares():
+    from aensae._validation import InputError
+    from aensae.saes.distributed import World
+
+    cpu = torch.device("cpu")
+    assert [World(r, 4, r, cpu).rows(32) for r in range(4)] == [(0, 8), (8, 16), (16, 24),
+                                                                (24, 32)]
+    with pytest.raises(InputError, match="--batch-size 32 must be a multiple of the number "
+                                         "of ranks 3"):
+        World(1, 3, 1, cpu).rows(32)
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE must be an integer"),
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "RANK is not set"),
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "0", "RANK": "2"}, "RANK=2 must be < WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "0", "RANK": "0"}, "MASTER_ADDR is not set"),
+])
+def test_torchrun_environment_errors_are_one_line(tmp_path, capsys, monkeypatch, env, needle):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "o"
+    assert cli.main(["train", "--arch", "relu_l1", "--out", str(out), *SYNTH]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and needle in err, err
+    assert not out.exists()

@@ -78,8 +78,11 @@ def register(top: Any, bench: Any) -> None:
                    help="output folder (created; must not be a file)")
     p.add_argument("--rho", type=float, default=0.0,
                    help="spike correlation of the true atoms, in [0, 1)")
-    p.add_argument("--n", type=int, default=256, help="signal dimension d_in (>= 2)")
-    p.add_argument("--m", type=int, default=1024, help="true atoms (>= 1)")
+    # --d-in and --atoms: spellings torchrun's own parser passes on (it takes --n and --m
+    # for ambiguous abbreviations of its --nnodes ... and --master-port ...)
+    p.add_argument("--n", "--d-in", type=int, default=256,
+                   help="signal dimension d_in (>= 2)")
+    p.add_argument("--m", "--atoms", type=int, default=1024, help="true atoms (>= 1)")
     p.add_argument("--d-sae", type=int, default=None, help="SAE latents (default: --m)")
     p.add_argument("--k", type=int, default=16, help="non-zeros per true code, in [1, m]")
     p.add_argument("--lo", type=float, default=1.0, help="smallest code magnitude (> 0)")
