@@ -245,3 +245,26 @@ def test_torchrun_environment_errors_are_one_line(tmp_path, capsys, monkeypatch,
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and needle in err, err
     assert not out.exists()
+
+
+def test_every_option_has_a_spelling_torchrun_passes_on():
+    """torchrun parses the whole command line with abbreviations allowed: an option of
+    ``aensae train`` / ``llm train`` that is a prefix of one of torchrun's own options is
+    an error (several) or silently taken by torchrun (one). Each needs a spelling that is
+    no such prefix."""
+    import argparse
+
+    from torch.distributed.run import get_args_parser
+
+    theirs = [o for a in get_args_parser()._actions for o in a.option_strings]
+    sub = next(a for a in cli.build_parser()._actions
+               if isinstance(a, argparse._SubParsersAction))
+    llm = next(a for a in sub.choices["llm"]._actions
+               if isinstance(a, argparse._SubParsersAction))
+    for command in (sub.choices["train"], llm.choices["train"]):
+        for action in command._actions:
+            if "--help" in action.option_strings:
+                continue
+            passed_on = [o for o in action.option_strings
+                         if not any(t.startswith(o) for t in theirs)]
+            assert passed_on, (command.prog, action.option_strings)

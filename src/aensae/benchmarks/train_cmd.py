@@ -24,7 +24,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aensae._io import atomic_write_json, check_output_dir, check_output_file, check_resumable
 from aensae._validation import (
@@ -37,6 +37,9 @@ from aensae._validation import (
     user_input,
 )
 from aensae.benchmarks._options import add_command
+
+if TYPE_CHECKING:
+    from aensae.saes.distributed import World
 
 __all__ = ["add_hyperparameter_options", "add_optimiser_options", "bench_train",
            "check_optimiser_args", "hyper_from_args", "parse_set", "register", "run_train"]
@@ -78,15 +81,17 @@ def register(top: Any, bench: Any) -> None:
                    help="output folder (created; must not be a file)")
     p.add_argument("--rho", type=float, default=0.0,
                    help="spike correlation of the true atoms, in [0, 1)")
-    # --d-in and --atoms: spellings torchrun's own parser passes on (it takes --n and --m
-    # for ambiguous abbreviations of its --nnodes ... and --master-port ...)
+    # --d-in, --atoms, --low: spellings torchrun's own parser passes on (it takes --n, --m
+    # and --lo for ambiguous abbreviations of its --nnodes, --master-port, --log-dir ...)
     p.add_argument("--n", "--d-in", type=int, default=256,
                    help="signal dimension d_in (>= 2)")
     p.add_argument("--m", "--atoms", type=int, default=1024, help="true atoms (>= 1)")
     p.add_argument("--d-sae", type=int, default=None, help="SAE latents (default: --m)")
     p.add_argument("--k", type=int, default=16, help="non-zeros per true code, in [1, m]")
-    p.add_argument("--lo", type=float, default=1.0, help="smallest code magnitude (> 0)")
-    p.add_argument("--hi", type=float, default=3.0, help="largest code magnitude (>= --lo)")
+    p.add_argument("--lo", "--low", type=float, default=1.0,
+                   help="smallest code magnitude (> 0)")
+    p.add_argument("--hi", "--high", type=float, default=3.0,
+                   help="largest code magnitude (>= --lo)")
     p.add_argument("--noise-std", type=float, default=0.0,
                    help="standard deviation of Gaussian noise added to signals (>= 0)")
     p.add_argument("--steps", type=int, default=5000, help="optimizer steps (>= 1)")
@@ -255,8 +260,8 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         return _train(args, hyper, out, world)
 
 
-def _train(args: argparse.Namespace, hyper: dict[str, Any], out: Path, world: Any
-           ) -> dict[str, Any]:
+def _train(args: argparse.Namespace, hyper: dict[str, Any], out: Path,
+           world: World | None) -> dict[str, Any]:
     """:func:`run_train` after the checks, on one process (``world=None``) or a rank."""
     import torch
 

@@ -33,13 +33,16 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from aensae._io import atomic_write_json, check_resumable, replace_together
 from aensae._validation import InputError
 from aensae.llm.store import ActivationStore
+
+if TYPE_CHECKING:
+    from aensae.saes.distributed import World
 
 __all__ = ["DEAD_WINDOW_TOKENS", "LLM_KEY", "SAESpec", "TrainRun", "sae_name", "train_on_cache"]
 
@@ -119,7 +122,7 @@ def train_on_cache(run: TrainRun) -> dict[str, Any]:
         return _train_on_cache(run, world)
 
 
-def _train_on_cache(run: TrainRun, world: Any) -> dict[str, Any]:
+def _train_on_cache(run: TrainRun, world: World | None) -> dict[str, Any]:
     """:func:`train_on_cache` on one process (``world=None``) or on one rank."""
     from aensae import __version__
     from aensae.saes import TrainConfig, create, save, train
