@@ -116,6 +116,9 @@ def test_train_two_ranks_equal_one_process(tmp_path, capsys):
             assert r2["final"][key] == pytest.approx(r1["final"][key], rel=1e-9, abs=1e-12)
         for key in ("train_loss_first", "train_loss_last"):
             assert r2[key] == pytest.approx(r1[key], rel=1e-9)
+        assert r2["last_terms"].keys() == r1["last_terms"].keys()
+        if arch == "topk":  # AuxK was on in the last step: some latents were dead
+            assert "aux" in r1["last_terms"]
     with capsys.disabled():
         print(f"\naensae train, max |2 ranks - 1 process| over weights and buffers, "
               f"float64: {diffs}")
