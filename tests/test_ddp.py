@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from aensae.saes import load
 
 RANKS = 2
 CUT = 5  # the interrupted runs stop before step 5, after the checkpoint of step 4
+STACKED = "<stacked train()>"  # a job that is no command line
 
 
 def _free_port() -> int:
@@ -53,6 +55,14 @@ def _worker(rank: int, jobs: list[tuple[list[str], bool, int, int]]) -> None:
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(RANKS),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         trainer._Run.step_all = interrupted if cut else original
+        if argv[0] == STACKED:  # train() itself, the stacked path; rank 0 saves the states
+            from aensae.saes.distributed import from_env
+
+            with from_env("cpu") as world:
+                states = _stacked_run(world.rows(32), world)
+            if rank == 0:
+                torch.save(states, argv[1])
+            continue
         code = cli.main(argv)  # initialises the process group from the environment
         assert code == expected, (rank, argv, code)
     trainer._Run.step_all = original
@@ -63,7 +73,13 @@ def _run_ranks(jobs: list[tuple[list[str], bool, int]]) -> None:
     import torch.multiprocessing as mp
 
     ports = [(*job, _free_port()) for job in jobs]
-    mp.spawn(_worker, args=(ports,), nprocs=RANKS, join=True)
+    ranks = mp.spawn(_worker, args=(ports,), nprocs=RANKS, join=False)
+    deadline = time.monotonic() + 900  # a hang (a rank waiting on one that left) fails
+    while not ranks.join(timeout=2):  # raises when a rank fails
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail("the ranks did not finish within 900 s")
 
 
 def _max_abs_diff(a: Path, b: Path) -> float:
@@ -90,20 +106,31 @@ SYNTH_ARCHS = {
 }
 
 
-def test_train_two_ranks_equal_one_process(tmp_path, capsys):
-    def argv(arch: str, out: Path) -> list[str]:
-        return ["train", "--arch", arch, *SYNTH_ARCHS[arch], "--out", str(out), *SYNTH]
+def _synth_argv(arch: str, out: Path) -> list[str]:
+    return ["train", "--arch", arch, *SYNTH_ARCHS[arch], "--out", str(out), *SYNTH]
 
+
+@pytest.fixture(scope="module")
+def synthetic_ranks(tmp_path_factory) -> Path:
+    """The 2-rank runs of the synthetic tests, in one spawn: per architecture an
+    ``aensae train`` interrupted after the checkpoint of step 4 and resumed (``ddp/ARCH``),
+    one left interrupted (``cut``), and the stacked ``train()`` (``stacked.pt``)."""
+    tmp = tmp_path_factory.mktemp("ranks")
     jobs = []
-    for arch in SYNTH_ARCHS:  # interrupted after the checkpoint of step 4, then resumed
-        out = tmp_path / "ddp" / arch
-        jobs += [(argv(arch, out), True, 130), (argv(arch, out), False, 0)]
-    jobs.append((argv("relu_l1", tmp_path / "cut"), True, 130))  # left interrupted
+    for arch in SYNTH_ARCHS:
+        out = tmp / "ddp" / arch
+        jobs += [(_synth_argv(arch, out), True, 130), (_synth_argv(arch, out), False, 0)]
+    jobs.append((_synth_argv("relu_l1", tmp / "cut"), True, 130))
+    jobs.append(([STACKED, str(tmp / "stacked.pt")], False, 0))
     _run_ranks(jobs)
+    return tmp
 
+
+def test_train_two_ranks_equal_one_process(synthetic_ranks, tmp_path, capsys):
+    argv, ranks = _synth_argv, synthetic_ranks
     diffs = {}
     for arch in SYNTH_ARCHS:
-        one, two = tmp_path / "one" / arch, tmp_path / "ddp" / arch
+        one, two = tmp_path / "one" / arch, ranks / "ddp" / arch
         assert cli.main(argv(arch, one)) == 0
         assert sorted(p.name for p in two.iterdir()) == ["cfg.json", "metrics.json",
                                                          "sae.safetensors"]
@@ -124,12 +151,12 @@ def test_train_two_ranks_equal_one_process(tmp_path, capsys):
               f"float64: {diffs}")
     assert max(diffs.values()) < 1e-10, diffs
     # the buffers that hold batch statistics moved away from their initial values
-    assert float(load(tmp_path / "ddp" / "batchtopk").threshold) > 0
-    assert int(load(tmp_path / "ddp" / "aen").step) == 8
+    assert float(load(ranks / "ddp" / "batchtopk").threshold) > 0
+    assert int(load(ranks / "ddp" / "aen").step) == 8
 
     # a 2-rank checkpoint is not resumed by 1 process: one line naming the ranks
     capsys.readouterr()
-    assert cli.main(argv("relu_l1", tmp_path / "cut")) == 2
+    assert cli.main(argv("relu_l1", ranks / "cut")) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "2 data-parallel rank(s)" in err, err
 
@@ -150,6 +177,38 @@ def test_stream_rows_are_the_batch_rows():
         assert torch.equal(torch.cat([a, b]), torch.from_numpy(stream.signals(1 + j)))
     with pytest.raises(ValueError, match="rows"):
         stream.signals(0, (5, 11))
+
+
+# ----------------------------------------------------------------------------- train()
+def _stacked_models() -> dict:
+    from aensae.saes import create
+
+    specs = [("aen", {"warmup_steps": 2, "ramp_steps": 3}), ("relu_l1", {}),
+             ("elastic_net", {}), ("topk", {"k_top": 3})]
+    return {f"m{i}": create(arch, 12, 24, seed=i, dtype=torch.float64, **hyper)
+            for i, (arch, hyper) in enumerate(specs)}
+
+
+def _stacked_run(rows, world=None) -> dict:
+    """Four models trained together by ``train()``, the ReLU family stacked."""
+    from aensae.saes import TrainConfig, train
+    from aensae.synthetic import SyntheticStream, spiked_dictionary
+
+    stream = SyntheticStream(spiked_dictionary(12, 24, 0.5, seed=0), 2, 32, seed=0,
+                             noise_std=0.05)
+    models = _stacked_models()
+    train(models, lambda start: stream.torch_signal_batches(8 - start, start=start, rows=rows,
+                                                            dtype=torch.float64),
+          TrainConfig(steps=8, device="cpu", dtype="float64", stack=True, lr=0.01,
+                      dead_window=64), world=world)
+    return {k: m.state_dict() for k, m in models.items()}
+
+
+def test_stacked_training_two_ranks_equal_one_process(synthetic_ranks):
+    two, one = torch.load(synthetic_ranks / "stacked.pt"), _stacked_run(None)
+    for name, state in one.items():
+        for key, value in state.items():
+            torch.testing.assert_close(two[name][key], value, rtol=0, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- llm train
