@@ -209,6 +209,10 @@ def _train_main(args: argparse.Namespace) -> int:
                    device=args.device, dtype=args.dtype, progress=args.progress,
                    overwrite=args.overwrite)
     record = train_on_cache(run)
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # a data-parallel rank other than 0
+        return 0
     for name, r in record["saes"].items():
         print(f"{name}: final loss {r['train_loss_last']:.5g}  dead(final window of "
               f"{record['dead_window_tokens']} tokens) {r['dead']['final']}  -> "

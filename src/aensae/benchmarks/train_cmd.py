@@ -25,7 +25,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aensae._io import atomic_write_json, check_output_dir, check_output_file, check_resumable
 from aensae._validation import (
@@ -38,6 +38,9 @@ from aensae._validation import (
     user_input,
 )
 from aensae.benchmarks._options import add_command
+
+if TYPE_CHECKING:
+    from aensae.saes.distributed import World
 
 __all__ = ["add_hyperparameter_options", "add_optimiser_options", "bench_train",
            "check_optimiser_args", "hyper_from_args", "parse_set", "register", "run_train"]
@@ -79,12 +82,17 @@ def register(top: Any, bench: Any) -> None:
                    help="output folder (created; must not be a file)")
     p.add_argument("--rho", type=float, default=0.0,
                    help="spike correlation of the true atoms, in [0, 1)")
-    p.add_argument("--n", type=int, default=256, help="signal dimension d_in (>= 2)")
-    p.add_argument("--m", type=int, default=1024, help="true atoms (>= 1)")
+    # --d-in, --atoms, --low: spellings torchrun's own parser passes on (it takes --n, --m
+    # and --lo for ambiguous abbreviations of its --nnodes, --master-port, --log-dir ...)
+    p.add_argument("--n", "--d-in", type=int, default=256,
+                   help="signal dimension d_in (>= 2)")
+    p.add_argument("--m", "--atoms", type=int, default=1024, help="true atoms (>= 1)")
     p.add_argument("--d-sae", type=int, default=None, help="SAE latents (default: --m)")
     p.add_argument("--k", type=int, default=16, help="non-zeros per true code, in [1, m]")
-    p.add_argument("--lo", type=float, default=1.0, help="smallest code magnitude (> 0)")
-    p.add_argument("--hi", type=float, default=3.0, help="largest code magnitude (>= --lo)")
+    p.add_argument("--lo", "--low", type=float, default=1.0,
+                   help="smallest code magnitude (> 0)")
+    p.add_argument("--hi", "--high", type=float, default=3.0,
+                   help="largest code magnitude (>= --lo)")
     p.add_argument("--noise-std", type=float, default=0.0,
                    help="standard deviation of Gaussian noise added to signals (>= 0)")
     p.add_argument("--steps", type=int, default=5000, help="optimizer steps (>= 1)")
@@ -249,9 +257,22 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     model, its ``cfg.json`` and ``metrics.json`` are written as one set
     (:func:`aensae._io.replace_together`): a run that fails or is redone with
     ``--overwrite`` leaves the previous set as it was until the new one is complete.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the ranks train the model data-parallel
+    (:mod:`aensae.saes.distributed`): rank ``r`` of ``W`` draws rows ``[r B/W, (r+1) B/W)``
+    of every batch (``--batch-size`` a multiple of ``W``), and rank 0 alone writes files.
     """
     hyper, out = check_train_args(args)
 
+    from aensae.saes.distributed import from_env
+
+    with from_env(args.device) as world:
+        return _train(args, hyper, out, world)
+
+
+def _train(args: argparse.Namespace, hyper: dict[str, Any], out: Path,
+           world: World | None) -> dict[str, Any]:
+    """:func:`run_train` after the checks, on one process (``world=None``) or a rank."""
     import torch
 
     from aensae import __version__
@@ -276,8 +297,12 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
                  "eval_samples": args.eval_samples, "eval_index": EVAL_INDEX},
         "train": {k: v for k, v in cfg.to_dict().items() if k != "progress"},
     }
+    rows = None if world is None else world.rows(args.batch_size)  # this rank's share
+    main = world is None or world.is_main
     done = check_resumable(out, "metrics.json", run_config, args.overwrite, CHECKPOINT_FILE,
                            CHECKPOINT_CONFIG)
+    if world is not None:
+        world.barrier()  # every rank has looked at --out before rank 0 writes there
     if done is not None:
         return done
     ckpt, ckpt_config = out / CHECKPOINT_FILE, out / CHECKPOINT_CONFIG
@@ -291,17 +316,19 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
 
     def data(start: int):
         # only X is needed for training: no true codes, batches generated a chunk at a time
-        return stream.torch_signal_batches(args.steps - start, start=start, dtype=dtype)
+        return stream.torch_signal_batches(args.steps - start, start=start, dtype=dtype,
+                                           rows=rows)
 
     def eval_fn(m):
         return evaluate(m, X_eval, H_eval, D_true=dic.D, shared=dic.shared)
 
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    if args.checkpoint_every:
-        atomic_write_json(ckpt_config, run_config)  # what a resume must match
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if args.checkpoint_every:
+            atomic_write_json(ckpt_config, run_config)  # what a resume must match
     results = train(model, data, cfg, eval_fn=eval_fn, checkpoint_dir=out,
-                    resume=not args.overwrite)
+                    resume=not args.overwrite, world=world)
     res = results["model"]
     final = res.evals[-1] if res.evals else eval_fn(model)
     record = {
@@ -312,6 +339,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "device": res.device,
         "path": res.path,
+        "world_size": 1 if world is None else world.size,
         "dead": res.dead,
         "final": final,
         "evals": res.evals,
@@ -320,16 +348,21 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         "last_terms": res.last_terms,
         "seconds": time.perf_counter() - t0,
     }
-    with replace_together(out, OUTPUT_FILES) as stage:
-        save(model, stage)
-        atomic_write_json(stage / "metrics.json", record)
-    ckpt.unlink(missing_ok=True)
-    ckpt_config.unlink(missing_ok=True)
+    if main:
+        with replace_together(out, OUTPUT_FILES) as stage:
+            save(model, stage)
+            atomic_write_json(stage / "metrics.json", record)
+        ckpt.unlink(missing_ok=True)
+        ckpt_config.unlink(missing_ok=True)
+    if world is not None:
+        world.barrier()
     return record
 
 
 def _train_main(args: argparse.Namespace) -> int:
     record = run_train(args)
+    if os.environ.get("RANK", "0") != "0":  # a data-parallel rank other than 0
+        return 0
     f = record["final"]
     print(f"{args.arch}: EV {f['explained_variance']:.4f}  L0 {f['l0']:.2f}  "
           f"dead(final window) {record['dead']['final']}  -> {args.out}")

@@ -20,6 +20,10 @@ one buffer plus one batch.
 
 Normalisation (``normalisation=``, default ``"scalar"``, see :mod:`aensae.llm.normalise`)
 is applied per batch with the cache's own constant; ``"none"`` gives the raw activations.
+
+Data-parallel ranks (:mod:`aensae.saes.distributed`) read ``rows=(lo, hi)``: rows
+``lo:hi`` of every batch, the same numbers, gathered from the buffer alone (each rank
+still loads the buffer's shards).
 """
 
 from __future__ import annotations
@@ -117,13 +121,14 @@ class ActivationStore:
 
     def batches(self, batch_size: int, seed: int = 0, start: int = 0, *,
                 normalisation: str = "scalar", dtype: str = "float32",
-                buffer_tokens: int = 2**17, device: str | torch.device = "cpu"
-                ) -> Iterator[torch.Tensor]:
+                buffer_tokens: int = 2**17, device: str | torch.device = "cpu",
+                rows: tuple[int, int] | None = None) -> Iterator[torch.Tensor]:
         """Endless shuffled batches (batch_size, d_in), from batch index ``start`` on.
 
         ``normalisation``: ``"scalar"`` (default), ``"per_token"`` or ``"none"``;
         ``dtype``: ``"float32"`` or ``"float64"``; ``buffer_tokens``: rows held in the
-        shuffle buffer (rounded to whole shards, at least one).
+        shuffle buffer (rounded to whole shards, at least one); ``rows = (lo, hi)``:
+        rows ``lo:hi`` of each batch alone, shape (hi - lo, d_in).
         """
         for name, value, low in (("batch_size", batch_size, 1), ("seed", seed, 0),
                                  ("start", start, 0), ("buffer_tokens", buffer_tokens, 1)):
@@ -134,9 +139,13 @@ class ActivationStore:
                              f"got {normalisation!r}")
         if dtype not in _DTYPES:
             raise InputError(f"dtype must be one of {', '.join(_DTYPES)}; got {dtype!r}")
+        lo, hi = (0, int(batch_size)) if rows is None else rows
+        if not 0 <= lo < hi <= batch_size:
+            raise InputError(f"rows must be (lo, hi) with 0 <= lo < hi <= batch_size "
+                             f"{batch_size}; got {rows!r}")
         return self._batches(int(batch_size), int(seed), int(start), normalisation,
                              _DTYPES[dtype], self._buffer_shards(buffer_tokens),
-                             torch.device(device))
+                             torch.device(device), int(lo), int(hi))
 
     def batch_source(self, batch_size: int, seed: int = 0, **kwargs: Any
                      ) -> Callable[[int], Iterator[torch.Tensor]]:
@@ -149,7 +158,9 @@ class ActivationStore:
         return source
 
     def _batches(self, B: int, seed: int, start: int, normalisation: str,
-                 dtype: torch.dtype, G: int, device: torch.device) -> Iterator[torch.Tensor]:
+                 dtype: torch.dtype, G: int, device: torch.device, lo: int, hi: int
+                 ) -> Iterator[torch.Tensor]:
+        """Batches of ``B`` rows, of which rows ``lo:hi`` are gathered and yielded."""
         constant = self.scalar_constant if normalisation == "scalar" else None
         epoch, offset = divmod(start * B, self.n_tokens)
         groups = self._groups(seed, epoch, G)
@@ -166,7 +177,10 @@ class ActivationStore:
             i = offset
             while i < len(X):
                 take = min(B - have, len(X) - i)
-                pieces.append(X.index_select(0, perm[i:i + take]))
+                # batch rows have .. have + take come from perm[i : i + take]; keep lo:hi
+                a, b = max(have, lo), min(have + take, hi)
+                if a < b:
+                    pieces.append(X.index_select(0, perm[i + a - have:i + b - have]))
                 have += take
                 i += take
                 if have == B:

@@ -21,6 +21,10 @@ Output folder ``OUT``::
 written as one set when training ends (:func:`aensae._io.replace_together`). While it
 runs, ``OUT/checkpoint.pt`` and ``OUT/checkpoint_config.json`` let a killed run resume
 exactly (the batches are a pure function of the seed and the batch index).
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the SAEs are trained data-parallel
+(:mod:`aensae.saes.distributed`): rank ``r`` of ``W`` reads rows ``[r B/W, (r+1) B/W)``
+of every batch of the store, and rank 0 alone writes the folder.
 """
 
 from __future__ import annotations
@@ -29,13 +33,16 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from aensae._io import atomic_write_json, check_resumable, replace_together
 from aensae._validation import InputError
 from aensae.llm.store import ActivationStore
+
+if TYPE_CHECKING:
+    from aensae.saes.distributed import World
 
 __all__ = ["DEAD_WINDOW_TOKENS", "LLM_KEY", "SAESpec", "TrainRun", "sae_name", "train_on_cache"]
 
@@ -106,8 +113,17 @@ def train_on_cache(run: TrainRun) -> dict[str, Any]:
     """Train ``run.specs`` together on the cache's batches; write ``run.out``; return run.json.
 
     A finished run with the same configuration is returned as it is (``overwrite`` redoes
-    it); a checkpoint of the same configuration is resumed.
+    it); a checkpoint of the same configuration is resumed. Under ``torchrun`` every rank
+    calls it (see the module docstring).
     """
+    from aensae.saes.distributed import from_env
+
+    with from_env(run.device) as world:
+        return _train_on_cache(run, world)
+
+
+def _train_on_cache(run: TrainRun, world: World | None) -> dict[str, Any]:
+    """:func:`train_on_cache` on one process (``world=None``) or on one rank."""
     from aensae import __version__
     from aensae.saes import TrainConfig, create, save, train
     from aensae.saes.trainer import CHECKPOINT_FILE
@@ -132,8 +148,12 @@ def train_on_cache(run: TrainRun) -> dict[str, Any]:
     }
     config = json.loads(json.dumps(config))
     out = run.out
+    rows = None if world is None else world.rows(run.batch_size)  # this rank's share
+    main = world is None or world.is_main
     done = check_resumable(out, RUN_FILE, config, run.overwrite, CHECKPOINT_FILE,
                            CHECKPOINT_CONFIG)
+    if world is not None:
+        world.barrier()  # every rank has looked at --out before rank 0 writes there
     if done is not None:
         return done
     ckpt, ckpt_config = out / CHECKPOINT_FILE, out / CHECKPOINT_CONFIG
@@ -141,32 +161,41 @@ def train_on_cache(run: TrainRun) -> dict[str, Any]:
     models = {s.name: create(s.arch, store.d_in, run.d_sae, seed=run.seed, dtype=dtype,
                              **s.hyper) for s in run.specs}
     data = store.batch_source(run.batch_size, seed=run.seed, normalisation=run.normalisation,
-                              dtype=run.dtype)
+                              dtype=run.dtype, rows=rows)
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    if run.checkpoint_every:
-        atomic_write_json(ckpt_config, config)
-    results = train(models, data, cfg, checkpoint_dir=out, resume=not run.overwrite)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if run.checkpoint_every:
+            atomic_write_json(ckpt_config, config)
+    results = train(models, data, cfg, checkpoint_dir=out, resume=not run.overwrite,
+                    world=world)
     seconds = time.perf_counter() - t0
     common = {"seed": run.seed, "aensae_version": __version__,
-              "torch_version": torch.__version__, "dead_window_tokens": window}
+              "torch_version": torch.__version__, "dead_window_tokens": window,
+              "world_size": 1 if world is None else world.size}
     record: dict[str, Any] = {"config": config, **common, "llm": prov, "saes": {}}
-    with replace_together(out, [*models, RUN_FILE]) as stage:
-        for name, model in models.items():
-            res = results[name]
-            folder = stage / name
-            save(model, folder)
-            atomic_write_json(folder / "cfg.json", {**model.config(), LLM_KEY: prov})
-            metrics = {"name": name, **common, "device": res.device, "dead": res.dead,
-                       "steps": res.steps, "tokens": res.steps * run.batch_size,
-                       "train_loss_first": res.train_loss[0] if res.train_loss else None,
-                       "train_loss_last": res.train_loss[-1] if res.train_loss else None,
-                       "last_terms": res.last_terms, "seconds": seconds}
-            atomic_write_json(folder / "metrics.json", metrics)
-            record["saes"][name] = {"arch": model.arch, "dead": res.dead,
-                                    "train_loss_last": metrics["train_loss_last"]}
-        record["seconds"] = seconds
-        atomic_write_json(stage / RUN_FILE, record)
-    ckpt.unlink(missing_ok=True)
-    ckpt_config.unlink(missing_ok=True)
+    metrics_of: dict[str, dict[str, Any]] = {}
+    for name, model in models.items():
+        res = results[name]
+        metrics_of[name] = {
+            "name": name, **common, "device": res.device, "dead": res.dead,
+            "steps": res.steps, "tokens": res.steps * run.batch_size,
+            "train_loss_first": res.train_loss[0] if res.train_loss else None,
+            "train_loss_last": res.train_loss[-1] if res.train_loss else None,
+            "last_terms": res.last_terms, "seconds": seconds}
+        record["saes"][name] = {"arch": model.arch, "dead": res.dead,
+                                "train_loss_last": metrics_of[name]["train_loss_last"]}
+    record["seconds"] = seconds
+    if main:  # rank 0 writes the folder; the other ranks wait for it below
+        with replace_together(out, [*models, RUN_FILE]) as stage:
+            for name, model in models.items():
+                folder = stage / name
+                save(model, folder)
+                atomic_write_json(folder / "cfg.json", {**model.config(), LLM_KEY: prov})
+                atomic_write_json(folder / "metrics.json", metrics_of[name])
+            atomic_write_json(stage / RUN_FILE, record)
+        ckpt.unlink(missing_ok=True)
+        ckpt_config.unlink(missing_ok=True)
+    if world is not None:
+        world.barrier()
     return record

@@ -13,6 +13,11 @@ tracks the smallest kept activation ``a_min`` by an EMA::
 
 Inference (``model.eval()``): ``h = pre * [pre > theta]`` per sample, a JumpReLU with one
 shared threshold. Loss: the reconstruction term of :func:`aensae.objective.sae_loss`.
+
+Data-parallel training (:mod:`aensae.saes.distributed`): each rank holds ``B / W`` rows,
+and the ``B * k_top`` largest entries are those of the global batch, found from the
+ranks' own largest, so every rank keeps what the single-process batch top-k keeps
+(entries tied at the threshold: the first in the global batch's row order).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 
 from aensae.objective import sae_loss
 from aensae.saes.base import INIT, SAE, Hyper, LossOutput
+from aensae.saes.distributed import batch_world, count_before, global_top_values
 from aensae.saes.topk import K_TOP
 
 __all__ = ["BatchTopKSAE"]
@@ -62,9 +68,45 @@ class BatchTopKSAE(SAE):
     def _batch_topk(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         a = torch.relu(pre)
         flat = a.reshape(-1)
+        world = batch_world()
+        if world is not None:
+            return self._global_batch_topk(a, world.size)
         kk = min(int(self.hyper["k_top"]) * pre.shape[0], flat.numel())
         vals, idx = flat.topk(kk, sorted=False)
         h = torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
+        with torch.no_grad():
+            pos = vals[vals > 0]
+            a_min = pos.min() if pos.numel() else None
+        return h, a_min
+
+    def _global_batch_topk(self, a: torch.Tensor, ranks: int
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Batch top-k of a data-parallel step: ``a`` (B_r, d_sae) is this rank's share of
+        a global batch of ``B = ranks * B_r`` rows.
+
+        The ``kk = k_top * B`` largest entries of the global batch are found from every
+        rank's own largest (:func:`~aensae.saes.distributed.global_top_values`); their
+        smallest, ``t``, is the threshold. Entries above ``t`` are kept, and of those equal
+        to ``t`` as many as the ``kk`` hold, the first in the global batch's row-major
+        order (ranks in order, :func:`~aensae.saes.distributed.count_before`): exactly
+        ``kk`` entries, as the single-process batch top-k keeps. Which tied entries that
+        keeps is ``torch.topk``'s choice; ties arise from repeated rows (a token that
+        occurs twice), and for identical rows any choice gives the same loss and
+        gradients. When ``t = 0`` (fewer than ``kk`` positive entries) all of ``a`` is
+        kept, as the zeros add nothing.
+        """
+        kk = min(int(self.hyper["k_top"]) * a.shape[0], a.numel()) * ranks
+        vals = global_top_values(a.reshape(-1), kk)
+        t = vals.min()
+        if float(t) > 0:
+            tied = (a == t).reshape(-1)
+            n_tied = int(tied.sum())
+            want = int((vals == t).sum()) - count_before(n_tied)  # this rank's tied share
+            first = tied.nonzero().squeeze(1)[:max(0, min(want, n_tied))]
+            keep = (a > t).reshape(-1).index_fill_(0, first, True).view_as(a)
+            h = torch.where(keep, a, torch.zeros_like(a))
+        else:
+            h = a
         with torch.no_grad():
             pos = vals[vals > 0]
             a_min = pos.min() if pos.numel() else None

@@ -47,20 +47,23 @@ class DeadTracker:
         self.fractions: list[float] = []
         self.window_samples: list[int] = []
 
-    def update(self, h: torch.Tensor, fired: torch.Tensor | None = None) -> None:
+    def update(self, h: torch.Tensor, fired: torch.Tensor | None = None,
+               samples: int | None = None) -> None:
         """Account for a batch of codes ``h`` (B, d_sae).
 
         ``fired`` (d_sae,) bool, when the caller already knows it, must equal
         ``(h != 0).any(0)``; otherwise it is computed as
         ``(max_b h_bi > 0) | (min_b h_bi < 0)`` (two reductions, faster than a boolean
-        tensor of the batch's size).
+        tensor of the batch's size). ``samples`` (default ``B``) is the batch's size; in a
+        data-parallel step, ``fired`` and ``samples`` are those of the global batch, of
+        which ``h`` holds this rank's rows.
         """
         if h.ndim != 2 or h.shape[1] != self.d_sae:
             raise ValueError(f"h must have shape (B, {self.d_sae}), got {tuple(h.shape)}")
         if fired is None:
             fired = fired_latents(h)
         self.fired = fired if self.fired is None else self.fired.logical_or_(fired)
-        self.samples += h.shape[0]
+        self.samples += h.shape[0] if samples is None else samples
         if self.samples >= self.window:
             self.fractions.append(1.0 - float(self.fired.sum()) / self.d_sae)
             self.window_samples.append(self.samples)

@@ -15,6 +15,8 @@ term for dead latents (those that have not fired for ``dead_samples`` samples)::
     L      = mean_{b,d} (x - x_hat)^2 + aux_coeff * aux
 
 AuxK is off by default (``aux_k = 0``), as in the baseline the AEN-SAE is compared with.
+In a data-parallel step (:mod:`aensae.saes.distributed`) ``mean_b e`` and the
+denominator's mean run over the global batch.
 TopK has no l1 objective, so :meth:`exact_problem` returns ``None``.
 """
 
@@ -27,6 +29,7 @@ import torch
 from aensae.objective import sae_loss
 from aensae.saes.base import INIT, SAE, Hyper, LossOutput
 from aensae.saes.dead import fired_latents
+from aensae.saes.distributed import global_mean
 
 __all__ = ["TopKSAE"]
 
@@ -82,7 +85,8 @@ class TopKSAE(SAE):
                 masked = torch.where(dead, pre, torch.full_like(pre, -torch.inf))
                 h_aux = topk_codes(masked, min(aux_k, n_dead))
                 e_hat = h_aux @ self.W_dec
-                denom = ((e - e.mean(0)) ** 2).sum(-1).mean()
+                # mean over the batch; of the global batch in a data-parallel step
+                denom = global_mean(((e - global_mean(e)) ** 2).sum(-1, keepdim=True))[0]
                 aux = ((e - e_hat) ** 2).sum(-1).mean() / denom.clamp_min(
                     torch.finfo(e.dtype).tiny)
                 loss = loss + self.hyper["aux_coeff"] * aux
@@ -91,6 +95,13 @@ class TopKSAE(SAE):
 
     @torch.no_grad()
     def after_step(self, out: LossOutput) -> None:
-        """Reset the counter of latents that fired in the batch, add B to the others."""
-        fired = fired_latents(out.h)
-        self.samples_since_fired.add_(out.h.shape[0]).masked_fill_(fired, 0)
+        """Reset the counter of latents that fired in the batch, add B to the others.
+
+        ``out.stats`` ``"fired"`` and ``"samples"``, when present, are the batch's (the
+        global batch of a data-parallel step); otherwise they are read off ``out.h``.
+        """
+        fired = out.stats.get("fired")
+        if fired is None:
+            fired = fired_latents(out.h)
+        self.samples_since_fired.add_(out.stats.get("samples", out.h.shape[0])
+                                      ).masked_fill_(fired, 0)

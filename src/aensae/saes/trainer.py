@@ -23,6 +23,12 @@ tensor ``X`` (B, d_in) or a tuple ``(X, H)`` whose true codes ``H`` are not used
 training. Checkpoints (``checkpoint.pt``, written atomically) hold the step, every
 model's parameters and buffers, optimizer states, dead trackers, loss history and the
 torch RNG state; resuming gives the same final weights as an uninterrupted run.
+
+Data-parallel (``train(..., world=World)``, :mod:`aensae.saes.distributed`): each rank's
+data yield its equal share of every batch; after item 1 the gradients are averaged over
+the ranks (DDP) and the losses and batch statistics reduced, so items 2-5 act on the
+global batch's, identically on every rank. Rank 0 writes the checkpoints (with the
+number of ranks, which a resume must match) while the others wait.
 """
 
 from __future__ import annotations
@@ -40,9 +46,10 @@ from torch.optim.adam import adam as _functional_adam
 
 from aensae import __version__
 from aensae._io import atomic_write
-from aensae._validation import check_int, check_real
+from aensae._validation import InputError, check_int, check_real
 from aensae.saes.base import SAE, LossOutput
 from aensae.saes.dead import DeadTracker
+from aensae.saes.distributed import GradSync, World, batch_context
 from aensae.saes.stacked import PATH_SEPARATE, StackedGroup, group_models, step_path
 
 __all__ = ["CHECKPOINT_FILE", "ModelResult", "TrainConfig", "resolve_device", "train"]
@@ -252,10 +259,12 @@ def _unpack(batch: Any, step: int, d_in: int) -> torch.Tensor:
 class _Run:
     """State of one training run over several models."""
 
-    def __init__(self, models: dict[str, SAE], cfg: TrainConfig) -> None:
+    def __init__(self, models: dict[str, SAE], cfg: TrainConfig,
+                 world: World | None = None) -> None:
         self.models = models
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.world = world
+        self.device = resolve_device(cfg.device) if world is None else world.device
         self.dtype = _DTYPES[cfg.dtype]
         d_ins = {m.d_in for m in models.values()}
         if len(d_ins) != 1:
@@ -276,11 +285,17 @@ class _Run:
         self.results = {k: ModelResult(k, m.arch, 0) for k, m in models.items()}
         self.step = 0
         self._last_terms: dict[str, dict[str, torch.Tensor]] = {}
-        # stacked groups: one per (family, d_sae) of the stackable models (aensae.saes.stacked)
+        # stacked groups: one per (family, d_sae) of the stackable models (aensae.saes.stacked).
+        # Not under data parallelism: the stacked kernels compute BatchTopK's top-k, TopK's
+        # AuxK normaliser and the AEN statistics over the local rows only, while a DDP step
+        # needs them over the global batch (aensae.saes.distributed); each model then takes
+        # the separate path, which gives the same numbers to rounding.
         self.groups: list[tuple[list[str], StackedGroup]] = (
-            group_models(models) if cfg.stack else [])
+            group_models(models) if cfg.stack and world is None else [])
         stacked = {k for names, _ in self.groups for k in names}
         self.paths = {k: step_path(k in stacked) for k in models}
+        # data-parallel: gradients averaged and step statistics reduced over the ranks
+        self.sync = None if world is None else GradSync(models, world)
 
     # -------------------------------------------------------------- one step
     def step_all(self, X: torch.Tensor) -> None:
@@ -290,11 +305,17 @@ class _Run:
         # _check_loss then inspects the batch (before any update) to name the cause.
         lr = self.cfg.lr_at(self.step)
         outs: dict[str, LossOutput] = {}
-        for names, group in self.groups:
-            outs.update(zip(names, group.compute_grads(X), strict=True))
+        with batch_context(self.world):
+            for names, group in self.groups:
+                outs.update(zip(names, group.compute_grads(X), strict=True))
+            for name, model in self.models.items():
+                if name not in outs:
+                    outs[name] = model.compute_grads(X)
+        if self.sync is not None:  # X is this rank's share: make it the global batch's
+            self.sync.reduce(outs, X.shape[0])
         # every loss and gradient is checked before any model is updated
         for name, model in self.models.items():
-            out = outs[name] if name in outs else model.compute_grads(X)
+            out = outs[name]
             self._check_loss(name, model, out, X)
             if self.cfg.grad_clip is not None:
                 try:
@@ -303,7 +324,6 @@ class _Run:
                 except RuntimeError as err:
                     raise FloatingPointError(f"non-finite gradient of model {name!r} "
                                              f"({model.arch}) at step {self.step}") from err
-            outs[name] = out
         self.adam.step(lr)
         for _, group in self.groups:
             group.project_decoders()  # one batched projection per stacked group
@@ -312,7 +332,7 @@ class _Run:
             if self.paths[name] == PATH_SEPARATE:
                 model.project_decoder()
             model.after_step(out)
-            self.dead[name].update(out.h, out.stats.get("fired"))
+            self.dead[name].update(out.h, out.stats.get("fired"), out.stats.get("samples"))
         self.step += 1
 
     def _check_loss(self, name: str, model: SAE, out: LossOutput, X: torch.Tensor) -> None:
@@ -347,9 +367,21 @@ class _Run:
             "results": {k: r.to_dict() for k, r in self.results.items()},
             "rng": torch.get_rng_state(),
             "cuda_rng": (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
+            "world_size": self.world_size,
         }
 
+    @property
+    def world_size(self) -> int:
+        """Number of data-parallel ranks (1: a single process)."""
+        return 1 if self.world is None else self.world.size
+
     def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size:
+            raise InputError(f"checkpoint {path} was written by a run on {saved_world} "
+                             f"data-parallel rank(s), this run has {self.world_size}; resume "
+                             f"with the same number (torchrun --nproc-per-node "
+                             f"{saved_world}), or pass --overwrite to start afresh")
         saved_cfg, now_cfg = state["config"], self.cfg.to_dict()
         for key in _RESUME_KEYS:
             if saved_cfg[key] != now_cfg[key]:
@@ -394,8 +426,12 @@ class _Run:
         self.adam.invalidate()
 
     def save_checkpoint(self, path: Path) -> None:
-        state = self.state_dict()
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        """Rank 0 writes ``path`` atomically; the other ranks wait until it is written."""
+        if self.world is None or self.world.is_main:
+            state = self.state_dict()
+            atomic_write(path, lambda tmp: torch.save(state, tmp))
+        if self.world is not None:
+            self.world.barrier()
 
 
 def _batches(data: Iterable[Any] | Callable[[int], Iterable[Any]], start: int) -> Iterator[Any]:
@@ -419,6 +455,7 @@ def train(
     eval_fn: Callable[[SAE], dict[str, Any]] | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = True,
+    world: World | None = None,
 ) -> dict[str, ModelResult]:
     """Train one or several SAEs on the same batches.
 
@@ -437,6 +474,13 @@ def train(
         Folder of ``checkpoint.pt``; with ``resume`` a checkpoint found there is loaded and
         training continues from its step.
     resume : bool
+    world : World, optional
+        Data-parallel training (:mod:`aensae.saes.distributed`, under ``torchrun``):
+        ``data`` yields this rank's equal share of each global batch, the models train
+        on ``world.device`` with gradients averaged by DDP and losses, dead latents and
+        the models' batch statistics reduced over the ranks, so every rank ends with the
+        weights one process gets on the whole batches (up to rounding). Rank 0 writes
+        the checkpoints; a checkpoint resumes only with the same number of ranks.
 
     Returns
     -------
@@ -461,7 +505,7 @@ def train(
             raise TypeError(f"models[{k!r}] must be an aensae SAE, got {type(m).__name__}")
     if config.checkpoint_every and checkpoint_dir is None:
         raise ValueError("checkpoint_every > 0 needs a checkpoint_dir")
-    run = _Run(dict(models), config)
+    run = _Run(dict(models), config, world)
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
     if ckpt is not None and resume and ckpt.is_file():
         # loaded on the CPU (RNG states must stay there); tensors move to the device on load
@@ -471,8 +515,8 @@ def train(
     start = run.step
     t0 = time.perf_counter()
     it = _batches(data, start)
-    bar = tqdm(total=config.steps, initial=start, disable=not config.progress,
-               desc="train", dynamic_ncols=True)
+    bar = tqdm(total=config.steps, initial=start, desc="train", dynamic_ncols=True,
+               disable=not config.progress or (world is not None and not world.is_main))
     try:
         while run.step < config.steps:
             try:

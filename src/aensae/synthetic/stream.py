@@ -114,18 +114,26 @@ class SyntheticStream:
         """
         return self._draw(i, dense_codes=True)
 
-    def signals(self, i: int) -> np.ndarray:
+    def signals(self, i: int, rows: tuple[int, int] | None = None) -> np.ndarray:
         """The signals ``X`` (B, n) float64 of batch ``i`` alone: ``batch(i)[0]``, same numbers.
 
         Skips building the dense codes ``H`` (B, m), for training loops that do not use them.
+        ``rows = (lo, hi)`` returns rows ``lo:hi`` of the batch alone, the same numbers
+        (a data-parallel rank's share): the codes and noise of the whole batch are still
+        drawn (the draws are by column), only the chosen rows' atoms are combined.
         """
-        return self._draw(i, dense_codes=False)[0]
+        return self._draw(i, dense_codes=False, rows=rows)[0]
 
-    def _draw(self, i: int, dense_codes: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def _draw(self, i: int, dense_codes: bool, rows: tuple[int, int] | None = None
+              ) -> tuple[np.ndarray, np.ndarray | None]:
         i = check_int("i", i, low=0)
+        if rows is not None:
+            lo, hi = rows
+            check_int("rows[0]", lo, low=0, high=self.batch_size - 1)
+            check_int("rows[1]", hi, low=lo + 1, high=self.batch_size)
         return _generate(rng_for("stream", self.seed, i), self._Dt, self.k, self.batch_size,
                          self.lo, self.hi, self.nonneg, self.noise_std,
-                         dense_codes=dense_codes)
+                         dense_codes=dense_codes, rows=rows)
 
     @staticmethod
     def _check_dtype(dtype: torch.dtype | None) -> torch.dtype:
@@ -190,6 +198,7 @@ class SyntheticStream:
         dtype: torch.dtype | None = None,
         *,
         chunk: int = 8,
+        rows: tuple[int, int] | None = None,
     ) -> Iterator[torch.Tensor]:
         """Signals ``X`` alone of batches ``start, start + 1, ...`` as torch tensors.
 
@@ -198,17 +207,21 @@ class SyntheticStream:
         ``chunk`` at a time, back to back: inside a training loop, whose products flush
         the caches between steps, the generator's data (the dictionary rows) then stay
         cached for all but the first batch of a chunk (about 2x cheaper per batch at the
-        paper size). ``n_batches=None`` never stops.
+        paper size). ``n_batches=None`` never stops. ``rows = (lo, hi)``: rows ``lo:hi``
+        of every batch (:meth:`signals`).
         """
         import torch
 
         dtype = self._check_dtype(dtype)
         chunk = check_int("chunk", chunk, low=1)
         indices = iter(self._indices(n_batches, start))  # validated here, not on first use
+        if rows is not None:
+            self._draw(0, dense_codes=False, rows=rows)  # validate now, not on first use
 
         def chunks() -> Iterator[torch.Tensor]:
             while block := list(itertools.islice(indices, chunk)):
-                yield from [torch.from_numpy(self.signals(i)).to(device=device, dtype=dtype)
+                yield from [torch.from_numpy(self.signals(i, rows)).to(device=device,
+                                                                       dtype=dtype)
                             for i in block]
 
         return chunks()
@@ -224,20 +237,24 @@ def _generate(
     nonneg: bool,
     noise_std: float,
     dense_codes: bool = True,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Draw codes, then (if ``noise_std > 0``) noise, in that order, from ``rng``.
 
-    ``H`` is ``None`` when not ``dense_codes`` (``X`` is the same either way).
+    ``H`` is ``None`` when not ``dense_codes`` (``X`` is the same either way). ``rows =
+    (lo, hi)`` keeps rows ``lo:hi`` of ``X`` and ``H`` (every draw is still made).
     """
     m, n = Dt.shape
     idx, vals = draw_sparse_codes(rng, m, k, batch, lo, hi, nonneg)
+    sel = slice(None) if rows is None else slice(*rows)
+    idx, vals = idx[sel], vals[sel]
     H = None
     if dense_codes:
-        H = np.zeros((batch, m))
+        H = np.zeros((idx.shape[0], m))
         np.put_along_axis(H, idx, vals, axis=1)
     X = _combine_atoms(idx, vals, Dt)
     if noise_std > 0.0:
-        X += noise_std * rng.standard_normal((batch, n))
+        X += noise_std * rng.standard_normal((batch, n))[sel]
     return X, H
 
 
