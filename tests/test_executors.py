@@ -189,6 +189,32 @@ def test_submitit_local_jobs_equal_the_serial_run(serial_run, tmp_path, capsys) 
         assert any(n.endswith("_log.err") for n in names), names
 
 
+def test_slurm_jobs_ask_for_the_options(tmp_path, monkeypatch) -> None:
+    """The sbatch script of a SLURM job array (no SLURM here: stand-in srun and sbatch
+    on the PATH, nothing is submitted) carries partition, account, time, GPUs, the task's
+    threads as CPUs, and --workers as the array's parallelism."""
+    pytest.importorskip("submitit")
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from aensae.benchmarks.executors import SubmititExecutor
+
+    for tool in ("srun", "sbatch"):
+        (tmp_path / tool).write_text("#!/bin/sh\nexit 1\n")
+        (tmp_path / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    grid = _mini(kind="submitit", slurm_partition="gpu", slurm_account="lab", gpus=1)
+    spec = resolve_spec(grid.executor, slurm_time=90)
+    check_engine(spec)  # sbatch found: no error
+    ex = SubmititExecutor(spec, workers=8, threads=4, folder=tmp_path / "jobs", name="mini")
+    slurm = ex._get_executor()
+    text = _make_sbatch_string(command="true", folder=slurm.folder, map_count=20,
+                               **slurm.parameters)
+    for line in ("--partition=gpu", "--account=lab", "--time=90", "--gpus-per-node=1",
+                 "--cpus-per-task=4", "--array=0-19%8", "--job-name=mini",
+                 "--signal=USR2@"):
+        assert f"#SBATCH {line}" in text, (line, text)
+
+
 def _children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(c) for c in path.read_text().split()] if path.is_file() else []
