@@ -292,7 +292,8 @@ def local_ray():
 def test_ray_tasks_equal_the_serial_run_after_an_interruption(serial_run, tmp_path, capsys,
                                                               local_ray) -> None:
     """Ray tasks with half a GPU each; stopped after the first group (the driver's
-    interruption cancels the tasks in flight), rerun: the serial table, row for row."""
+    interruption cancels the tasks in flight), rerun by another driver that joins the
+    running cluster through its address: the serial table, row for row."""
     grid = _mini(kind="ray", gpus=0.5)  # the [executor] table alone picks Ray
 
     class Stop(Exception):
@@ -308,7 +309,20 @@ def test_ray_tasks_equal_the_serial_run_after_an_interruption(serial_run, tmp_pa
     assert local_ray.is_initialized()  # a Ray the caller started is left running
     first = {p: p.read_bytes() for p in tmp_path.glob("runs/*/metrics.json")}
     assert 0 < len(first) < 3  # of two SAE runs and the exact reference
-    runner.reproduce(grid, tmp_path, progress=False, draw=False, workers=0)
+    address = local_ray.get_runtime_context().gcs_address
+    code = ("import sys\n"
+            f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "from test_executors import _mini\n"
+            "from aensae.benchmarks import runner\n"
+            "from aensae.benchmarks.executors import resolve_spec\n"
+            f"spec = resolve_spec(kind='ray', gpus=0.5, ray_address={address!r})\n"
+            f"runner.reproduce(_mini(), {str(tmp_path)!r}, progress=False, draw=False, "
+            "workers=0, executor=spec)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "workers: 2 Ray task(s) of 1 thread(s)" in proc.stderr
+    assert local_ray.is_initialized() and local_ray.cluster_resources()["CPU"] == 2
     assert {p: p.read_bytes() for p in first} == first  # finished runs were not redone
     _same_table(tmp_path, serial_run)
     assert not list(tmp_path.rglob("*.tmp"))

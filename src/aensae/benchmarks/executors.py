@@ -461,7 +461,7 @@ class RayExecutor:
             address = spec.ray_address or os.environ.get("RAY_ADDRESS")
             try:
                 if address:
-                    ray.init(address=address, include_dashboard=False)
+                    ray.init(address=address)
                 else:
                     ray.init(address="local", num_cpus=available_cores(),
                              include_dashboard=False)
