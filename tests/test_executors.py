@@ -265,7 +265,7 @@ def test_preempted_submitit_job_resumes_from_its_checkpoint(tmp_path) -> None:
 
     raw = _mini_raw()
     raw["family"] = [raw["family"][1]]  # topk: one group, no calibration
-    raw["train"].update(steps=2000, checkpoint_every=25)
+    raw["train"].update(steps=1000, checkpoint_every=20)
     grid = load_config(raw)
     specs = grid.runs(runner._no_penalties(grid))
 
