@@ -516,8 +516,9 @@ class RayExecutor:
     def close(self) -> None:
         import ray
 
-        for ref in self._live:
-            ray.cancel(ref, force=True)
+        if ray.is_initialized():
+            for ref in self._live:
+                ray.cancel(ref, force=True)
         self._live = []
         if self._owned and ray.is_initialized():
             ray.shutdown()
