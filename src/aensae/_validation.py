@@ -222,29 +222,37 @@ def max_threads() -> int:
     return os.cpu_count() or 1
 
 
-def check_threads(where: str, value: Any, *, allow_zero: bool = True) -> int:
+def check_threads(where: str, value: Any, *, allow_zero: bool = True,
+                  here: bool = True) -> int:
     """A thread count in ``[1, os.cpu_count()]`` (or 0, "the libraries' defaults").
 
     More threads than cores never helps, and a huge count crashes native thread pools
     (OpenBLAS aborts, then the process segfaults), so the bound is checked up front.
+    ``here=False``: the threads run on another machine (a SLURM or Ray node, whose
+    scheduler refuses requests beyond its cores), so only ``>= 1`` (or 0) is checked.
     """
     cores = max_threads()
     low = 0 if allow_zero else 1
+    zero = "0 (the libraries' defaults) or " if allow_zero else ""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-            or not low <= int(value) <= cores:
-        zero = "0 (the libraries' defaults) or " if allow_zero else ""
+            or int(value) < low:
+        rule = f"in [1, {cores}] (this machine's cores, os.cpu_count())" if here else ">= 1"
+        raise InputError(f"{where}: must be {zero}an integer {rule}, got {_fmt(value)}")
+    if here and int(value) > cores:
         raise InputError(f"{where}: must be {zero}an integer in [1, {cores}] (this machine's "
                          f"cores, os.cpu_count()), got {_fmt(value)}")
     return int(value)
 
 
-def check_device(where: str, device: Any) -> str:
+def check_device(where: str, device: Any, *, here: bool = True) -> str:
     """Check that a torch device string names a device present here; return it unchanged.
 
     ``"auto"`` (CUDA when available, else CPU) and ``"cpu"`` always pass; ``"cuda"`` /
     ``"cuda:i"`` need CUDA with more than ``i`` devices, ``"mps"`` Apple's backend. The
     message names ``where`` (``--device``, ``[experiment] device``) so that a missing
-    GPU is reported before any data is generated or a model is trained.
+    GPU is reported before any data is generated or a model is trained. ``here=False``:
+    the device belongs to another machine (a SLURM or Ray node), so only its name is
+    checked.
     """
     import torch
 
@@ -258,7 +266,7 @@ def check_device(where: str, device: Any) -> str:
     except (RuntimeError, TypeError, ValueError):
         raise InputError(f"{where}: must be 'auto', 'cpu' or a torch device such as 'cuda' "
                          f"or 'cuda:1', got {device!r}") from None
-    if dev.type == "cpu":
+    if dev.type == "cpu" or (not here and dev.type in ("cuda", "mps")):
         return device
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0

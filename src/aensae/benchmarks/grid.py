@@ -7,10 +7,12 @@ one ``[[family]]``; every other table may be omitted (its defaults, :data:`DEFAU
 used). The tables:
 
 - ``[experiment]``: ``name`` (a folder name: :data:`aensae._validation.NAME_RULE`),
-  ``seeds`` (list), ``device``, ``dtype``, ``threads`` (all workers together; 0: the
-  libraries' defaults, else at most this machine's cores), ``workers`` (processes that
-  train groups in parallel; 0 = the cores available; ``aensae reproduce --workers``
-  overrides it);
+  ``seeds`` (list), ``device``, ``dtype``, ``threads`` (per task: per local worker
+  process, submitit job or Ray task; 0: an equal share of this machine's cores locally,
+  1 on submitit or ray; with the local executor at most this machine's cores, on
+  submitit or ray the nodes' schedulers hold it to theirs), ``workers`` (tasks at once:
+  local processes, 0 = the cores available; submitit's array parallelism; Ray tasks in
+  flight; ``aensae reproduce --workers`` overrides it);
 - ``[data]``: the spiked stream -- ``n``, ``m`` (true atoms), ``k``, ``lo``, ``hi``,
   ``nonneg``, ``noise_std``, ``rho`` (list), ``d_sae`` (latents);
 - ``[train]``: ``steps``, ``batch_size``, ``lr``, ``dead_window`` (samples), ``dead_last``,
@@ -26,6 +28,11 @@ used). The tables:
 - ``[reference]``: exact codes on the true dictionary, ``ladder`` points of ``lam1`` in
   ``[fraction_min, fraction_max] * lam_max`` and the ridge ``l2`` (SAE scaling);
 - ``[speed]``: ``run`` (call ``aensae bench solvers``), ``quick``, ``signals``, ``rho``;
+- ``[executor]`` (optional, not hashed: where tasks run changes no result): ``kind``
+  (``local``, ``submitit``, ``ray``) and the engine options of
+  :data:`aensae.benchmarks.executors.OPTIONS` (``slurm_partition``, ``slurm_account``,
+  ``slurm_time``, ``submitit_cluster``, ``gpus``, ``ray_address``); the matching
+  ``aensae reproduce`` options override them;
 - ``[[family]]`` (one or more): ``name`` (a folder name, as the experiment's), ``arch``,
   ``hyper`` (fixed hyperparameters), ``sweep`` (name -> list, cartesian product;
   ``init = ["tied", "independent"]`` sweeps the initialisation) and either ``target_l0``
@@ -214,6 +221,9 @@ class GridConfig:
     families: list[Family]
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
+    #: The ``[executor]`` table (:func:`~aensae.benchmarks.executors.parse_executor_table`):
+    #: where the tasks run, so not part of :meth:`to_dict` or the config hash.
+    executor: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -367,7 +377,9 @@ def _validate_tables(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
         raise _fail("experiment.device", f"must be a string, got {e['device']!r}")
     if e["dtype"] not in ("float32", "float64"):
         raise _fail("experiment.dtype", f"must be 'float32' or 'float64', got {e['dtype']!r}")
-    e["threads"] = check_threads("config experiment.threads", e["threads"])
+    # checked against this machine's cores when the executor is local (runner.reproduce):
+    # with submitit or ray the threads are the remote node's
+    e["threads"] = check_threads("config experiment.threads", e["threads"], here=False)
     e["workers"] = _num("experiment.workers", e["workers"], kind=int, low=0)
     if d["kind"] != "spiked":
         raise _fail("data.kind", f"must be 'spiked', got {d['kind']!r}")
@@ -492,7 +504,7 @@ def load_config(config: str | Path | dict[str, Any]) -> GridConfig:
         except tomllib.TOMLDecodeError as err:
             raise InputError(f"config {path}: invalid TOML: {err}") from None
         source = str(path)
-    _check_keys("(top level)", raw, {*DEFAULTS, "family"})
+    _check_keys("(top level)", raw, {*DEFAULTS, "family", "executor"})
     if "data" not in raw:
         raise _fail("[data]", "the table is required (it states the experiment's data: n, m, "
                               "k, rho; omitted keys take their defaults); every other table "
@@ -506,4 +518,7 @@ def load_config(config: str | Path | dict[str, Any]) -> GridConfig:
     names = [f.name for f in families]
     if len(set(names)) != len(names):
         raise _fail("[[family]]", f"family names must be unique, got {names}")
-    return GridConfig(**t, families=families, source=source, raw=raw)
+    from aensae.benchmarks.executors import parse_executor_table
+
+    executor = parse_executor_table(raw.get("executor", {}))
+    return GridConfig(**t, families=families, source=source, raw=raw, executor=executor)

@@ -5,6 +5,8 @@ of the config (see :mod:`aensae.benchmarks.grid`), resumable, and writes ``DIR/r
 ``DIR/figures/`` and ``DIR/report.md`` (see :mod:`aensae.benchmarks.runner`). Without
 arguments it runs the quick config on CPU into ``results/quick``. A folder holding another
 config's results is refused; ``--overwrite`` removes them first (only files aensae wrote).
+``--executor local|submitit|ray`` chooses where the tasks run (SLURM job arrays through
+submitit, Ray tasks); every executor gives the same table.
 
 ``aensae figures RESULTS_DIR`` redraws every figure and the report from
 ``RESULTS_DIR/results.csv`` (and ``speed.csv``) alone. The table is checked first; the new
@@ -20,6 +22,7 @@ from typing import Any
 from aensae._io import check_output_dir
 from aensae._validation import InputError, check_device
 from aensae.benchmarks._options import add_command
+from aensae.benchmarks.executors import CLUSTER_EXTRA, DEFAULT_SLURM_TIME, OPTIONS, resolve_spec
 from aensae.benchmarks.grid import named_configs
 
 __all__ = ["register"]
@@ -40,8 +43,34 @@ def register(top: Any, bench: Any) -> None:
                    help="first remove what an earlier reproduce wrote into --out (any "
                         "config); refused if --out holds files aensae did not write")
     p.add_argument("--workers", type=int, default=None,
-                   help="worker processes training groups in parallel (default: [experiment] "
-                        "workers of the config; 0: the cores available)")
+                   help="tasks run at once: local worker processes (0: the cores available), "
+                        "submitit's job array parallelism, Ray tasks in flight (0: as many "
+                        "as the cluster's CPUs hold) (default: [experiment] workers of the "
+                        "config)")
+    x = p.add_argument_group(
+        "executor", "where the tasks run; each option may also be set in the config's "
+        "[executor] table (kind = \"ray\", gpus = 0.25, ...), which these override. "
+        f"submitit and ray need the cluster extra: {CLUSTER_EXTRA}")
+    x.add_argument("--executor", default=None, metavar="{local,submitit,ray}",
+                   help="local: worker processes here; submitit: one SLURM job per task "
+                        "(requeued from its checkpoints when preempted or timed out); ray: "
+                        "Ray tasks (default: [executor] kind of the config, else local)")
+    x.add_argument("--slurm-partition", default=None, metavar="NAME",
+                   help="submitit: SLURM partition (default: the cluster's)")
+    x.add_argument("--slurm-account", default=None, metavar="NAME",
+                   help="submitit: SLURM account to charge (default: yours)")
+    x.add_argument("--slurm-time", type=int, default=None, metavar="MINUTES",
+                   help="submitit: time limit per job; a job that runs out is requeued and "
+                        f"resumes (default: {DEFAULT_SLURM_TIME})")
+    x.add_argument("--submitit-cluster", default=None, metavar="{slurm,local}",
+                   help="submitit: slurm, or local (submitit's LocalExecutor: real jobs on "
+                        "this machine) (default: slurm)")
+    x.add_argument("--gpus", type=float, default=None, metavar="G",
+                   help="submitit: GPUs per job (an integer); ray: GPUs per task, fractions "
+                        "share a device (0.25: four groups per GPU) (default: 0)")
+    x.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="ray: the cluster to join (host:port, auto, ray://host:port) "
+                        "(default: RAY_ADDRESS, else a local Ray started on demand)")
     p.add_argument("--no-figures", action="store_true", help="skip figures and report")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="show progress bars")
@@ -59,12 +88,14 @@ def _reproduce_main(args: argparse.Namespace) -> int:
     from aensae.benchmarks.runner import reproduce
 
     grid = load_config(args.config)
+    spec = resolve_spec(grid.executor, kind=args.executor,
+                        **{name: getattr(args, name) for name in OPTIONS})
     if args.device is not None:
-        check_device("--device", args.device)
+        check_device("--device", args.device, here=spec.here)
         grid.experiment["device"] = args.device
     out = args.out if args.out is not None else Path("results") / grid.name
     table = reproduce(grid, out, progress=args.progress, draw=not args.no_figures,
-                      overwrite=args.overwrite, workers=args.workers)
+                      overwrite=args.overwrite, workers=args.workers, executor=spec)
     print(f"results: {table}")
     if not args.no_figures:
         print(f"figures: {table.parent / 'figures'}\nreport:  {table.parent / 'report.md'}")

@@ -10,6 +10,7 @@ Layout of the output folder ``OUT``::
     OUT/groups/<key>/          trainer checkpoint of a group being trained (removed after)
     OUT/results.csv            the tidy table (rewritten atomically after every group)
     OUT/speed.csv              exact-solver speed rows (``aensae bench solvers``)
+    OUT/jobs/<job id>/         submitit's pickles and logs (``--executor submitit``)
     OUT/figures/*.png, *.svg   drawn from the tables alone
     OUT/report.md              the claims, the numbers bearing on them, verdicts
 
@@ -38,7 +39,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aensae import __version__
 from aensae._io import STAGE_PREFIX, atomic_write_json, check_output_dir, replace_together
@@ -46,6 +47,9 @@ from aensae._validation import InputError, check_device
 from aensae.benchmarks._data import CACHE_DIR, DataPoint, data_point, train_models
 from aensae.benchmarks.grid import GridConfig, RunSpec, canonical_hash
 from aensae.benchmarks.results import write_table
+
+if TYPE_CHECKING:
+    from aensae.benchmarks.executors import ExecutorSpec
 
 __all__ = ["OUTPUT_ENTRIES", "RESULTS_FILE", "SPEED_FILE", "build_rows", "reproduce",
            "write_figures"]
@@ -57,7 +61,9 @@ MANIFEST_FILE = "config.json"
 #: Everything ``reproduce`` writes into its output folder (plus ``.aensae-stage-*``
 #: staging folders a killed swap leaves): what ``overwrite=True`` may remove.
 OUTPUT_ENTRIES = (MANIFEST_FILE, "calibration", "runs", "groups", CACHE_DIR, RESULTS_FILE,
-                  SPEED_FILE, "figures", "report.md")
+                  SPEED_FILE, "figures", "report.md", "jobs")
+#: submitit's job files (pickles, logs), one folder per job.
+JOBS_DIR = "jobs"
 
 
 def _log(msg: str) -> None:
@@ -121,9 +127,13 @@ def _check_manifest(grid: GridConfig, out: Path, overwrite: bool) -> None:
                      "--overwrite to replace them, or choose another --out")
 
 
-def check_reproduce(grid: GridConfig, out: str | Path) -> Path:
-    """Checks before any work: the device, the output folder, the speed rows' file."""
-    check_device("config experiment.device", grid.experiment["device"])
+def check_reproduce(grid: GridConfig, out: str | Path, *, here: bool = True) -> Path:
+    """Checks before any work: the device, the output folder, the speed rows' file.
+
+    ``here=False`` (tasks run on a submitit or Ray node): the device is the node's, so
+    only its name is checked.
+    """
+    check_device("config experiment.device", grid.experiment["device"], here=here)
     out = check_output_dir("--out", out)
     src = _speed_source(grid)
     if src is not None and not src.is_file():
@@ -200,6 +210,10 @@ def _train_group(grid: GridConfig, out: Path, point: DataPoint, specs: list[RunS
     if models:
         gdir = out / "groups" / (f"rho{point.rho:g}-s{point.seed}-"
                                  f"{canonical_hash(sorted(models))}")
+        from aensae.saes.trainer import CHECKPOINT_FILE
+
+        if (gdir / CHECKPOINT_FILE).is_file():
+            _log(f"group {gdir.name}: resuming from its checkpoint")
         t0 = time.perf_counter()
         results = train_models(grid, models, point, grid.train["steps"], gdir,
                                progress=progress)
@@ -421,57 +435,70 @@ def runs_after_calibration(grid: GridConfig, out: Path) -> list[RunSpec]:
 
 def reproduce(grid: GridConfig, out: str | Path, *, progress: bool = True,
               draw: bool = True, on_group: Callable[[int], None] | None = None,
-              overwrite: bool = False, workers: int | None = None) -> Path:
+              overwrite: bool = False, workers: int | None = None,
+              executor: ExecutorSpec | None = None) -> Path:
     """Run ``grid`` into ``out`` (resumable), write the table, figures and report.
 
     ``on_group(i)`` is called after the ``i``-th group finished (tests use it to
     interrupt a run part-way). Returns the path of the results table.
 
-    ``workers`` processes (default ``experiment.workers``; 0 = the cores available) run
-    the independent tasks (:mod:`aensae.benchmarks.executors`), each with
-    ``experiment.threads`` threads (0 = an equal share of the cores). A task's numbers
-    depend on its thread count, not on which worker ran it, so at a given ``threads`` the
-    table is the same for any number of workers (timing columns aside).
+    ``executor`` (default: the config's ``[executor]`` table, else ``local``; see
+    :mod:`aensae.benchmarks.executors`) runs the independent tasks, ``workers`` at once
+    (default ``experiment.workers``; 0: ``local`` the cores available, ``submitit`` its
+    default array parallelism, ``ray`` as many as the cluster's CPUs hold), each with
+    ``experiment.threads`` threads (0: ``local`` an equal share of the cores, else 1). A
+    task's numbers depend on its thread count, not on which worker, job or node ran it,
+    so at a given ``threads`` the table is the same for any executor and any number of
+    workers (timing columns aside). Whatever the executor, the table is assembled here,
+    from the run folders alone.
 
-    Before any work the worker count, the device, ``out`` and its manifest are checked
-    (:class:`~aensae._validation.InputError`); ``overwrite`` first removes an earlier
-    run's outputs from ``out`` (see the module docstring).
+    Before any work the executor (its engine installed), the worker and thread counts,
+    the device (on nodes other than this machine only its name), ``out``
+    and its manifest are checked (:class:`~aensae._validation.InputError`);
+    ``overwrite`` first removes an earlier run's outputs from ``out`` (see the module
+    docstring).
     """
-    from aensae.benchmarks.executors import available_cores, make_executor
+    from aensae._validation import check_threads
+    from aensae.benchmarks.executors import (
+        available_cores,
+        check_engine,
+        make_executor,
+        resolve_spec,
+    )
 
+    spec = executor if executor is not None else resolve_spec(grid.executor)
     if workers is None:
         workers = grid.experiment["workers"]
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise InputError(f"--workers must be an integer >= 0 (0 = the cores available), got "
                          f"{workers!r}")
-    out = check_reproduce(grid, out)
-    if out.is_dir():
-        _check_manifest(grid, out, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / MANIFEST_FILE, _manifest(grid))
+    check_engine(spec)
+    threads = grid.experiment["threads"]
+    if spec.here:  # else the threads are a node's: its scheduler holds them to its cores
+        check_threads("config experiment.threads", threads)
+    if spec.remote:
+        threads = threads or 1
+    else:
+        workers = workers or available_cores()
+        threads = threads or max(1, available_cores() // workers)
+    out = check_reproduce(grid, out, here=spec.here)
+    if spec.remote:  # a job or Ray task may start in another working directory
+        out = out.absolute()
     t_start = time.perf_counter()
-    workers = workers or available_cores()
-    threads = grid.experiment["threads"] or max(1, available_cores() // workers)
-    executor = make_executor(workers, threads)
-    _log(f"workers: {workers} process(es) of {threads} thread(s)")
-    # this process runs the tasks itself when workers = 1: the same thread limits as a
-    # worker's (an idle OpenMP worker left by a wider team spin-waits beside the training
-    # loop and takes a core from it)
-    import numba
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(threads)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    pool = make_executor(workers, threads, spec, folder=out / JOBS_DIR, name=grid.name)
     try:
-        with threadpool_limits(limits=threads):
-            specs = _run_grid(grid, out, progress=progress, on_group=on_group,
-                              executor=executor)
+        if out.is_dir():
+            _check_manifest(grid, out, overwrite)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / MANIFEST_FILE, _manifest(grid))
+        where = {"local": "process(es)", "submitit": f"submitit job(s) "
+                 f"({spec.submitit_cluster or 'slurm'})", "ray": "Ray task(s)"}[spec.kind]
+        _log(f"workers: {pool.workers} {where} of {threads} thread(s)")
+        specs = _run_grid_limited(grid, out, progress=progress, on_group=on_group,
+                                  executor=pool, threads=threads,
+                                  probe=_device_here(grid.experiment["device"]))
     finally:
-        executor.close()
-        torch.set_num_threads(torch_threads)
-        numba.set_num_threads(numba_threads)
+        pool.close()
     # outside the thread limits: the solver benchmark measures its anchors' own threading
     _speed(grid, out)
     rows = build_rows(grid, out, specs)
@@ -483,6 +510,38 @@ def reproduce(grid: GridConfig, out: str | Path, *, progress: bool = True,
         _log(f"figures: {len(files) - 1} files in {out / 'figures'}; report: "
              f"{out / 'report.md'}")
     return table
+
+
+def _device_here(device: str) -> bool:
+    """Whether ``device`` exists on this machine (the ETA probe trains on it)."""
+    try:
+        check_device("device", device)
+    except InputError:
+        return False
+    return True
+
+
+def _run_grid_limited(grid: GridConfig, out: Path, *, threads: int, **kwargs: Any
+                      ) -> list[RunSpec]:
+    """:func:`_run_grid` with this process limited to ``threads`` threads.
+
+    This process runs the tasks itself when ``workers = 1`` (local): the same thread
+    limits as a worker's (an idle OpenMP worker left by a wider team spin-waits beside
+    the training loop and takes a core from it); it also runs the ETA probe.
+    """
+    import numba
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        with threadpool_limits(limits=threads):
+            return _run_grid(grid, out, **kwargs)
+    finally:
+        torch.set_num_threads(torch_threads)
+        numba.set_num_threads(numba_threads)
 
 
 def write_figures(results_dir: str | Path) -> list[Path]:
@@ -512,7 +571,8 @@ def write_figures(results_dir: str | Path) -> list[Path]:
 
 
 def _run_grid(grid: GridConfig, out: Path, *, progress: bool,
-              on_group: Callable[[int], None] | None, executor: Any) -> list[RunSpec]:
+              on_group: Callable[[int], None] | None, executor: Any,
+              probe: bool = True) -> list[RunSpec]:
     """Exact reference, calibration and every SAE run; returns the planned runs."""
     from tqdm.auto import tqdm
 
@@ -524,7 +584,11 @@ def _run_grid(grid: GridConfig, out: Path, *, progress: bool,
     units = missing_units(grid, out)
     n_cal = len(units) * grid.calibrate["ladder"]
     cal_steps = n_cal * grid.calibrate["steps"]
-    _estimate(grid, out, cal_steps, executor.workers)
+    if probe:
+        _estimate(grid, out, cal_steps, executor.workers)
+    else:
+        _log(f"ETA: not estimated (device {grid.experiment['device']!r} is not on this "
+             "machine, only on the executor's nodes)")
     # phase 1, in parallel: calibration per (rho, variant), the groups of families that
     # need no calibration, exact references per (rho, seed); the longest first
     direct = _plan_groups(grid, out, [s for s in grid.runs(_no_penalties(grid))
@@ -599,7 +663,7 @@ def _plan_groups(grid: GridConfig, out: Path, specs: list[RunSpec],
                if s.calibrated else None for s in pending}
         tasks.append((_group_task, (grid, out, pending, cal,
                                     progress and grid.train["progress"]
-                                    and executor.workers == 1)))
+                                    and executor.inline)))
         costs.append(sum(not (_run_files(out, grid, s) / "trained.json").is_file()
                          for s in pending) * grid.train["steps"])
     return tasks, costs
