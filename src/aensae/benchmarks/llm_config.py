@@ -27,7 +27,8 @@ Tables (every key checked; unknown keys are errors listing the allowed ones):
   ``explained_variance_no_outliers``);
 - ``[calibrate]``: ``ladder``, ``rounds``, ``tolerance`` (as the synthetic grid's;
   every pass is a full-length run, so a calibration model within the tolerance of its
-  target is the run of that target);
+  target is the run of that target), ``max_passes`` (training passes the search may
+  take, the ladder's included; targets still unbracketed then are unreachable);
 - ``[[family]]``: as in the synthetic grid (:mod:`aensae.benchmarks.grid`): ``name``,
   ``arch``, ``hyper``, ``sweep``, ``target_l0`` and, for calibrated architectures,
   ``calibrate_range``.
@@ -66,7 +67,7 @@ LLM_DEFAULTS: dict[str, dict[str, Any]] = {
               "checkpoint_every": 200},
     "eval": {"tokens": 8192, "batch_size": 8, "exact_tokens": 4096, "exact_tol": 1e-10,
              "group_size": 8, "outlier_factor": 10.0},
-    "calibrate": {"ladder": 3, "rounds": 1, "tolerance": 1.3},
+    "calibrate": {"ladder": 3, "rounds": 1, "tolerance": 1.3, "max_passes": 8},
 }
 _HOOKS = ("resid_post", "mlp_out", "attn_out")
 _NORMALISATIONS = ("scalar", "per_token", "none")
@@ -173,6 +174,7 @@ def _validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     c["ladder"] = _num("calibrate.ladder", c["ladder"], kind=int, low=2)
     c["rounds"] = _num("calibrate.rounds", c["rounds"], kind=int, low=1)
     c["tolerance"] = _num("calibrate.tolerance", c["tolerance"], low=1.0, low_open=True)
+    c["max_passes"] = _num("calibrate.max_passes", c["max_passes"], kind=int, low=1)
     return t
 
 
@@ -208,9 +210,10 @@ def check_model_reachable(cfg: LLMGridConfig) -> None:
     :class:`InputError` naming the model; so is an unknown architecture or a layer out
     of range.
     """
+    name = cfg.data["model"]
+    check_hub_model(name, cfg.data["revision"])
     from aensae.llm.models import family_of, load_config, resolve_model
 
-    name = cfg.data["model"]
     hub = source_is_hub(name)
     try:
         mconfig = load_config(resolve_model(name, cfg.data["revision"]))
@@ -227,6 +230,46 @@ def check_model_reachable(cfg: LLMGridConfig) -> None:
     if n_layers and cfg.data["layer"] >= n_layers:
         raise InputError(f"config data.layer: must lie in [0, {n_layers - 1}] for {name} "
                          f"({n_layers} blocks), got {cfg.data['layer']}")
+
+
+def check_hub_model(name: Any, revision: Any = None) -> None:
+    """For a model name of the form ``org/name`` that is no local path: an
+    :class:`InputError` naming it when the hub cannot be reached and no copy is cached.
+    Imports neither torch nor transformers, so it answers within a second (``aensae
+    reproduce`` calls it on the raw config, before the validation imports torch)."""
+    if not isinstance(name, str) or not (revision is None or isinstance(revision, str)):
+        return  # the validation names the key
+    path = Path(name).expanduser()
+    if ("/" not in name or path.exists() or name.lower().endswith(".gguf")
+            or name.startswith((".", "/", "~"))):
+        return
+    reason = _hub_unreachable(name, revision)
+    if reason is not None:
+        raise InputError(f"config data.model {name!r}: the model cannot be fetched here "
+                         f"(no local copy and no access to the Hugging Face hub: "
+                         f"{reason}); run this config on a machine with hub access")
+
+
+def _hub_unreachable(name: str, revision: str | None, timeout: float = 3.0) -> str | None:
+    """Why the hub cannot give ``name``'s config here, or ``None`` (it can, or a copy is
+    cached). One TCP connection with a short timeout: without it, huggingface_hub retries
+    for half a minute, printing a line per retry, before it gives up."""
+    import socket
+    import urllib.parse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return "offline mode (HF_HUB_OFFLINE is set) and no cached copy"
+    host = urllib.parse.urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"{host} unreachable: {err.strerror or err}"
 
 
 def source_is_hub(name: str) -> bool:

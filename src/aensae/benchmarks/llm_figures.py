@@ -10,9 +10,9 @@ r"""Figures of the LLM grid, drawn from ``results.csv`` alone (and the authors' 
 2. ``llm2_authors_pythia``: the authors' published Pythia-70M runs (package data
    ``data/authors_pythia70m_runs.csv``) in grey under ours, like with like where the
    definitions allow: dead %, centred EV, and CE recovered with the mean-ablation
-   baseline. Their CE recovered comes from the defective splice (normalisation not
-   undone): ours is drawn twice, correct (filled) and with the same defect (hollow,
-   ``ce_loss_score_unnormalised_splice_mean_ablation``);
+   baseline (their runs with L0 >= 1). Their CE recovered comes from the defective
+   splice (normalisation not undone): ours is drawn twice, correct (filled) and with the
+   same defect (hollow, ``ce_loss_score_unnormalised_splice_mean_ablation``);
 3. ``llm3_exact_codes``: for the l1-family SAEs, against exact certified codes on the
    same tokens and dictionary: the relative amortization gap (median over tokens),
    support F1 of the encoder, and explained variance of exact codes beside the
@@ -163,20 +163,25 @@ def _fig2(fig: Any, rows: list[dict[str, Any]], extra: Any) -> None:
     axes = _panels(fig, rows, [(y, fn, None) for y, fn, _ in specs],
                    "aensae (colour) beside the authors' published Pythia-70M runs (grey)\n"
                    "authors: Pythia-70M-deduped blocks.3, 4096 latents, 204.8M Pile tokens, "
-                   "per-token normalisation, defective splice (normalisation not undone); "
-                   "ours: " + _setting(rows) + "\nright panel: filled = correct splice, "
+                   "per-token normalisation, defective splice (normalisation not undone)\n"
+                   "ours: " + _setting(rows) + "\nright panel: filled = our correct splice, "
                    "hollow = ours with the authors' defect",
                    hollow={2: lambda r: _num(
                        r.get("ce_loss_score_unnormalised_splice_mean_ablation"))})
     for ax, (_, _, key) in zip(axes, specs, strict=True):
         xs = np.array([t["l0"] for t in theirs])
         ys = np.array([t[key] for t in theirs])
-        ok = np.isfinite(xs) & np.isfinite(ys) & (xs > 0)
-        ax.scatter(xs[ok], ys[ok], s=6, color="0.6", alpha=0.5, zorder=0,
-                   label="authors (Pythia-70M)")
+        ok = np.isfinite(xs) & np.isfinite(ys) & (xs >= 1.0)
+        ax.scatter(xs[ok], ys[ok], s=6, color="0.6", alpha=0.5, zorder=0)
         ax.set_xscale("log")
-        _plain_log_ticks(ax)
-    axes[0].legend(loc="lower left", fontsize=6)
+        ax.set_xlim(left=0.8)
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0,)))
+        fmt = ScalarFormatter()
+        fmt.set_scientific(False)
+        ax.xaxis.set_major_formatter(fmt)
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _fig3(fig: Any, rows: list[dict[str, Any]], extra: Any) -> None:
@@ -200,7 +205,7 @@ def _fig3(fig: Any, rows: list[dict[str, Any]], extra: Any) -> None:
 
 
 _DRAW = {"llm1_dead_ev_ce_vs_l0": (_fig1, (14, 4.8)),
-         "llm2_authors_pythia": (_fig2, (14, 5.4)),
+         "llm2_authors_pythia": (_fig2, (14, 5.8)),
          "llm3_exact_codes": (_fig3, (14, 4.8))}
 
 

@@ -26,7 +26,9 @@ Pipeline (each phase resumable, every file written atomically):
    measured on the eval cache (``l0.json`` beside each pass). Because every pass is a
    main-length run, a calibration model within ``calibrate.tolerance`` of its target is
    that target's run; a target reached by no measured penalty gets the interpolated
-   penalty, trained in a last pass. ``OUT/calibration.json`` records every point;
+   penalty, trained in a last pass. ``calibrate.max_passes`` bounds the search passes
+   (each widening round is a pass); a target still unbracketed then is unreachable.
+   ``OUT/calibration.json`` records every point;
 4. **evaluation** ``OUT/evals/group-<i>.json``: the chosen SAEs, ``eval.group_size`` at
    a time, spliced into the model by :func:`aensae.llm.splice.evaluate_saes` (what
    ``aensae llm eval`` does: CE/KL with the normalisation undone, zero and mean
@@ -116,6 +118,12 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _clock() -> tuple[float, float]:
+    """(wall, process CPU) seconds now: phases record both, since on a shared machine the
+    CPU seconds say more about the work than the wall time does."""
+    return time.perf_counter(), time.process_time()
+
+
 def _hms(seconds: float) -> str:
     s = int(round(seconds))
     return f"{s // 3600}h{(s % 3600) // 60:02d}m{s % 60:02d}s"
@@ -156,16 +164,22 @@ class _Run:
             from aensae.llm.models import load_model
 
             d = self.cfg.data
-            t0 = time.perf_counter()
+            t0 = _clock()
             self._lm = load_model(d["model"], dtype=d["model_dtype"],
                                   device=self.cfg.experiment["device"],
                                   revision=d["revision"])
-            _log(f"model {d['model']} loaded in {time.perf_counter() - t0:.1f} s")
+            wall, _ = self.record_time("model_load", t0)
+            _log(f"model {d['model']} loaded in {wall:.1f} s")
         return self._lm
 
-    def record_time(self, phase: str, seconds: float) -> None:
-        self.times[phase] = seconds
+    def record_time(self, phase: str, start: tuple[float, float]) -> tuple[float, float]:
+        """Record the wall and process CPU seconds since ``start`` (:func:`_clock`) under
+        ``phase`` in ``phases.json``; return them."""
+        now = _clock()
+        wall, cpu = now[0] - start[0], now[1] - start[1]
+        self.times[phase] = {"wall_s": wall, "cpu_s": cpu}
         atomic_write_json(self.out / TIMES_FILE, self.times)
+        return wall, cpu
 
     def harvest_config(self, split: str) -> Any:
         from aensae.llm.cache import HarvestConfig
@@ -208,9 +222,10 @@ def _harvest(run: _Run, split: str, folder: str) -> dict[str, Any]:
             return saved
     _log(f"harvest: {hcfg.tokens:,} {split} tokens of {hcfg.text} at {hcfg.hook} "
          f"L{hcfg.layer} -> {path}")
-    t0 = time.perf_counter()
-    result = harvest(hcfg, path, model=run.lm, progress=run.progress)
-    run.record_time(f"harvest_{split}", time.perf_counter() - t0)
+    lm = run.lm
+    t0 = _clock()
+    result = harvest(hcfg, path, model=lm, progress=run.progress)
+    run.record_time(f"harvest_{split}", t0)
     return result
 
 
@@ -323,7 +338,7 @@ def _train_pass(run: _Run, index: int, members: list[tuple[Any, dict[str, Any], 
     tr = cfg.train
     _log(f"pass {index}: {len(specs)} SAEs x {tr['steps']} steps of {tr['batch_size']} "
          "tokens, on the same batches")
-    t0 = time.perf_counter()
+    t0 = _clock()
     train_on_cache(TrainRun(
         cache=run.out / "cache", specs=specs, d_sae=tr["d_sae"], steps=tr["steps"],
         batch_size=tr["batch_size"], out=folder, lr=tr["lr"],
@@ -332,9 +347,7 @@ def _train_pass(run: _Run, index: int, members: list[tuple[Any, dict[str, Any], 
         checkpoint_every=tr["checkpoint_every"], device=cfg.experiment["device"],
         dtype=cfg.experiment["dtype"], progress=run.progress,
         extra={"grid": cfg.name, "pass": index}))
-    seconds = time.perf_counter() - t0
-    if f"pass_{index}" not in run.times or seconds > 1.0:
-        run.record_time(f"pass_{index}", seconds)
+    run.record_time(f"pass_{index}", t0)
     X = _eval_activations(run)
     l0s = {}
     for name in names:
@@ -402,6 +415,10 @@ def _calibrate_and_train(run: _Run, on_phase: Callable[[str], None] | None
         index += 1
         pending = []
         todo = {}
+        if index >= cfg.calibrate["max_passes"]:
+            _log(f"calibration: stopped after calibrate.max_passes = {index} passes; "
+                 "targets not bracketed by then are reported unreachable")
+            break
         for key, (_, _, st) in states.items():
             nxt = next_penalties(st, cfg.calibrate["rounds"], tol)
             if nxt:
@@ -490,9 +507,10 @@ def _evaluate(run: _Run, plan: list[dict[str, Any]], stats: dict[str, Any],
             if rec.get("members") != keys:
                 rec = None
         if rec is None:
+            t0 = _clock()
             rec = _eval_group(run, members, keys, stats)
             atomic_write_json(path, rec)
-            run.record_time(f"eval_{gi}", rec["seconds"])
+            run.record_time(f"eval_{gi}", t0)
             if on_phase is not None:
                 on_phase(f"eval-{gi}")
         for key in keys:
@@ -677,6 +695,9 @@ def reproduce_llm(cfg: LLMGridConfig, out: str | Path, *, progress: bool = True,
     ``on_phase(name)`` is called after each phase finished (``harvest``, ``pass-<i>``,
     ``eval-<i>``; tests use it to interrupt a run part-way).
     """
+    from aensae.benchmarks.llm_config import check_hub_model
+
+    check_hub_model(cfg.data["model"], cfg.data["revision"])
     import torch
 
     from aensae.benchmarks.runner import _check_manifest

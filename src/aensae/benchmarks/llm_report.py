@@ -71,10 +71,13 @@ def _setting(r: dict[str, Any], phases: dict[str, float] | None) -> list[str]:
            f"| config | {r['config_name']} (hash {r['config_hash']}), aensae "
            f"{r['aensae_version']} |", ""]
     if phases:
-        total = sum(phases.values())
-        out += ["Wall time per phase (seconds, this machine): "
-                + ", ".join(f"{k} {v:.0f}" for k, v in phases.items())
-                + f"; total {total:.0f} s ({total / 60:.1f} min) plus model loading, "
+        wall = sum(_n(v.get("wall_s")) for v in phases.values())
+        cpu = sum(_n(v.get("cpu_s")) for v in phases.values())
+        out += ["Time per phase, wall / process CPU seconds (the CPU seconds of all threads; "
+                "on a shared machine the wall time also counts other jobs): "
+                + ", ".join(f"{k} {_n(v.get('wall_s')):.0f} / {_n(v.get('cpu_s')):.0f}"
+                            for k, v in phases.items())
+                + f"; total {wall:.0f} s ({wall / 60:.1f} min) wall, {cpu:.0f} s CPU, plus "
                   "cache statistics and drawing.", ""]
     return out
 
@@ -250,6 +253,7 @@ def write_llm_report(results_dir: str | Path, out: str | Path | None = None) -> 
     if path.is_file():
         try:
             phases = json.loads(path.read_text(encoding="utf-8"))
+            phases = {k: v for k, v in phases.items() if isinstance(v, dict)}
         except ValueError:
             phases = None
     name = rows[0]["config_name"] if rows else "?"

@@ -80,8 +80,12 @@ def _reproduce_main(args: argparse.Namespace) -> int:
 
 def _reproduce_llm(args: argparse.Namespace) -> int:
     """``[data] kind = "llm"``: :func:`aensae.benchmarks.llm_grid.reproduce_llm`."""
-    from aensae.benchmarks.llm_config import load_llm_config
+    from aensae.benchmarks.grid import read_config
+    from aensae.benchmarks.llm_config import check_hub_model, load_llm_config
 
+    data = read_config(args.config)[0].get("data")
+    if isinstance(data, dict):  # a hub model out of reach: one line, before torch loads
+        check_hub_model(data.get("model"), data.get("revision"))
     cfg = load_llm_config(args.config)
     if args.workers is not None:
         raise InputError(f"--workers {args.workers}: an LLM config runs in one process (its "
