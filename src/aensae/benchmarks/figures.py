@@ -565,27 +565,34 @@ def draw_all(results_dir: str | Path, out_dir: str | Path | None = None) -> list
     reproduce`` call it through :func:`aensae.benchmarks.runner.write_figures`, which
     validates the table first and swaps the new figures and report in together.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     results_dir = Path(results_dir)
     _, rows = read_table(results_dir / "results.csv")
     speed_path = results_dir / "speed.csv"
     speed = read_table(speed_path)[1] if speed_path.is_file() else None
     out_dir = results_dir / "figures" if out_dir is None else Path(out_dir)
+    return render([(name, *_DRAW[name]) for name in FIGURES], rows, speed, out_dir)
+
+
+def render(figures: list[tuple[str, Callable[..., None], tuple[float, float]]],
+           rows: list[dict[str, Any]], extra: Any, out_dir: Path) -> list[Path]:
+    """Draw ``(name, fn, size)`` figures, ``fn(fig, rows, extra)``, into ``out_dir`` as
+    PNG and SVG, byte-identical for the same inputs (fixed backend and style, no
+    timestamps, a fixed SVG hash salt); each file written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     style = {"svg.hashsalt": "aensae", "svg.fonttype": "none", "figure.dpi": 100,
              "savefig.dpi": 120, "font.size": 9, "path.simplify": True}
     meta = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
     with plt.style.context("default"), matplotlib.rc_context(style):
-        for name in FIGURES:
-            fn, size = _DRAW[name]
+        for name, fn, size in figures:
             fig = plt.figure(figsize=size, layout="constrained")
             try:
-                fn(fig, rows, speed)
+                fn(fig, rows, extra)
                 for ext in FORMATS:
                     path = out_dir / f"{name}.{ext}"
                     tmp = out_dir / f".{name}.tmp.{ext}"

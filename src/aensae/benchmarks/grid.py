@@ -80,7 +80,9 @@ __all__ = [
     "GridConfig",
     "RunSpec",
     "canonical_hash",
+    "config_kind",
     "load_config",
+    "read_config",
     "resolve_config_path",
 ]
 
@@ -382,7 +384,8 @@ def _validate_tables(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     e["threads"] = check_threads("config experiment.threads", e["threads"], here=False)
     e["workers"] = _num("experiment.workers", e["workers"], kind=int, low=0)
     if d["kind"] != "spiked":
-        raise _fail("data.kind", f"must be 'spiked', got {d['kind']!r}")
+        raise _fail("data.kind", f"must be 'spiked' (or 'llm': an LLM config, "
+                                 f"aensae.benchmarks.llm_grid), got {d['kind']!r}")
     for key, low in (("n", 2), ("m", 1), ("k", 1)):  # n >= 2: a spike needs room
         d[key] = _num(f"data.{key}", d[key], kind=int, low=low)
     if d["k"] > d["m"]:
@@ -486,8 +489,14 @@ def _validate_family(i: int, raw: Any, d_sae: int) -> Family:
     return fam
 
 
-def load_config(config: str | Path | dict[str, Any]) -> GridConfig:
-    """Read and validate a config: a name (``quick``, ``paper``, ``tiny``), a path or a dict."""
+def read_config(config: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The raw TOML tables of a config (a name, a path or a dict) and where they came from.
+
+    Nothing is validated but the reading itself (a missing file, non-UTF-8 text, invalid
+    TOML: :class:`~aensae._validation.InputError`). ``aensae reproduce`` reads ``[data]
+    kind`` from it to choose the pipeline (``spiked``: :func:`load_config`; ``llm``:
+    :func:`aensae.benchmarks.llm_grid.load_llm_config`).
+    """
     if isinstance(config, dict):
         raw, source = copy.deepcopy(config), "<dict>"
     else:
@@ -504,6 +513,20 @@ def load_config(config: str | Path | dict[str, Any]) -> GridConfig:
         except tomllib.TOMLDecodeError as err:
             raise InputError(f"config {path}: invalid TOML: {err}") from None
         source = str(path)
+    return raw, source
+
+
+def config_kind(config: str | Path | dict[str, Any]) -> str:
+    """``[data] kind`` of a config as written (``spiked`` when absent or not a string)."""
+    raw, _ = read_config(config)
+    data = raw.get("data")
+    kind = data.get("kind", "spiked") if isinstance(data, dict) else "spiked"
+    return kind if isinstance(kind, str) else "spiked"
+
+
+def load_config(config: str | Path | dict[str, Any]) -> GridConfig:
+    """Read and validate a config: a name (``quick``, ``paper``, ``tiny``), a path or a dict."""
+    raw, source = read_config(config)
     _check_keys("(top level)", raw, {*DEFAULTS, "family", "executor"})
     if "data" not in raw:
         raise _fail("[data]", "the table is required (it states the experiment's data: n, m, "

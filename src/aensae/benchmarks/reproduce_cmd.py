@@ -8,6 +8,11 @@ config's results is refused; ``--overwrite`` removes them first (only files aens
 ``--executor local|submitit|ray`` chooses where the tasks run (SLURM job arrays through
 submitit, Ray tasks); every executor gives the same table.
 
+A config with ``[data] kind = "llm"`` (``llm-quick``, ``llm-pythia70m``,
+``llm-llama3.1-8b``) runs the LLM grid instead (:mod:`aensae.benchmarks.llm_grid`):
+harvest, calibrated training passes, spliced evaluation with exact codes, the same
+three outputs.
+
 ``aensae figures RESULTS_DIR`` redraws every figure and the report from
 ``RESULTS_DIR/results.csv`` (and ``speed.csv``) alone. The table is checked first; the new
 figures and report replace the old ones together, or not at all.
@@ -31,7 +36,7 @@ __all__ = ["register"]
 def register(top: Any, bench: Any) -> None:
     """Add ``aensae reproduce`` and ``aensae figures`` to ``top``."""
     p = add_command(top, "reproduce", help="run the experiment grid: table, figures, report",
-                    doc=__doc__.split("\n\n")[1])
+                    doc="\n\n".join(__doc__.split("\n\n")[1:3]))
     p.add_argument("--config", default="quick",
                    help=f"named config ({', '.join(named_configs())}) or a TOML file path")
     p.add_argument("--out", default=None, metavar="DIR",
@@ -77,16 +82,18 @@ def register(top: Any, bench: Any) -> None:
     p.set_defaults(func=_reproduce_main)
 
     f = add_command(top, "figures", help="redraw figures and report from a results table",
-                    doc=__doc__.split("\n\n")[2])
+                    doc=__doc__.split("\n\n")[3])
     f.add_argument("results_dir", metavar="RESULTS_DIR",
                    help="folder holding results.csv (and speed.csv)")
     f.set_defaults(func=_figures_main)
 
 
 def _reproduce_main(args: argparse.Namespace) -> int:
-    from aensae.benchmarks.grid import load_config
+    from aensae.benchmarks.grid import config_kind, load_config
     from aensae.benchmarks.runner import reproduce
 
+    if config_kind(args.config) == "llm":
+        return _reproduce_llm(args)
     grid = load_config(args.config)
     spec = resolve_spec(grid.executor, kind=args.executor,
                         **{name: getattr(args, name) for name in OPTIONS})
@@ -102,13 +109,41 @@ def _reproduce_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce_llm(args: argparse.Namespace) -> int:
+    """``[data] kind = "llm"``: :func:`aensae.benchmarks.llm_grid.reproduce_llm`."""
+    from aensae.benchmarks.grid import read_config
+    from aensae.benchmarks.llm_config import check_hub_model, load_llm_config
+
+    data = read_config(args.config)[0].get("data")
+    if isinstance(data, dict):  # a hub model out of reach: one line, before torch loads
+        check_hub_model(data.get("model"), data.get("revision"))
+    cfg = load_llm_config(args.config)
+    if args.workers is not None:
+        raise InputError(f"--workers {args.workers}: an LLM config runs in one process (its "
+                         "SAEs train together on the same batches); leave --workers out")
+    if args.device is not None:
+        check_device("--device", args.device)
+        cfg.experiment["device"] = args.device
+    from aensae.benchmarks.llm_grid import reproduce_llm
+
+    out = args.out if args.out is not None else Path("results") / cfg.name
+    table = reproduce_llm(cfg, out, progress=args.progress, draw=not args.no_figures,
+                          overwrite=args.overwrite)
+    print(f"results: {table}")
+    if not args.no_figures:
+        print(f"figures: {table.parent / 'figures'}\nreport:  {table.parent / 'report.md'}")
+    return 0
+
+
 def _figures_main(args: argparse.Namespace) -> int:
+    from aensae.benchmarks.llm_grid import is_llm_results, write_llm_figures
     from aensae.benchmarks.runner import write_figures
 
     folder = args.results_dir
     if folder == "" or not Path(folder).is_dir():
         raise InputError(f"RESULTS_DIR {folder!r}: no such folder")
     check_output_dir("RESULTS_DIR", folder)
-    for path in write_figures(folder):
+    draw = write_llm_figures if is_llm_results(folder) else write_figures
+    for path in draw(folder):
         print(path)
     return 0

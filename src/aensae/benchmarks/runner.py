@@ -76,13 +76,13 @@ def _manifest(grid: GridConfig) -> dict[str, Any]:
             "aensae_version": __version__}
 
 
-def _ours(entry: Path) -> bool:
-    return entry.name in OUTPUT_ENTRIES or entry.name.startswith(STAGE_PREFIX)
+def _ours(entry: Path, entries: tuple[str, ...] = OUTPUT_ENTRIES) -> bool:
+    return entry.name in entries or entry.name.startswith(STAGE_PREFIX)
 
 
-def _clear_outputs(out: Path) -> None:
+def _clear_outputs(out: Path, entries: tuple[str, ...] = OUTPUT_ENTRIES) -> None:
     """Remove what ``reproduce`` wrote into ``out``; refuse if anything else is there."""
-    foreign = sorted(p.name for p in out.iterdir() if not _ours(p))
+    foreign = sorted(p.name for p in out.iterdir() if not _ours(p, entries))
     if foreign:
         raise InputError(f"--overwrite: --out {str(out)!r} also holds files aensae did not "
                          f"write ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}"
@@ -94,10 +94,16 @@ def _clear_outputs(out: Path) -> None:
             entry.unlink()  # the manifest last: a killed removal still reads as ours
 
 
-def _check_manifest(grid: GridConfig, out: Path, overwrite: bool) -> None:
-    """Refuse (or, with ``overwrite``, clear) a folder holding another config's results."""
+def _check_manifest(grid: GridConfig, out: Path, overwrite: bool,
+                    entries: tuple[str, ...] = OUTPUT_ENTRIES,
+                    record: dict[str, Any] | None = None) -> None:
+    """Refuse (or, with ``overwrite``, clear) a folder holding another config's results.
+
+    ``entries`` are the names the pipeline writes (the LLM grid has its own) and
+    ``record`` its manifest (default: the synthetic grid's, :func:`_manifest`).
+    """
     path = out / MANIFEST_FILE
-    record = _manifest(grid)
+    record = _manifest(grid) if record is None else record
     if not path.is_file():
         return
     try:
@@ -111,12 +117,12 @@ def _check_manifest(grid: GridConfig, out: Path, overwrite: bool) -> None:
                              ) from None
         saved = {}
     if overwrite:
-        _clear_outputs(out)
+        _clear_outputs(out, entries)
         return
     if saved.get("config_hash") == record["config_hash"]:
         return
     other = f"config {saved.get('config_name')!r}, hash {saved.get('config_hash')}"
-    results = [p.name for p in out.iterdir() if p.name != MANIFEST_FILE and _ours(p)]
+    results = [p.name for p in out.iterdir() if p.name != MANIFEST_FILE and _ours(p, entries)]
     if not results:
         raise InputError(f"--out {str(out)!r} holds only the manifest of another config "
                          f"({other}; a run that stopped before any result); this config "
