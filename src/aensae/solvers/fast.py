@@ -223,7 +223,7 @@ class FastSolver:
         G = self.__dict__.get("G")
         if G is not None and sys.getrefcount(G) == 3 and _WORKSPACE is not None:
             del self.__dict__["G"]
-            _WORKSPACE.give(G)
+            _WORKSPACE.give_later(G)
 
     # ------------------------------------------------------------------ public
     def solve(self, X: Any, weights: Any = None, output: str = "dense") -> SolveResult:
@@ -385,34 +385,53 @@ class _Workspace:
     """
 
     def __init__(self, max_bytes: int) -> None:
+        import collections
         import threading
 
         self.max_bytes = max_bytes
         self._free: list[np.ndarray] = []
         self._lock = threading.Lock()
+        # arrays handed back by __del__, which may run inside a garbage collection
+        # triggered while this thread holds the lock: a deque append takes no lock
+        self._pending: collections.deque[np.ndarray] = collections.deque()
 
     def take(self, shape: tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
         dtype = np.dtype(dtype)
         with self._lock:
+            self._drain()
             for i, buf in enumerate(self._free):
                 if buf.shape == shape and buf.dtype == dtype:
-                    return self._free.pop(i)
+                    del self._free[i]
+                    return buf
         return np.empty(shape, dtype)
 
     def give(self, buf: np.ndarray) -> None:
+        with self._lock:
+            self._drain()
+            self._keep(buf)
+
+    def give_later(self, buf: np.ndarray) -> None:
+        """``give`` without the lock (safe in ``__del__``); taken in at the next call."""
+        self._pending.append(buf)
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._keep(self._pending.popleft())
+
+    def _keep(self, buf: np.ndarray) -> None:
         if buf.nbytes > self.max_bytes or not buf.flags.owndata:
             return
-        with self._lock:
-            self._free.insert(0, buf)
-            total = 0
-            for i, b in enumerate(self._free):
-                total += b.nbytes
-                if total > self.max_bytes:
-                    del self._free[i:]
-                    break
+        self._free.insert(0, buf)  # most recent first; the oldest go over the budget
+        total = 0
+        for i, b in enumerate(self._free):
+            total += b.nbytes
+            if total > self.max_bytes:
+                del self._free[i:]
+                break
 
     def clear(self) -> None:
         with self._lock:
+            self._pending.clear()
             self._free.clear()
 
 
