@@ -339,3 +339,114 @@ def test_bench_llm_eval_runs(setup):
                          text=str(setup["corpus"]))
     assert res["config"]["k"] == 2 and res["config"]["tokens"] > 0
     assert len(res["ratios"]) == 1 and res["ratio"] > 0 and res["ratio_cpu"] > 0
+
+
+def _lipschitz_by_hand(D, H, lam2):
+    """Spectral norm of the Jacobian (D_S^T D_S + lam2 I)^-1 D_S^T on each code's support,
+    formed explicitly (inf for a rank-deficient lasso support, 0 for an empty one)."""
+    out = []
+    for h in H:
+        S = np.flatnonzero(h)
+        if S.size == 0:
+            out.append(0.0)
+            continue
+        DS = D[:, S]
+        K = DS.T @ DS + lam2 * np.eye(S.size)
+        if lam2 == 0 and np.linalg.matrix_rank(DS) < S.size:
+            out.append(np.inf)
+            continue
+        out.append(np.linalg.norm(np.linalg.solve(K, DS.T), 2))
+    return np.array(out)
+
+
+def _hoffman_by_hand(D, H, lam1, lam2):
+    """1 / sigma_min of the KKT matrix, built entry by entry: rows of the active set hold
+    (D^T D + lam2 I) in the active columns, the other rows D_j^T D_A and lam1 on the
+    diagonal."""
+    G = D.T @ D
+    m = D.shape[1]
+    out = []
+    for h in H:
+        A = set(np.flatnonzero(h).tolist())
+        M = np.zeros((m, m))
+        for i in range(m):
+            for j in range(m):
+                if j in A:
+                    M[i, j] = G[i, j] + (lam2 if i == j else 0.0)
+                elif i == j:
+                    M[i, j] = lam1
+        out.append(1.0 / np.linalg.svd(M, compute_uv=False)[-1])
+    return np.array(out)
+
+
+def _median(v):
+    return float(np.quantile(v, 0.5, method="inverted_cdf"))
+
+
+def test_dictionary_geometry_against_hand_computations(setup):
+    """Lipschitz and Hoffman summaries of an elastic-net SAE's dictionary against the
+    Jacobians and KKT matrices formed by hand on scikit-learn's exact codes; NaN with a
+    reason for TopK."""
+    from aensae.objective import sae_to_exact
+    from aensae.solvers import solve_sklearn
+
+    lm, ids, keep = setup["lm"], setup["ids"], setup["keep"]
+    c, g = 2.5, 24
+    sae = create("elastic_net", 32, 64, seed=1, l1=2e-3, l2=5e-3).eval()
+    topk = create("topk", 32, 64, seed=0, k_top=4)
+    res = evaluate_saes(lm, [SplicedSAE("enet", sae, "scalar", c),
+                             SplicedSAE("topk", topk, "scalar", c)], ids, keep, LAYER,
+                        exact_tokens=50, geometry_tokens=g)
+    r = res["saes"]["enet"]
+    assert r["geometry_tokens"] == g and r["geometry_note"] == ""
+    assert "geometry" not in r["exact"]
+    X = torch.cat([lm.activations(torch.from_numpy(ids[i:i + 4]).long(), LAYER)[
+        torch.from_numpy(keep[i:i + 4])] for i in range(0, len(ids), 4)])[:g].double()
+    lam1, lam2 = sae_to_exact(sae.l1, sae.l2, 32)
+    D = sae.W_dec.detach().double().numpy().T
+    Xc = (X * c).numpy() - sae.b_dec.detach().double().numpy()
+    H = solve_sklearn(D, Xc, lam1, lam2, nonneg=True, tol=1e-14).codes
+    H = np.where(np.abs(H) > 1e-9, H, 0.0)
+    H_lasso = solve_sklearn(D, Xc, lam1, 0.0, nonneg=True, tol=1e-14).codes
+    H_lasso = np.where(np.abs(H_lasso) > 1e-9, H_lasso, 0.0)
+    assert np.count_nonzero(H, axis=1).min() >= 1  # the summaries see real supports
+    enet = _lipschitz_by_hand(D, H, lam2)
+    lasso = _lipschitz_by_hand(D, H_lasso, 0.0)
+    hof = _hoffman_by_hand(D, H, lam1, lam2)
+    for key, ref in (("lip_exact_enet", enet), ("lip_exact_lasso", lasso),
+                     ("hoffman", hof)):
+        assert r[f"{key}_max"] == pytest.approx(ref.max(), rel=1e-6), key
+        assert r[f"{key}_median"] == pytest.approx(_median(ref), rel=1e-6), key
+        assert r[f"{key}_q05"] == pytest.approx(
+            float(np.quantile(ref, 0.05, method="inverted_cdf")), rel=1e-6), key
+    assert r["lip_exact_enet_bound"] == pytest.approx(1 / (2 * np.sqrt(lam2)))
+    assert r["lip_exact_enet_max"] <= r["lip_exact_enet_bound"] * (1 + 1e-12)
+    assert r["lasso_certified"] == 1.0
+    assert r["hoffman_lower_max"] <= r["hoffman_max"] * (1 + 1e-9)
+    assert r["hoffman_max"] <= r["hoffman_upper_max"] * (1 + 1e-9)
+    t = res["saes"]["topk"]
+    assert t["exact"] is None and "topk" in t["geometry_note"]
+    assert np.isnan(t["lip_exact_enet_median"]) and np.isnan(t["hoffman_max"])
+    assert set(t) >= {k for k in r if k.startswith(("lip_exact", "hoffman", "geometry"))}
+
+
+def test_geometry_tokens_option(setup, tmp_path, capsys):
+    lm, ids, keep = setup["lm"], setup["ids"], setup["keep"]
+    s = SplicedSAE("sae", create("relu_l1", 32, 64, seed=0, l1=2e-3), "scalar", 2.5)
+    with pytest.raises(InputError, match="--geometry-tokens"):
+        evaluate_saes(lm, [s], ids, keep, LAYER, exact_tokens=10, geometry_tokens=11)
+    r = evaluate_saes(lm, [s], ids, keep, LAYER, exact_tokens=10)["saes"]["sae"]
+    assert r["geometry_tokens"] == 10  # the default, 256, or all exact tokens when fewer
+    assert r["lasso_certified"] == r["exact"]["exact_certified"]  # lam2 = 0: the same codes
+    assert r["lip_exact_enet_median"] == r["lip_exact_lasso_median"]
+    r = evaluate_saes(lm, [s], ids, keep, LAYER, exact_tokens=10,
+                      geometry_tokens=0)["saes"]["sae"]
+    assert r["geometry_tokens"] == 0 and np.isnan(r["hoffman_median"]) and r["geometry_note"]
+    base = ["llm", "eval", "--sae", str(tmp_path / "x"), "--model", str(setup["folder"]),
+            "--text", str(setup["corpus"]), "--tokens", "60", "--no-progress"]
+    for extra in (["--geometry-tokens", "-1"], ["--exact-tokens", "8", "--geometry-tokens",
+                                                  "9"]):
+        capsys.readouterr()
+        assert cli.main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "--geometry-tokens" in err and len(err.strip().splitlines()) == 1

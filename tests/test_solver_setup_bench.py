@@ -29,8 +29,13 @@ def test_rows_for_every_kind_and_case(tmp_path, capsys):
         assert r["t_fresh"] > 0 and r["t_steady"] > 0
         assert r["setup_share"] == pytest.approx((r["t_fresh"] - r["t_steady"]) / r["t_fresh"])
         assert r["init_share"] == pytest.approx(r["t_init"] / r["t_fresh"])
+        assert r["cpu_fresh"] > 0 and r["cpu_steady"] > 0 and r["cpu_init"] > 0
+        assert r["setup_share_cpu"] == pytest.approx(
+            (r["cpu_fresh"] - r["cpu_steady"]) / r["cpu_fresh"])
+        assert r["init_share_cpu"] == pytest.approx(r["cpu_init"] / r["cpu_fresh"])
         assert 0.5 <= r["mean_l0"] <= 12
-    assert "setup%" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "setup%" in out and "cpu:setup%" in out
 
 
 @pytest.mark.parametrize("tails", ["light", "heavy"])

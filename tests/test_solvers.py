@@ -40,7 +40,7 @@ from aensae.solvers import (
     solve_sklearn,
 )
 from aensae.solvers._kernels import _top_k_row, fill_upper
-from aensae.solvers.fast import gram
+from aensae.solvers.fast import gram, release_workspace
 from aensae.solvers.reference import sklearn_parameters
 from aensae.synthetic import (
     block_dictionary,
@@ -895,12 +895,39 @@ def test_gram_within_its_rounding_bound(n, m, blocks, dtype):
     G = gram(D, blocks)
     assert G.dtype == dtype and G.shape == (m, m) and G.flags.c_contiguous
     np.testing.assert_array_equal(G, G.T)
+    out = np.full((m, m), np.nan, dtype)  # a recycled buffer: every entry is overwritten
+    assert gram(D, blocks, out=out) is out
+    np.testing.assert_array_equal(out, G)
     D64 = D.astype(np.float64)
     exact = np.array([[math.fsum(D64[:, a] * D64[:, j]) for j in range(m)] for a in range(m)])
     u = np.finfo(dtype).eps / 2
     err = 2.0 * n * u / (1.0 - n * u)
     norms = np.linalg.norm(D64, axis=0)
     assert np.all(np.abs(G - exact) <= err * np.outer(norms, norms))
+
+
+def test_gram_buffer_of_a_dead_solver_serves_the_next_one_and_never_a_held_one():
+    # a fresh dictionary reuses the Gram memory of a garbage-collected solver of the same
+    # size; the reused matrix must be the new dictionary's (numpy's product as the oracle)
+    # and a Gram matrix still referenced by the caller must never be overwritten
+    rng = np.random.default_rng(11)
+    D1, D2, D3 = (rng.standard_normal((12, 40)) for _ in range(3))
+    X = rng.standard_normal((6, 12))
+    s1 = FastSolver(D1, 0.2)
+    buf = s1.G
+    del s1  # `buf` still refers to it: not recycled
+    s2 = FastSolver(D2, 0.2)
+    assert s2.G is not buf
+    np.testing.assert_allclose(buf, D1.T @ D1, rtol=0, atol=1e-12)
+    address = s2.G.__array_interface__["data"][0]
+    del s2
+    s3 = FastSolver(D3, 0.2, 0.05)
+    assert s3.G.__array_interface__["data"][0] == address  # recycled
+    np.testing.assert_allclose(s3.G, D3.T @ D3, rtol=0, atol=1e-12)
+    res = s3.solve(X)
+    assert res.all_certified
+    np.testing.assert_allclose(res.codes, sk_codes(D3, X, 0.2, 0.05, None), rtol=0, atol=1e-6)
+    release_workspace()
 
 
 @pytest.mark.parametrize("weights", ["ones", "population"])

@@ -38,54 +38,19 @@ from typing import Any
 
 import numpy as np
 
+from aensae.theory.summaries import QUANTILES, exact_map_geometry, quantiles
+
 __all__ = ["JUMP_ARCHS", "QUANTILES", "evaluate_sae", "exact_reference_rows", "quantiles"]
 
 #: Architectures whose encoders are discontinuous (jumps reported, not constants).
 JUMP_ARCHS = ("topk", "batchtopk", "jumprelu")
-#: Quantile columns of every distribution.
-QUANTILES = (("q05", 0.05), ("q25", 0.25), ("median", 0.5), ("q75", 0.75), ("q95", 0.95))
-
-
-def quantiles(prefix: str, values: Any) -> dict[str, float]:
-    """``{prefix_q05, ..., prefix_q95, prefix_max, prefix_mean, prefix_ninf}`` of ``values``."""
-    v = np.asarray(values, dtype=float).ravel()
-    if v.size == 0:
-        return {f"{prefix}_{name}": float("nan") for name, _ in QUANTILES} | {
-            f"{prefix}_max": float("nan"), f"{prefix}_mean": float("nan"), f"{prefix}_ninf": 0}
-    out = {f"{prefix}_{name}": float(np.quantile(v, q, method="inverted_cdf"))
-           for name, q in QUANTILES}
-    out[f"{prefix}_max"] = float(v.max())
-    finite = v[np.isfinite(v)]
-    out[f"{prefix}_mean"] = float(finite.mean()) if finite.size else float("inf")
-    out[f"{prefix}_ninf"] = int(np.isinf(v).sum())
-    return out
 
 
 def _geometry(D: np.ndarray, Xc: np.ndarray, codes: np.ndarray, lam1: float, lam2: float,
               weights: Any, nonneg: bool, n_hoff: int, tol: float) -> dict[str, float]:
-    """Exact-map Lipschitz (enet and lasso) and local Hoffman summaries on ``codes``."""
-    from aensae.solvers import solve
-    from aensae.theory import lipschitz_enet, lipschitz_lasso, local_hoffman
-
-    out: dict[str, float] = {}
-    out.update(quantiles("lip_exact_enet", lipschitz_enet(D, codes, lam2)))
-    if lam2 > 0:
-        lasso = solve(D, Xc, lam1, 0.0, weights, nonneg, tol)
-        lasso_codes = lasso.codes
-        out["lasso_certified"] = float(np.mean(lasso.certified))
-    else:
-        lasso_codes = codes
-    out.update(quantiles("lip_exact_lasso", lipschitz_lasso(D, lasso_codes)))
-    out["lip_exact_enet_bound"] = (1.0 / (2.0 * np.sqrt(lam2))) if lam2 > 0 else float("inf")
-    if lam1 > 0:
-        w = weights
-        if w is not None and np.ndim(w) == 2:
-            w = w[:n_hoff]
-        hof = local_hoffman(D, codes[:n_hoff], lam1, lam2, w)
-        out.update(quantiles("hoffman", hof.value))
-        out.update(quantiles("hoffman_lower", hof.lower))
-        out.update(quantiles("hoffman_upper", hof.upper))
-    return out
+    """Exact-map Lipschitz (enet and lasso) and local Hoffman summaries on ``codes``
+    (:func:`aensae.theory.summaries.exact_map_geometry`, shared with ``aensae llm eval``)."""
+    return exact_map_geometry(D, Xc, codes, lam1, lam2, weights, nonneg, n_hoff, tol)
 
 
 def _flat(prefix: str, d: dict[str, Any]) -> dict[str, float]:

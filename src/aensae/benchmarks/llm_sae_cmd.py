@@ -12,8 +12,10 @@ DIR/run.json; a killed run resumes from DIR/checkpoint.pt when rerun.
 each SAE into the model at the hook it was trained on, on the eval split of the text,
 and reports per SAE L0, dead fraction, explained variance, MSE, the CE of the clean,
 spliced, zero- and mean-ablated passes, ce_loss_score (both baselines), KL and kl_score,
-and the reference's defective splice (ce_loss_score_unnormalised_splice). An SAE trained
-on another model or hook is an error unless --force (then a warning).
+and the reference's defective splice (ce_loss_score_unnormalised_splice); for l1-family
+SAEs, exact certified codes on --exact-tokens tokens and the Lipschitz and Hoffman
+summaries of the dictionary on --geometry-tokens of them. An SAE trained on another
+model or hook is an error unless --force (then a warning).
 
 As elsewhere, the handlers import aensae.llm (and transformers) only when they run.
 """
@@ -112,6 +114,10 @@ def register(top: Any, bench: Any) -> None:
                         "certified codes (>= 0; 0: none; at most the eval tokens)")
     e.add_argument("--exact-tol", type=float, default=1e-10,
                    help="certificate tolerance of the exact codes (relative duality gap, > 0)")
+    e.add_argument("--geometry-tokens", type=int, default=None,
+                   help="exact tokens on which each l1-family SAE's dictionary gets the "
+                        "synthetic grid's Lipschitz and Hoffman summaries (>= 0, at most "
+                        "--exact-tokens; 0: none; absent: 256, or all exact tokens when fewer)")
     e.add_argument("--force", action="store_true",
                    help="evaluate an SAE trained on another model or hook (a warning, not "
                         "an error)")
@@ -251,10 +257,16 @@ def _eval_main(args: argparse.Namespace) -> int:
         check_int("--seed", args.seed, low=0)
         check_int("--exact-tokens", args.exact_tokens, low=0)
         check_real("--exact-tol", args.exact_tol, low=0.0, low_inclusive=False)
+        if args.geometry_tokens is not None:
+            check_int("--geometry-tokens", args.geometry_tokens, low=0)
         if args.layer is not None:
             check_int("--layer", args.layer, low=0)
     if not 0.0 < args.eval_fraction < 1.0:
         raise InputError(f"--eval-fraction must lie in (0, 1), got {args.eval_fraction!r}")
+    if args.geometry_tokens is not None and args.geometry_tokens > args.exact_tokens:
+        raise InputError(f"--geometry-tokens must be at most --exact-tokens "
+                         f"({args.exact_tokens}): the summaries are taken on exact codes, "
+                         f"got {args.geometry_tokens}")
     if args.json is not None:
         check_output_file("--json", args.json)
     try:
@@ -288,7 +300,8 @@ def _eval_main(args: argparse.Namespace) -> int:
               f"{int(keep.sum())} of the {args.tokens} tokens asked", file=sys.stderr)
     res = evaluate_saes(lm, saes, ids, keep, layer, hook, batch_size=args.batch_size,
                         force=args.force, progress=args.progress,
-                        exact_tokens=args.exact_tokens, exact_tol=args.exact_tol)
+                        exact_tokens=args.exact_tokens, exact_tol=args.exact_tol,
+                        geometry_tokens=args.geometry_tokens)
     from aensae import __version__
 
     res = {**res, "model": lm.describe(), "text": args.text, "seed": args.seed,
@@ -311,6 +324,13 @@ def _eval_main(args: argparse.Namespace) -> int:
                   f"{ex['encoder_explained_variance']:.4f} | amortization gap median "
                   f"{ex['amort_gap_median']:.4g} (relative {ex['amort_rel_median']:.4g}) | "
                   f"support F1 {ex['amort_support_f1']:.3f}")
+        if r.get("geometry_tokens", 0) > 0:
+            print(f"    geometry on {r['geometry_tokens']} tokens: Lipschitz (median) enet "
+                  f"{r['lip_exact_enet_median']:.4g} lasso {r['lip_exact_lasso_median']:.4g} "
+                  f"({r['lip_exact_lasso_ninf']} infinite), Hoffman median "
+                  f"{r['hoffman_median']:.4g} max {r['hoffman_max']:.4g}")
+        elif r.get("geometry_note"):
+            print(f"    geometry: {r['geometry_note']}")
     if args.json is not None:
         atomic_write_json(args.json, res)
     return 0

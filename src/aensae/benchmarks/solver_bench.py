@@ -51,7 +51,12 @@ signals), lam1 is calibrated on a separate sample so that the exact codes hold a
 interleaved, best of --repeats: a fresh call solve(D, X, ...) that builds everything for
 the dictionary (dense codes); the steady state, a second FastSolver.solve on the same
 dictionary (dense, and CSR codes); the constructor alone. Setup share = (fresh - steady) /
-fresh; init share = constructor / fresh. scikit-learn solves the first --sklearn-signals
+fresh; init share = constructor / fresh; both again in CPU seconds of the process (all
+its threads; less exposed than wall time to other processes on a shared machine, but
+they count what idle threads burn while spinning). A fresh call writes its Gram matrix into memory
+recycled from the previous solver of the same size (the calibration's, then the last
+pass's), as the second and later SAEs of an evaluation do; the first solver of a process
+also pays the page faults of that memory. scikit-learn solves the first --sklearn-signals
 signals for the speed ratio and an agreement check. Every code is certified by its
 duality gap (gap <= tol ||x||^2)."""
 
@@ -351,6 +356,16 @@ def _calibrate_lam1(D: Any, Xc: Any, lam2: float, weights: Any, target: float,
     return lam1
 
 
+def _timed(wall: dict[str, float], cpu: dict[str, float], key: str, fn: Any, *args: Any,
+           **kwargs: Any) -> Any:
+    """Call ``fn``; keep the least wall and process CPU seconds under ``key``."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn(*args, **kwargs)
+    cpu[key] = min(cpu[key], time.process_time() - c0)
+    wall[key] = min(wall[key], time.perf_counter() - w0)
+    return out
+
+
 def run_setup_bench(
     *,
     signals: int = 4096,
@@ -375,7 +390,9 @@ def run_setup_bench(
     and ``t_steady_csr`` a second :meth:`FastSolver.solve` on it (dense / CSR codes), each
     the best of ``repeats`` interleaved passes; ``setup_share = (t_fresh - t_steady) /
     t_fresh`` (``init_share = t_init / t_fresh``: the constructor's part, less exposed to
-    timing noise than a difference); scikit-learn's time per signal on the first
+    timing noise than a difference); the same four in CPU seconds of the process
+    (``cpu_*``, each the least of its passes) with ``setup_share_cpu`` and
+    ``init_share_cpu``; scikit-learn's time per signal on the first
     ``sklearn_signals`` signals, ``ratio_vs_sklearn`` = its time per signal over the
     fresh call's, and the largest code difference and certified fractions of both.
     """
@@ -408,8 +425,9 @@ def run_setup_bench(
     if sklearn_signals > 0:  # and import scikit-learn outside its timing
         solve_sklearn(D0, X0, 0.01, lam2, tol=tol)
     header = (f"{'tails':<7}{'case':<13}{'lam1':>9}{'L0':>7}{'init s':>8}{'fresh':>8}"
-              f"{'steady':>8}{'csr':>8}{'setup%':>8}{'init%':>7}{'sklearn':>9}{'vs skl':>8}"
-              f"{'max|dh|':>9}{'cert':>6}{'max rel gap':>12}")
+              f"{'steady':>8}{'csr':>8}{'setup%':>8}{'init%':>7}{'cpu:setup%':>11}"
+              f"{'init%':>7}{'sklearn':>9}{'vs skl':>8}{'max|dh|':>9}{'cert':>6}"
+              f"{'max rel gap':>12}")
     rows: list[dict[str, Any]] = []
     for kind in tails:
         D, Xall = setup_bench_data(n, m, B + calibration_signals, active, rho, kind, seed)
@@ -433,22 +451,14 @@ def run_setup_bench(
             if case == "elastic-net":
                 lam1_en = lam1
             t = {"init": math.inf, "fresh": math.inf, "steady": math.inf, "csr": math.inf}
+            c = dict(t)  # the same in CPU seconds of this process (all its threads)
             solver = FastSolver(D, lam1, l2, tol=tol)
             res = None
             for _ in range(repeats):
-                t0 = time.perf_counter()
-                res = solve(D, X, lam1, l2, weights, tol=tol)
-                t["fresh"] = min(t["fresh"], time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                steady = solver.solve(X, weights)
-                t["steady"] = min(t["steady"], time.perf_counter() - t0)
-                del steady
-                t0 = time.perf_counter()
-                solver.solve(X, weights, output="csr")
-                t["csr"] = min(t["csr"], time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                FastSolver(D, lam1, l2, tol=tol)
-                t["init"] = min(t["init"], time.perf_counter() - t0)
+                res = _timed(t, c, "fresh", solve, D, X, lam1, l2, weights, tol=tol)
+                _timed(t, c, "steady", solver.solve, X, weights)
+                _timed(t, c, "csr", solver.solve, X, weights, output="csr")
+                _timed(t, c, "init", FastSolver, D, lam1, l2, tol=tol)
             ns = min(B, sklearn_signals)
             sk_per = diff = sk_cert = None
             if ns > 0:
@@ -469,6 +479,10 @@ def run_setup_bench(
                 "t_init": t["init"], "t_fresh": t["fresh"], "t_steady": t["steady"],
                 "t_steady_csr": t["csr"], "setup_share": share,
                 "init_share": t["init"] / t["fresh"],
+                "cpu_init": c["init"], "cpu_fresh": c["fresh"], "cpu_steady": c["steady"],
+                "cpu_steady_csr": c["csr"],
+                "setup_share_cpu": (c["fresh"] - c["steady"]) / c["fresh"],
+                "init_share_cpu": c["init"] / c["fresh"],
                 "s_per_1000_fresh": 1000 * t["fresh"] / B,
                 "s_per_1000_steady": 1000 * t["steady"] / B,
                 "sklearn_signals": ns,
@@ -485,7 +499,9 @@ def run_setup_bench(
             print(f"{kind:<7}{case:<13}{lam1:>9.4g}{row['mean_l0']:>7.1f}{t['init']:>8.3f}"
                   f"{row['s_per_1000_fresh']:>8.3f}{row['s_per_1000_steady']:>8.3f}"
                   f"{1000 * t['csr'] / B:>8.3f}{100 * share:>7.1f}%"
-                  f"{100 * t['init'] / t['fresh']:>6.1f}%{skl:>9}{ratio:>8}"
+                  f"{100 * t['init'] / t['fresh']:>6.1f}%"
+                  f"{100 * row['setup_share_cpu']:>10.1f}%{100 * row['init_share_cpu']:>6.1f}%"
+                  f"{skl:>9}{ratio:>8}"
                   f"{dh:>9}{row['certified_fraction']:>6.2f}{row['max_rel_gap']:>12.1e}")
             if not res.all_certified:
                 print(f"WARNING: {np.sum(~res.certified)} fast-solver codes not certified")

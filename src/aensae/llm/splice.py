@@ -286,15 +286,27 @@ def _ce_kl(logits: torch.Tensor, targets: torch.Tensor, pred: torch.Tensor,
 def evaluate_saes(lm: LanguageModel, saes: list[SplicedSAE], ids: np.ndarray,
                   keep: np.ndarray, layer: int, hook: str = "resid_post", *,
                   batch_size: int = 8, force: bool = False, progress: bool = False,
-                  exact_tokens: int = 0, exact_tol: float = 1e-10) -> dict[str, Any]:
+                  exact_tokens: int = 0, exact_tol: float = 1e-10,
+                  geometry_tokens: int | None = None) -> dict[str, Any]:
     """Evaluate ``saes`` spliced at ``(layer, hook)`` on windows ``ids`` with data mask
     ``keep`` (both (W, T)); see the module docstring for every quantity.
 
     With ``exact_tokens > 0``, each l1-family SAE is also compared with exact certified
     codes on the first ``exact_tokens`` data tokens (:mod:`aensae.llm.exact`), under
-    ``"exact"`` in its results (``None`` for the other architectures).
+    ``"exact"`` in its results (``None`` for the other architectures), and the geometry of
+    its dictionary is summarised on the first ``geometry_tokens`` of them (``None``:
+    :data:`aensae.llm.exact.DEFAULT_GEOMETRY_TOKENS`, or all exact tokens when fewer;
+    0: none) under the SAE's own keys ``lip_exact_*``, ``hoffman_*``, ``geometry_*``
+    (NaN with the reason in ``geometry_note`` where they do not apply).
     """
     from tqdm.auto import tqdm
+
+    from aensae.llm.exact import (
+        DEFAULT_GEOMETRY_TOKENS,
+        exact_code_report,
+        geometry_report,
+        no_geometry_reason,
+    )
 
     lm.check_hook(layer, hook)
     if not saes:
@@ -316,6 +328,13 @@ def evaluate_saes(lm: LanguageModel, saes: list[SplicedSAE], ids: np.ndarray,
     mean = X.mean(0)
     total_var = float(((X - mean) ** 2).sum())
     X_exact = X[:exact_tokens].clone() if exact_tokens > 0 else None
+    n_exact = 0 if X_exact is None else int(X_exact.shape[0])
+    if geometry_tokens is None:
+        geometry_tokens = min(DEFAULT_GEOMETRY_TOKENS, n_exact)
+    elif geometry_tokens > n_exact:
+        raise InputError(f"--geometry-tokens: {geometry_tokens} exceeds the {n_exact} tokens "
+                         "with exact codes (--exact-tokens, at most the eval tokens); the "
+                         "summaries are taken on exact codes")
     del rows, X
     t_below = time.perf_counter() - t0
 
@@ -396,9 +415,13 @@ def evaluate_saes(lm: LanguageModel, saes: list[SplicedSAE], ids: np.ndarray,
             "ce_loss_score_unnormalised_splice": score(ce_zero, ce_bad),
         }
         if X_exact is not None:
-            from aensae.llm.exact import exact_code_report
-
-            results[s.name]["exact"] = exact_code_report(s, X_exact, tol=exact_tol)
+            ex = exact_code_report(s, X_exact, tol=exact_tol, geometry_tokens=geometry_tokens)
+            results[s.name]["exact"] = ex
+            geometry = (ex.pop("geometry") if ex is not None
+                        else geometry_report(no_geometry_reason(s)))
+        else:
+            geometry = geometry_report("not computed: no exact codes (exact tokens 0)")
+        results[s.name].update(geometry)
     return {
         "tokens": n, "scored_positions": n_pred, "windows": int(len(ids_t)),
         "ctx": int(ids_t.shape[1]), "layer": layer, "hook": hook, "d_in": d,

@@ -28,7 +28,10 @@ flops of the general product, in row bands on single-threaded BLAS); rows comput
 lazily would not save it (at 4,096 atoms every atom enters some working set of 1,000
 signals). A float32 Gram matrix would cost a third, but its rigorous error bound grows
 with ``sum_a |h_a| ||D_a||``, which on heavy-tailed signals sends most atoms to float64
-recomputation (measured 6x slower per signal).
+recomputation (measured 6x slower per signal). The Gram matrix (and each chunk's
+screening buffer) is written into memory recycled from a garbage-collected solver of the
+same size when there is one (:class:`_Workspace`): first-touch page faults of a fresh
+(m, m) array cost as much as the product on a virtual machine.
 
 Every returned code carries its gap; a code that cannot be certified says why
 (``SolveResult.status``) and triggers a warning.
@@ -37,6 +40,7 @@ Every returned code carries its gap; a code that cannot be certified says why
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -51,7 +55,8 @@ from aensae._validation import check_array, check_int, check_real
 from aensae.solvers import _kernels as K
 from aensae.solvers.problem import validate_dictionary, validate_weights
 
-__all__ = ["FastSolver", "SolveResult", "UncertifiedWarning", "solve", "solve_batches"]
+__all__ = ["FastSolver", "SolveResult", "UncertifiedWarning", "release_workspace", "solve",
+           "solve_batches"]
 
 _U32 = 2.0**-24
 
@@ -205,11 +210,20 @@ class FastSolver:
         self.D32 = self.D.astype(np.float32)
         with _blas_limit(self.blas_threads):
             self.G = gram(self.D, 1 if self.blas_threads is None
-                          else 2 * numba.get_num_threads())
+                          else 2 * numba.get_num_threads(), out=_WORKSPACE.take((self.m, self.m)),
+                          Dt=self.Dt)
         self.col_norm = np.sqrt(np.einsum("nm,nm->m", self.D, self.D))
         k = self.n + 2
         # rigorous bound factor of float32 dot products (x2 safety margin)
         self._err_factor = 2.0 * k * _U32 / (1.0 - k * _U32)
+
+    def __del__(self) -> None:
+        # hand the Gram buffer to the next solver, unless something else refers to it:
+        # its references here are the instance dict, the local name and getrefcount's
+        G = self.__dict__.get("G")
+        if G is not None and sys.getrefcount(G) == 3 and _WORKSPACE is not None:
+            del self.__dict__["G"]
+            _WORKSPACE.give_later(G)
 
     # ------------------------------------------------------------------ public
     def solve(self, X: Any, weights: Any = None, output: str = "dense") -> SolveResult:
@@ -262,11 +276,19 @@ class FastSolver:
         sq_norm = np.einsum("bn,bn->b", X, X)
         # 1. screening correlations in float32 (one BLAS-3 call); the compiled kernel
         # picks the initial working sets from them and reuses them in every certificate
+        C32 = _WORKSPACE.take((B, self.m), np.float32)
+        try:
+            return self._solve_screened(X, w, sq_norm, C32)
+        finally:
+            _WORKSPACE.give(C32)
+
+    def _solve_screened(self, X: np.ndarray, w: np.ndarray, sq_norm: np.ndarray,
+                        C32: np.ndarray) -> dict:
+        B = X.shape[0]
         if self.blas_threads == 1:
-            C32 = np.empty((B, self.m), np.float32)
             K.screen(X.astype(np.float32), self.D32, C32, numba.get_num_threads())
         else:
-            C32 = X.astype(np.float32) @ self.D32
+            np.matmul(X.astype(np.float32), self.D32, out=C32)
         iw = 1.0 / w[0]
         cnw = self.col_norm * iw
         cap = min(self.m, self.ws_init + 4 * self.ws_grow)
@@ -309,7 +331,8 @@ class FastSolver:
         }
 
 
-def gram(D: np.ndarray, blocks: int = 1) -> np.ndarray:
+def gram(D: np.ndarray, blocks: int = 1, out: np.ndarray | None = None,
+         Dt: np.ndarray | None = None) -> np.ndarray:
     r"""The Gram matrix ``G = D^T D`` (m, m) of ``D`` (n, m), in ``D``'s dtype.
 
     Only the lower triangle is computed (``m^2 n`` flops, half a general product), then
@@ -317,17 +340,26 @@ def gram(D: np.ndarray, blocks: int = 1) -> np.ndarray:
     ``syrk`` call (BLAS's own threads); otherwise ``blocks`` row bands of equal triangle
     area, ``G[r0:r1, :r1] = D[:, r0:r1]^T D[:, :r1]``, each one BLAS call, on a pool of
     ``blocks`` Python threads (for single-threaded BLAS: its idle threads would spin-wait
-    and take cores from the solver's kernel that follows).
+    and take cores from the solver's kernel that follows). ``out``, a C-contiguous (m, m)
+    array of ``D``'s dtype, receives the result (its old content is overwritten); ``Dt``,
+    if given, is ``D.T`` C-contiguous (the caller's copy, not made again).
     """
     m = D.shape[1]
+    if out is not None and (out.shape != (m, m) or out.dtype != D.dtype
+                            or not out.flags.c_contiguous):
+        raise ValueError(f"out must be a C-contiguous ({m}, {m}) array of dtype {D.dtype}, "
+                         f"got shape {out.shape} dtype {out.dtype}")
     if blocks <= 1 or m < 2 * blocks:
         from scipy.linalg.blas import dsyrk, ssyrk
 
         syrk = ssyrk if D.dtype == np.float32 else dsyrk
         G = syrk(1.0, np.asfortranarray(D.T), trans=0).T  # lower triangle valid
+        if out is not None:
+            np.copyto(out, G)
+            G = out
     else:
-        G = np.empty((m, m), D.dtype)
-        Dt = np.ascontiguousarray(D.T)
+        G = np.empty((m, m), D.dtype) if out is None else out
+        Dt = np.ascontiguousarray(D.T) if Dt is None else Dt
         edges = sorted({0, m, *(int(round(m * np.sqrt(k / blocks))) for k in range(1, blocks))})
 
         def band(k: int) -> None:
@@ -338,6 +370,77 @@ def gram(D: np.ndarray, blocks: int = 1) -> np.ndarray:
     G = np.ascontiguousarray(G)
     K.fill_upper(G)
     return G
+
+
+class _Workspace:
+    """Large scratch arrays kept for reuse (thread-safe): Gram matrices, screening buffers.
+
+    A fresh array costs its first touch: a page fault per page, which on a virtual machine
+    made a fresh (m, m) float64 array as slow as the Gram product itself (``aensae bench
+    solver-setup``). A :class:`FastSolver` that is garbage collected hands its Gram matrix
+    back here, unless anything else still refers to it (a view, a name bound to
+    ``solver.G``), and each chunk's screening buffer comes back after the chunk; the next
+    request of that shape and dtype takes the array and overwrites it. At most
+    ``max_bytes`` are kept (the most recent first); :func:`release_workspace` frees them.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        import collections
+        import threading
+
+        self.max_bytes = max_bytes
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        # arrays handed back by __del__, which may run inside a garbage collection
+        # triggered while this thread holds the lock: a deque append takes no lock
+        self._pending: collections.deque[np.ndarray] = collections.deque()
+
+    def take(self, shape: tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        with self._lock:
+            self._drain()
+            for i, buf in enumerate(self._free):
+                if buf.shape == shape and buf.dtype == dtype:
+                    del self._free[i]
+                    return buf
+        return np.empty(shape, dtype)
+
+    def give(self, buf: np.ndarray) -> None:
+        with self._lock:
+            self._drain()
+            self._keep(buf)
+
+    def give_later(self, buf: np.ndarray) -> None:
+        """``give`` without the lock (safe in ``__del__``); taken in at the next call."""
+        self._pending.append(buf)
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._keep(self._pending.popleft())
+
+    def _keep(self, buf: np.ndarray) -> None:
+        if buf.nbytes > self.max_bytes or not buf.flags.owndata:
+            return
+        self._free.insert(0, buf)  # most recent first; the oldest go over the budget
+        total = 0
+        for i, b in enumerate(self._free):
+            total += b.nbytes
+            if total > self.max_bytes:
+                del self._free[i:]
+                break
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pending.clear()
+            self._free.clear()
+
+
+_WORKSPACE = _Workspace(1 << 30)
+
+
+def release_workspace() -> None:
+    """Free the Gram buffers kept for reuse by later :class:`FastSolver` instances."""
+    _WORKSPACE.clear()
 
 
 _POOL: Any = None

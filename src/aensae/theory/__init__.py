@@ -6,6 +6,8 @@
 - :mod:`~aensae.theory.hoffman` -- local Hoffman constants ``||M_A^{-1}||_2`` of the KKT
   system by its block structure, their bounds and the dense reference; the exact global
   constant of small polyhedral systems (:mod:`~aensae.theory.hoffman_global`).
+- :mod:`~aensae.theory.summaries` -- quantile summaries, and the Lipschitz / Hoffman
+  summaries of a dictionary's exact map on certified codes (synthetic grid and LLM eval).
 - :mod:`~aensae.theory.trajectory` -- ISTA / FISTA from zero, the faces visited and their
   constants.
 - :mod:`~aensae.theory.support` -- recovery conditions, the amortization gap, and the
