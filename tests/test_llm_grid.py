@@ -256,3 +256,9 @@ def test_bad_llm_configs_are_one_line_errors(setup, tmp_path, capsys) -> None:
     assert cli.main(["reproduce", "--config", str(path), "--workers", "2",
                      "--out", str(tmp_path / "o")]) == 2
     assert "--workers" in capsys.readouterr().err
+    for option in (["--executor", "ray"], ["--gpus", "0.5"]):
+        assert cli.main(["reproduce", "--config", str(path), *option,
+                         "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert option[0] in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "o").exists()

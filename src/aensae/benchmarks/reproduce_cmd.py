@@ -121,6 +121,14 @@ def _reproduce_llm(args: argparse.Namespace) -> int:
     if args.workers is not None:
         raise InputError(f"--workers {args.workers}: an LLM config runs in one process (its "
                          "SAEs train together on the same batches); leave --workers out")
+    given = [(flag, getattr(args, name)) for name, (flag, _, _) in OPTIONS.items()
+             if getattr(args, name) is not None]
+    if args.executor is not None:
+        given.insert(0, ("--executor", args.executor))
+    if given:
+        flag, value = given[0]
+        raise InputError(f"{flag} {value}: an LLM config runs in this process, on no "
+                         "executor; leave the executor options out")
     if args.device is not None:
         check_device("--device", args.device)
         cfg.experiment["device"] = args.device
