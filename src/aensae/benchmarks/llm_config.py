@@ -256,6 +256,7 @@ def _hub_unreachable(name: str, revision: str | None, timeout: float = 3.0) -> s
     for half a minute, printing a line per retry, before it gives up."""
     import socket
     import urllib.parse
+    import urllib.request
 
     from huggingface_hub import constants, try_to_load_from_cache
 
@@ -265,6 +266,8 @@ def _hub_unreachable(name: str, revision: str | None, timeout: float = 3.0) -> s
     if constants.HF_HUB_OFFLINE:
         return "offline mode (HF_HUB_OFFLINE is set) and no cached copy"
     host = urllib.parse.urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    if urllib.request.getproxies().get("https") and not urllib.request.proxy_bypass(host):
+        return None  # through a proxy a direct connection says nothing: let the hub try
     try:
         with socket.create_connection((host, 443), timeout=timeout):
             return None
