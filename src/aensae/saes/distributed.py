@@ -319,6 +319,12 @@ class GradSync:
         self.ddp = DistributedDataParallel(
             self._replicas, device_ids=[world.device.index] if cuda else None, **no_sync)
 
+    def close(self) -> None:
+        """Release the DDP wrapper (its reducer holds the process group); idempotent."""
+        self.ddp = None
+        self.params = []
+        self._replicas = None
+
     def reduce(self, outs: Mapping[str, LossOutput], batch_rows: int) -> None:
         """Make ``outs`` and the gradients those of the global batch, in place.
 

@@ -539,6 +539,11 @@ def train(
                 run.save_checkpoint(ckpt)
     finally:
         bar.close()
+        if run.sync is not None:
+            # the DDP wrapper goes now, on every rank at the same point: left to a traceback
+            # that outlives the process group, its gloo teardown waits for a peer that has
+            # moved on (an interrupted run then hangs instead of exiting)
+            run.sync.close()
     elapsed = time.perf_counter() - t0
     run.sync_terms()
     for k, m in run.models.items():
