@@ -61,3 +61,19 @@ def save_tiny(kind: str, tokenizer_dir, folder, seed: int = 0, d: int = 32, laye
     tiny_model(kind, seed, d, layers).save_pretrained(folder)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
     return folder
+
+
+def harvest_tiny_cache(tmp_path_factory, tokenizer_dir):
+    """A 600-token layer-1 cache of a tiny GPT-2 (d 16) over 30 small markdown notes, in
+    shards of 10 windows of 8 tokens: the cache the store, training and DDP tests share."""
+    from aensae.llm.cache import HarvestConfig, harvest
+
+    lm = tiny_language_model("gpt2", tokenizer_dir, d=16)
+    corpus = tmp_path_factory.mktemp("corpus")
+    for i in range(30):
+        (corpus / f"{i}.md").write_text(f"# note {i}\n" + "some words here " * (3 + i % 5))
+    out = tmp_path_factory.mktemp("cache") / "c"
+    cfg = HarvestConfig(model="tiny-gpt2", layer=1, text=str(corpus), tokens=600, ctx=8,
+                        batch_size=4, shard_windows=10, shuffle_windows=4)
+    harvest(cfg, out, model=lm, progress=False)
+    return out

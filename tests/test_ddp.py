@@ -215,19 +215,9 @@ def test_stacked_training_two_ranks_equal_one_process(synthetic_ranks):
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, smol_tokenizer_dir):
     pytest.importorskip("transformers")
-    from llm_support import tiny_language_model
+    from llm_support import harvest_tiny_cache
 
-    from aensae.llm.cache import HarvestConfig, harvest
-
-    lm = tiny_language_model("gpt2", smol_tokenizer_dir, d=16)
-    corpus = tmp_path_factory.mktemp("corpus")
-    for i in range(30):
-        (corpus / f"{i}.md").write_text(f"# note {i}\n" + "some words here " * (3 + i % 5))
-    out = tmp_path_factory.mktemp("cache") / "c"
-    cfg = HarvestConfig(model="tiny-gpt2", layer=1, text=str(corpus), tokens=600, ctx=8,
-                        batch_size=4, shard_windows=10, shuffle_windows=4)
-    harvest(cfg, out, model=lm, progress=False)
-    return out
+    return harvest_tiny_cache(tmp_path_factory, smol_tokenizer_dir)
 
 
 def test_store_rows_are_the_batch_rows(cache):

@@ -10,24 +10,15 @@ import torch
 
 pytest.importorskip("transformers")
 
-from llm_support import tiny_language_model  # noqa: E402
+from llm_support import harvest_tiny_cache  # noqa: E402
 
 from aensae import cli  # noqa: E402
-from aensae.llm.cache import HarvestConfig, harvest  # noqa: E402
 from aensae.llm.store import ActivationStore  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, smol_tokenizer_dir):
-    lm = tiny_language_model("gpt2", smol_tokenizer_dir, d=16)
-    corpus = tmp_path_factory.mktemp("corpus")
-    for i in range(30):
-        (corpus / f"{i}.md").write_text(f"# note {i}\n" + "some words here " * (3 + i % 5))
-    out = tmp_path_factory.mktemp("cache") / "c"
-    cfg = HarvestConfig(model="tiny-gpt2", layer=1, text=str(corpus), tokens=600, ctx=8,
-                        batch_size=4, shard_windows=10, shuffle_windows=4)
-    harvest(cfg, out, model=lm, progress=False)
-    return out
+    return harvest_tiny_cache(tmp_path_factory, smol_tokenizer_dir)
 
 
 def _args(cache, out, *extra):
