@@ -238,6 +238,8 @@ def test_fuzz_bench_train(tmp_path, data) -> None:
         })
         if data.draw(st.booleans(), "--stack"):
             argv.append("--stack")
+        if data.draw(st.booleans(), "--graph"):  # refused here: no CUDA (or no --stack)
+            argv.append("--graph")
         status, _ = s.run(argv, [json_path])
         if status == 0 and json_path is not None:
             assert json_path.is_file()

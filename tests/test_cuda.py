@@ -71,18 +71,48 @@ def test_cuda_joint_training_equals_separate_training() -> None:
         assert res[name].train_loss == res_joint[name].train_loss
 
 
-def test_cuda_stacked_training_matches_cpu_separate() -> None:
+@pytest.mark.parametrize("graph", ["off", "auto"])
+def test_cuda_stacked_training_matches_cpu_separate(graph) -> None:
     data = _stream(10)
     cfg = dict(steps=10, dtype="float64", **CFG)
     stacked = _models()  # all seven architectures, each family on its stacked path
-    res = train(stacked, data, TrainConfig(device="cuda", stack=True, **cfg))
-    assert {r.path for r in res.values()} == {"stacked-eager"}
+    res = train(stacked, data, TrainConfig(device="cuda", stack=True, graph=graph, **cfg))
+    want = "stacked-eager" if graph == "off" else "stacked-graph"
+    assert {r.path for r in res.values()} == {want}, {r.path_note for r in res.values()}
     for name in stacked:
         alone = {name: _models()[name]}
         train(alone, data, TrainConfig(device="cpu", **cfg))
         for (k, a), b in zip(alone[name].state_dict().items(),
                              stacked[name].state_dict().values(), strict=True):
             torch.testing.assert_close(b.cpu(), a, rtol=1e-9, atol=1e-11, msg=f"{name}.{k}")
+
+
+def test_cuda_graph_replays_equal_the_eager_stacked_step() -> None:
+    # float32, the grids' dtype: the captured step against the same step run eagerly,
+    # through the learning-rate warmup (eager) into the captured phase, AuxK switching on
+    data = _stream(20)
+    cfg = dict(steps=20, dtype="float32", stack=True, lr_warmup_steps=4, sync_every=5,
+               **CFG)
+    eager, graphed = _models(torch.float32), _models(torch.float32)
+    re = train(eager, data, TrainConfig(device="cuda", graph="off", **cfg))
+    rg = train(graphed, data, TrainConfig(device="cuda", graph="auto", **cfg))
+    for name in eager:
+        assert rg[name].path == "stacked-graph", rg[name].path_note
+        assert rg[name].path_steps["stacked-graph"] >= 12, rg[name].path_steps
+        for (k, a), b in zip(eager[name].state_dict().items(),
+                             graphed[name].state_dict().values(), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=f"{name}.{k}")
+        np.testing.assert_allclose(rg[name].train_loss, re[name].train_loss, rtol=1e-5)
+        assert rg[name].dead == re[name].dead
+
+
+def test_cuda_graph_run_stops_at_a_bad_batch(tmp_path) -> None:
+    data = _stream(16)
+    bad = [x.clone() for x in data]
+    bad[9][0, :2] = float("nan")
+    cfg = dict(steps=16, dtype="float32", stack=True, graph="auto", sync_every=6, **CFG)
+    with pytest.raises(FloatingPointError, match=r"batch at step 9 holds 2 NaN/inf"):
+        train(_models(torch.float32), bad, TrainConfig(device="cuda", **cfg))
 
 
 def test_cuda_resume_equals_uninterrupted(tmp_path) -> None:
@@ -191,3 +221,10 @@ def test_cuda_bench_train_stack_times_on_the_device(tmp_path) -> None:
     rec = json.loads(path.read_text())
     assert rec["config"]["device"].startswith("cuda") and rec["machine"]["gpu"]
     assert rec["stack_path"] == "stacked-eager" and rec["stack_speedup"] > 0
+    assert cli.main(["bench", "train", "--n", "16", "--m", "32", "--batch-size", "16",
+                     "--k", "2", "--models", "3", "--steps", "8", "--repeats", "1",
+                     "--arch", "aen", "--stack", "--graph", "--device", "cuda", "--json",
+                     str(path)]) == 0
+    rec = json.loads(path.read_text())
+    assert rec["graph_note"] == "" and rec["graph_speedup"] > 0
+    assert rec["graph_path_steps"]["stacked-graph"] > 0

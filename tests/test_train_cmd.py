@@ -185,3 +185,13 @@ def test_bench_train_absent_device_is_one_line(capsys) -> None:
                  "--k", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("aensae bench train: error: --device") and "\n" not in err
+
+
+def test_bench_train_graph_needs_stack_and_cuda(capsys) -> None:
+    assert _run(["bench", "train", "--graph", "--n", "4", "--m", "8", "--k", "1"]) == 2
+    assert "--graph times the stacked step: it needs --stack" in capsys.readouterr().err
+    assert _run(["bench", "train", "--graph", "--stack", "--device", "cpu", "--n", "4",
+                 "--m", "8", "--k", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("aensae bench train: error: --graph captures CUDA graphs: it needs a CUDA "
+                   "--device, got 'cpu'")

@@ -77,7 +77,7 @@ def train_models(
         dead_last=grid.train["dead_last"],
         checkpoint_every=(grid.train["checkpoint_every"] if checkpoint_dir is not None else 0),
         device=grid.experiment["device"], dtype=grid.experiment["dtype"], seed=point.seed,
-        stack=grid.train["stack"], progress=progress)
+        stack=grid.train["stack"], graph=grid.train["graph"], progress=progress)
     dtype = {"float32": torch.float32, "float64": torch.float64}[grid.experiment["dtype"]]
     stream = point.stream
 

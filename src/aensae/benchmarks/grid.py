@@ -19,7 +19,10 @@ used). The tables:
   ``checkpoint_every``, ``progress``, ``stack`` (batched products for the models of a
   group, any architecture, :class:`~aensae.saes.TrainConfig`'s ``stack``: equal to separate
   training to rounding, not bit for bit; about 1.5x faster per model-step on a GPU, where
-  separate small products are bound by kernel launches);
+  separate small products are bound by kernel launches), ``graph`` (not hashed:
+  :class:`~aensae.saes.TrainConfig`'s ``graph``, ``auto`` captures a stacked group's
+  step in a CUDA graph on a GPU, ``off`` never; the replay is checked against the eager
+  step, so results do not depend on it);
 - ``[eval]``: ``samples`` (held-out signals), ``encoder_samples`` (Jacobians, jumps),
   ``hoffman_samples``, ``tol`` (certificate: gap <= tol ||x||^2);
 - ``[calibrate]``: ``steps``, ``ladder`` (first penalties per family and rho), ``rounds``
@@ -105,7 +108,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"kind": "spiked", "n": 64, "m": 256, "d_sae": None, "k": 4, "lo": 1.0,
              "hi": 3.0, "nonneg": True, "noise_std": 0.0, "rho": [0.0]},
     "train": {"steps": 1000, "batch_size": 256, "lr": 1e-3, "dead_window": 65536,
-              "dead_last": 5, "checkpoint_every": 1000, "progress": True, "stack": False},
+              "dead_last": 5, "checkpoint_every": 1000, "progress": True, "stack": False,
+              "graph": "auto"},
     "eval": {"samples": 1024, "encoder_samples": 128, "hoffman_samples": 256, "tol": 1e-10},
     "calibrate": {"steps": 500, "ladder": 5, "rounds": 1, "tolerance": 1.5},
     "reference": {"ladder": 6, "fraction_min": 0.01, "fraction_max": 0.5, "l2": 1e-3},
@@ -248,13 +252,15 @@ class GridConfig:
         return {k: v for k, v in self.data.items() if k != "rho"}
 
     def train_record(self) -> dict[str, Any]:
-        """Training parameters that change results (not progress or checkpoint cadence).
+        """Training parameters that change results (not progress, checkpoint cadence or
+        whether a stacked step is replayed from a CUDA graph).
 
         ``stack`` appears only when true, so that configs written before the option keep
         their hashes and run ids.
         """
         return {k: v for k, v in self.train.items()
-                if k not in ("progress", "checkpoint_every") and (k != "stack" or v)}
+                if k not in ("progress", "checkpoint_every", "graph")
+                and (k != "stack" or v)}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready normalised config (defaults filled)."""
@@ -407,6 +413,8 @@ def _validate_tables(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for key in ("progress", "stack"):
         if not isinstance(tr[key], bool):
             raise _fail(f"train.{key}", f"must be true or false, got {tr[key]!r}")
+    if tr["graph"] not in ("auto", "off"):
+        raise _fail("train.graph", f"must be \"auto\" or \"off\", got {tr['graph']!r}")
     for key in ("samples", "encoder_samples", "hoffman_samples"):
         ev[key] = _num(f"eval.{key}", ev[key], kind=int, low=2)
     ev["tol"] = _num("eval.tol", ev["tol"], low=0.0, low_open=True)

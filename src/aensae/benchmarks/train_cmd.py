@@ -15,6 +15,7 @@ step's five matrix products alone, measured in the same process::
     ratio_single      = ms_per_step / floor_ms
     ratio_per_model_8 = (ms per step of 8 models trained together) / 8 / floor_ms
     stack_speedup     = (ms per model-step, separate) / (ms per model-step, stacked)
+    graph_speedup     = (ms per model-step, stacked eager) / (ms per model-step, CUDA graph)
 """
 
 from __future__ import annotations
@@ -136,6 +137,10 @@ def register(top: Any, bench: Any) -> None:
                    help="also time the models on the stacked path (batched products, "
                         "TrainConfig(stack=True)) and report ms per model-step against "
                         "the same models trained separately")
+    b.add_argument("--graph", action="store_true",
+                   help="with --stack on a CUDA device: also time the stacked step captured "
+                        "in a CUDA graph (TrainConfig(graph='auto')) against the same step "
+                        "run eagerly")
     b.add_argument("--steps", type=int, default=40, help="timed steps per repeat (>= 1)")
     b.add_argument("--repeats", type=int, default=3, help="timed repeats (>= 1)")
     b.add_argument("--device", default="cpu",
@@ -372,8 +377,8 @@ def _train_main(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- bench
 def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
                 n_models: int = 8, steps: int = 40, repeats: int = 3, *,
-                arch: str = "aen", stack: bool = False, device: str = "cpu"
-                ) -> dict[str, Any]:
+                arch: str = "aen", stack: bool = False, device: str = "cpu",
+                graph: bool = False) -> dict[str, Any]:
     """Measure ms per training step (with data generation) against the GEMM floor.
 
     A step is what ``aensae train`` does per batch: the signals of batch ``i`` of the
@@ -393,7 +398,11 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
     batched products (``TrainConfig(stack=True)``, ``*_stacked``; ``stack_speedup`` is
     the median over blocks of the separate block's time over the stacked block's, timed
     one after the other, ``stack_speedup_range`` their smallest and largest, and
-    ``ms_per_model_step*`` give median, min and max per model-step). The models are
+    ``ms_per_model_step*`` give median, min and max per model-step); with ``graph``
+    (CUDA only) the stacked models once more, their step replayed from a CUDA graph
+    (``*_graph``, ``graph_speedup`` over the stacked eager step, ``graph_path_steps``
+    the steps each path took, ``graph_note`` why a graph was not used, if so). The models
+    are
     ``arch`` with default hyperparameters and seeds ``0 .. n_models - 1`` (the l1 models
     therefore in their cold start, see above). ``device`` places models and floor (the
     data are drawn on the CPU, as in training; on CUDA every timer reading waits for
@@ -429,11 +438,19 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     cfg = TrainConfig(steps=10**9, device=str(dev), dtype="float32")
+    if graph and not (stack and cuda):
+        raise ValueError(f"graph timing needs stack=True and a CUDA device, got stack={stack}, "
+                         f"device {dev}")
     single = _Run({"m0": create(arch, n, m, seed=0)}, cfg)
     multi = _Run({f"m{i}": create(arch, n, m, seed=i) for i in range(n_models)}, cfg)
-    stacked = (_Run({f"m{i}": create(arch, n, m, seed=i) for i in range(n_models)},
-                    TrainConfig(steps=10**9, device=str(dev), dtype="float32", stack=True))
-               if stack else None)
+
+    def stacked_run(mode: str) -> Any:
+        return _Run({f"m{i}": create(arch, n, m, seed=i) for i in range(n_models)},
+                    TrainConfig(steps=10**9, device=str(dev), dtype="float32", stack=True,
+                                graph=mode))
+
+    stacked = stacked_run("off") if stack else None
+    graphed = stacked_run("auto") if graph else None
     x = next(stream.torch_signal_batches(1)).to(dev)
     W_enc, W_dec = single.models["m0"].W_enc.detach(), single.models["m0"].W_dec.detach()
     h = torch.relu(x @ W_enc)
@@ -475,6 +492,8 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
     runs = {"single": block_of(single), "multi": block_of(multi)}
     if stack:
         runs["multi_stacked"] = block_of(stacked)
+    if graph:
+        runs["multi_graph"] = block_of(graphed)
     adam_runs = {"single": single, "multi": multi}
     floor_step()
     for fn in runs.values():  # warm-up: allocator, thread pool, optimizer state
@@ -487,7 +506,8 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
     datas: list[float] = []
     datas_single: list[float] = []
     adam_ratios: dict[str, list[float]] = {k: [] for k in adam_runs}
-    per_model = {"single": 1, "multi": n_models, "multi_stacked": n_models}
+    per_model = {"single": 1, "multi": n_models, "multi_stacked": n_models,
+                 "multi_graph": n_models}
     for _ in range(max(1, repeats * steps // block)):
         before = timed(floor_step)
         floors.append(before)
@@ -525,6 +545,19 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
             "stack_speedup_range": [min(speedups), max(speedups)],
             "stack_path": stacked.paths["m0"] if stacked is not None else None,
         }
+    if graph:
+        assert graphed is not None and graphed.static is not None
+        speedups = [a / b for a, b in zip(times["multi_stacked"], times["multi_graph"],
+                                          strict=True)]
+        stacked_keys.update({
+            "ms_per_step_8_graph": med(times["multi_graph"]),
+            "ratio_per_model_8_graph": med(ratios["multi_graph"]),
+            "ms_per_model_step_graph": model_step("multi_graph"),
+            "graph_speedup": med(speedups),
+            "graph_speedup_range": [min(speedups), max(speedups)],
+            "graph_path_steps": dict(graphed.static.path_steps),
+            "graph_note": graphed.static.note,
+        })
     return {
         "ms_per_step": med(times["single"]),
         "floor_ms": med(floors),
@@ -546,7 +579,7 @@ def bench_train(n: int = 256, m: int = 1024, batch_size: int = 256, k: int = 16,
         "load_average": os.getloadavg(),
         "config": {"n": n, "m": m, "batch_size": batch_size, "k": k, "arch": arch,
                    "dtype": "float32", "device": str(dev), "models": n_models, "steps": steps,
-                   "repeats": repeats, "stack": stack},
+                   "repeats": repeats, "stack": stack, "graph": graph},
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name(dev) if cuda else None,
@@ -564,6 +597,8 @@ def _bench_main(args: argparse.Namespace) -> int:
         check_int("--models", args.models, low=1)
         check_int("--steps", args.steps, low=1)
         check_int("--repeats", args.repeats, low=1)
+        if args.graph and not args.stack:
+            raise InputError("--graph times the stacked step: it needs --stack")
         if args.arch in ("topk", "batchtopk") and args.m < 16:
             raise InputError(f"--m must be >= 16 with --arch {args.arch} (its default "
                              f"k_top is 16 latents per signal), got {args.m}")
@@ -575,10 +610,18 @@ def _bench_main(args: argparse.Namespace) -> int:
 
     import torch
 
+    if args.graph:
+        from aensae.saes.trainer import resolve_device
+
+        if resolve_device(args.device).type != "cuda":
+            raise InputError(f"--graph captures CUDA graphs: it needs a CUDA --device, got "
+                             f"{args.device!r}")
+
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     res = bench_train(args.n, args.m, args.batch_size, args.k, args.models, args.steps,
-                      args.repeats, arch=args.arch, stack=args.stack, device=args.device)
+                      args.repeats, arch=args.arch, stack=args.stack, device=args.device,
+                      graph=args.graph)
     print(f"floor {res['floor_ms']:.2f} ms | one model {res['ms_per_step']:.2f} ms/step "
           f"(x{res['ratio_single']:.3f}, min-based x{res['ratio_single_min']:.3f}) | "
           f"{args.models} models {res['ms_per_step_8']:.2f} ms/step "
@@ -596,6 +639,14 @@ def _bench_main(args: argparse.Namespace) -> int:
               f"stacking x{res['stack_speedup']:.3f} [{lo:.3f}, {hi:.3f}] "
               f"(x{res['ratio_per_model_8_stacked']:.3f} of the floor per model; path "
               f"{res['stack_path']})")
+    if args.graph:
+        gr = res["ms_per_model_step_graph"]
+        lo, hi = res["graph_speedup_range"]
+        print(f"{args.arch} x{args.models}, CUDA graph {gr['median']:.3f} [{gr['min']:.3f}, "
+              f"{gr['max']:.3f}] ms per model-step | speed-up over the eager stacked step "
+              f"x{res['graph_speedup']:.3f} [{lo:.3f}, {hi:.3f}] | steps by path "
+              f"{res['graph_path_steps']}" + (f" | {res['graph_note']}"
+                                              if res["graph_note"] else ""))
     if args.json is not None:
         atomic_write_json(args.json, res)
     return 0

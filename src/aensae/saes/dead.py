@@ -63,12 +63,22 @@ class DeadTracker:
         if fired is None:
             fired = fired_latents(h)
         self.fired = fired if self.fired is None else self.fired.logical_or_(fired)
-        self.samples += h.shape[0] if samples is None else samples
-        if self.samples >= self.window:
-            self.fractions.append(1.0 - float(self.fired.sum()) / self.d_sae)
-            self.window_samples.append(self.samples)
-            self.fired = None
-            self.samples = 0
+        if self.add_samples(h.shape[0] if samples is None else samples):
+            self.close_window(int(self.fired.sum()))
+
+    def add_samples(self, samples: int) -> bool:
+        """Count ``samples`` more; ``True`` when the window is full (then call
+        :meth:`close_window`). For callers that accumulate the fired latents themselves
+        (on the device: :class:`~aensae.saes.static_step.StaticStep`)."""
+        self.samples += samples
+        return self.samples >= self.window
+
+    def close_window(self, n_fired: int) -> None:
+        """Record the full window: ``n_fired`` of ``d_sae`` latents fired in it."""
+        self.fractions.append(1.0 - n_fired / self.d_sae)
+        self.window_samples.append(self.samples)
+        self.fired = None
+        self.samples = 0
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary: the window, every window's fraction, final and median-of-last.

@@ -24,6 +24,13 @@ training. Checkpoints (``checkpoint.pt``, written atomically) hold the step, eve
 model's parameters and buffers, optimizer states, dead trackers, loss history and the
 torch RNG state; resuming gives the same final weights as an uninterrupted run.
 
+Stacked runs (``stack=True``, every model in a stacked group): items 1-5 for all models
+are one step with no host reads (:class:`~aensae.saes.static_step.StaticStep`): the
+checks of item 1 are flags on the device, read every ``sync_every`` steps, and a failing
+step stops every update from then on, so the error names the failing step and the models
+stay as they were before it. On CUDA that step is captured in a CUDA graph and replayed
+(``graph``); ``ModelResult.path`` and ``path_steps`` record which step ran.
+
 Data-parallel (``train(..., world=World)``, :mod:`aensae.saes.distributed`): each rank's
 data yield its equal share of every batch; after item 1 the gradients are averaged over
 the ranks (DDP) and the losses and batch statistics reduced, so items 2-5 act on the
@@ -51,6 +58,7 @@ from aensae.saes.base import SAE, LossOutput
 from aensae.saes.dead import DeadTracker
 from aensae.saes.distributed import GradSync, World, batch_context
 from aensae.saes.stacked import PATH_SEPARATE, StackedGroup, group_models, step_path
+from aensae.saes.static_step import GRAPH_CHOICES, StaticStep, resolve_graph_mode
 
 __all__ = ["CHECKPOINT_FILE", "ModelResult", "TrainConfig", "resolve_device", "train"]
 
@@ -99,6 +107,15 @@ class TrainConfig:
         (:mod:`aensae.saes.stacked`); faster for sweeps, equal to separate training up to
         floating-point rounding instead of bit for bit. ``ModelResult.path`` records
         which path each model took.
+    graph : ``"auto"``, ``"off"`` or ``"emulate"``
+        For a run whose models are all stacked: ``auto`` captures the step in a CUDA
+        graph on a CUDA device (eager elsewhere), ``off`` never does, ``emulate`` uses
+        the CPU stand-in for CUDA graphs (:class:`aensae.saes.graphs.EmulatedGraph`; for
+        tests, slow). Replays equal the eager step (checked at capture); not part of a
+        run's configuration.
+    sync_every : int >= 0
+        Steps between host reads of a stacked run's losses and checks (0: 1 on the CPU,
+        64 on other devices). Not part of a run's configuration.
     """
 
     steps: int
@@ -116,6 +133,8 @@ class TrainConfig:
     seed: int = 0
     progress: bool = False
     stack: bool = False
+    graph: str = "auto"
+    sync_every: int = 0
 
     def __post_init__(self) -> None:
         check_int("steps", self.steps, low=1)
@@ -136,6 +155,10 @@ class TrainConfig:
         check_int("seed", self.seed, low=0)
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.graph not in GRAPH_CHOICES:
+            raise ValueError(f"graph must be one of {', '.join(GRAPH_CHOICES)}, got "
+                             f"{self.graph!r}")
+        check_int("sync_every", self.sync_every, low=0)
         resolve_device(self.device)
 
     def lr_at(self, step: int) -> float:
@@ -143,6 +166,10 @@ class TrainConfig:
         if self.lr_warmup_steps == 0:
             return self.lr
         return self.lr * min(1.0, (step + 1) / self.lr_warmup_steps)
+
+    def lr_final(self, step: int) -> bool:
+        """Whether the learning rate stays :meth:`lr_at` ``(step)`` from step ``step`` on."""
+        return step + 1 >= self.lr_warmup_steps
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy."""
@@ -175,18 +202,23 @@ class ModelResult:
     evals: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     device: str = ""  # the device trained on: what ``TrainConfig.device`` resolved to
-    path: str = ""  # the step it took: "separate" or "stacked-eager" (aensae.saes.stacked)
+    # the step it took most often (aensae.saes.stacked.PATHS), the steps of each path
+    # (over every session of a resumed run) and, when a graph was not used, why
+    path: str = ""
+    path_steps: dict[str, int] = field(default_factory=dict)
+    path_note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy."""
         return asdict(self)
 
 
-def _make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig
-                    ) -> torch.optim.Optimizer:
+def _make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig,
+                    capturable: bool = False) -> torch.optim.Optimizer:
+    """Fused Adam (``capturable`` for a step captured in a graph), else foreach Adam."""
     kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": cfg.adam_betas, "eps": cfg.adam_eps}
     try:
-        return torch.optim.Adam(params, fused=True, **kwargs)
+        return torch.optim.Adam(params, fused=True, capturable=capturable, **kwargs)
     except (RuntimeError, ValueError):  # fused kernels unavailable for this device/dtype
         return torch.optim.Adam(params, foreach=True, **kwargs)
 
@@ -217,13 +249,18 @@ class _AdamStep:
         """Forget the cached state tensors (call after the optimizer's state is replaced)."""
         self._lists = None
 
-    def step(self, lr: float) -> None:
-        """One Adam step of every parameter with learning rate ``lr``."""
+    def step(self, lr: float, found_inf: torch.Tensor | None = None) -> None:
+        """One Adam step of every parameter with learning rate ``lr``.
+
+        ``found_inf`` (fused Adam only): a 0-d float32 device tensor; where it is 1 the
+        step changes nothing (``torch._fused_adam_`` skips it), as under AMP's scaler.
+        """
         group = self.optim.param_groups[0]
         group["lr"] = lr
         grads = [p.grad for p in self.params]
         if any(g is None for g in grads) or (
                 self._lists is None and any(p not in self.optim.state for p in self.params)):
+            self.optim.found_inf = found_inf  # read by Adam.step (the AMP protocol)
             self.optim.step()  # skips gradient-less parameters / creates the state
             return
         if self._lists is None:
@@ -240,7 +277,12 @@ class _AdamStep:
                 decoupled_weight_decay=group["decoupled_weight_decay"],
                 amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=lr,
                 weight_decay=group["weight_decay"], eps=group["eps"],
-                maximize=group["maximize"])
+                maximize=group["maximize"], found_inf=found_inf)
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Every state tensor of the optimizer (moments and step counts)."""
+        return [t for p in self.params for t in self.optim.state.get(p, {}).values()
+                if isinstance(t, torch.Tensor)]
 
 
 def _unpack(batch: Any, step: int, d_in: int) -> torch.Tensor:
@@ -274,12 +316,6 @@ class _Run:
         for model in models.values():
             model.to(device=self.device, dtype=self.dtype)
             model.train()
-        # One Adam over every model's parameters: Adam is elementwise, so each model gets
-        # the update it would get alone, and the fused kernel runs once per step instead
-        # of once per model. Checkpoints still hold one Adam state dict per model.
-        self.params = {k: list(m.parameters()) for k, m in models.items()}
-        self.optim = _make_optimizer([p for ps in self.params.values() for p in ps], cfg)
-        self.adam = _AdamStep(self.optim)
         self.dead = {k: DeadTracker(m.d_sae, cfg.dead_window, cfg.dead_last)
                      for k, m in models.items()}
         self.results = {k: ModelResult(k, m.arch, 0) for k, m in models.items()}
@@ -294,11 +330,47 @@ class _Run:
             group_models(models) if cfg.stack and world is None else [])
         stacked = {k for names, _ in self.groups for k in names}
         self.paths = {k: step_path(k in stacked) for k in models}
+        self.path_note = ""
+        all_stacked = bool(self.groups) and len(stacked) == len(models)
+        # One Adam over every model's parameters: Adam is elementwise, so each model gets
+        # the update it would get alone, and the fused kernel runs once per step instead
+        # of once per model. Checkpoints still hold one Adam state dict per model.
+        self.params = {k: list(m.parameters()) for k, m in models.items()}
+        self.optim = _make_optimizer([p for ps in self.params.values() for p in ps], cfg,
+                                     capturable=all_stacked)
+        self.adam = _AdamStep(self.optim)
+        # a run of stacked groups alone takes the step without host reads (and graphs)
+        self.static: StaticStep | None = None
+        if all_stacked and self.optim.param_groups[0]["fused"]:
+            self.static = StaticStep(
+                self.groups, self.adam.step, self.adam.state_tensors,
+                mode=resolve_graph_mode(cfg.graph, self.device),
+                sync_every=cfg.sync_every or (1 if self.device.type == "cpu" else 64),
+                grad_clip=cfg.grad_clip)
+        elif all_stacked:
+            self.path_note = (f"fused Adam is unavailable for {cfg.dtype} on {self.device}: "
+                              "the stacked step checks its losses on the host each step")
+        elif self.groups and cfg.graph != "off" and resolve_graph_mode(
+                cfg.graph, self.device) != "eager":
+            lone = sorted(set(models) - stacked)
+            self.path_note = (f"model(s) {', '.join(map(repr, lone))} cannot be stacked, so "
+                              "the stacked groups run eagerly with host checks each step")
+        self._session_steps = 0
         # data-parallel: gradients averaged and step statistics reduced over the ranks
         self.sync = None if world is None else GradSync(models, world)
 
     # -------------------------------------------------------------- one step
     def step_all(self, X: torch.Tensor) -> None:
+        self._session_steps += 1
+        if self.static is not None:
+            if not self.static.prepared:
+                self.static.prepare(self.step, [self.results[k].train_loss
+                                                for k in self.static.names],
+                                    [self.dead[k] for k in self.static.names])
+            self.static.run(X, self.step, self.cfg.lr_at(self.step),
+                            self.cfg.lr_final(self.step))
+            self.step += 1
+            return
         X = X.to(device=self.device, dtype=self.dtype)
         # The batch is not scanned for NaN/inf up front: every loss contains the mean of
         # (x - x_hat)^2, so a NaN/inf entry makes the first model's loss non-finite, and
@@ -347,14 +419,50 @@ class _Run:
         self.results[name].train_loss.append(value)
         self._last_terms[name] = out.terms  # converted to floats only when reported
 
+    def flush(self) -> None:
+        """Read a stacked run's pending steps back (losses, checks); see StaticStep.flush."""
+        if self.static is not None and self.static.prepared:
+            self.static.flush()
+
     def sync_terms(self) -> None:
         """Copy the latest loss terms of every model into its result, as floats."""
+        if self.static is not None and self.static.prepared and self.static.terms:
+            for name, terms in self.static.last_terms().items():
+                self.results[name].last_terms = terms
+            return
         for name, terms in self._last_terms.items():
             self.results[name].last_terms = {k: float(v) for k, v in terms.items()}
 
+    def record_paths(self) -> None:
+        """Add this session's steps to every result's ``path_steps``; set ``path`` (the
+        most taken, the later on a tie) and ``path_note``."""
+        if self.static is not None:
+            counts = dict(self.static.path_steps)
+            self.static.path_steps.clear()
+            note = self.static.note or self.path_note
+        else:
+            counts = None
+            note = self.path_note
+        for k, res in self.results.items():
+            steps = counts if counts is not None else {self.paths[k]: self._session_steps}
+            for path, n in steps.items():
+                if n:
+                    res.path_steps[path] = res.path_steps.get(path, 0) + n
+            if res.path_steps:
+                res.path = max(reversed(list(res.path_steps)), key=res.path_steps.__getitem__)
+            else:
+                res.path = self.paths[k]
+            if note:
+                res.path_note = note
+        self._session_steps = 0
+
     # -------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
+        self.flush()
         self.sync_terms()
+        self.record_paths()
+        if self.static is not None and self.static.prepared:
+            self.static.sync_trackers()
         return {
             "aensae_version": __version__,
             "step": self.step,
@@ -402,6 +510,8 @@ class _Run:
             self.dead[k].load_state_dict(state["dead"][k], self.device)
             self.results[k] = ModelResult(**state["results"][k])
         self.step = int(state["step"])
+        if self.static is not None:  # re-read at the next step: state tensors were replaced
+            self.static.invalidate()
         torch.set_rng_state(state["rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -410,6 +520,7 @@ class _Run:
         """Model ``name``'s part of the shared Adam, as the state dict of an Adam of its own."""
         params = self.params[name]
         group = {k: v for k, v in self.optim.param_groups[0].items() if k != "params"}
+        group["capturable"] = False  # the format of every run: any run resumes from it
         return {"state": {i: self.optim.state[p] for i, p in enumerate(params)
                           if p in self.optim.state},
                 "param_groups": [{**group, "params": list(range(len(params)))}]}
@@ -526,12 +637,16 @@ def train(
                                  f"{config.steps}") from None
             run.step_all(_unpack(batch, run.step, run.d_in))
             bar.update(1)
+            last = run.step == config.steps
+            evaluate = eval_fn is not None and (last or (config.eval_every and
+                                                         run.step % config.eval_every == 0))
+            if last or evaluate:  # a stacked run's pending steps are checked first
+                run.flush()
             if config.progress and run.step % 50 == 0:
                 bar.set_postfix({k: f"{r.train_loss[-1]:.4g}"
-                                 for k, r in list(run.results.items())[:4]})
-            last = run.step == config.steps
-            if eval_fn is not None and (last or (config.eval_every
-                                                 and run.step % config.eval_every == 0)):
+                                 for k, r in list(run.results.items())[:4] if r.train_loss})
+            if evaluate:
+                assert eval_fn is not None
                 for k, m in run.models.items():
                     run.results[k].evals.append({"step": run.step, **eval_fn(m)})
             if ckpt is not None and config.checkpoint_every and (
@@ -545,7 +660,9 @@ def train(
             # moved on (an interrupted run then hangs instead of exiting)
             run.sync.close()
     elapsed = time.perf_counter() - t0
+    run.flush()
     run.sync_terms()
+    run.record_paths()
     for k, m in run.models.items():
         for pname, p in m.named_parameters():
             if not bool(torch.isfinite(p).all()):
@@ -554,7 +671,6 @@ def train(
         res = run.results[k]
         res.steps = run.step
         res.device = str(run.device)  # set here, not at start: a resume may change it
-        res.path = run.paths[k]
         res.dead = run.dead[k].summary()
         res.seconds += elapsed
     return run.results
