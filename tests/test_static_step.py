@@ -211,3 +211,15 @@ def test_grid_train_graph_is_checked_and_kept_out_of_the_hash(tmp_path) -> None:
     with pytest.raises(InputError, match=r'config train.graph: must be "auto" or "off", '
                                          r"got 'emulate'"):
         load_config(path)
+
+
+def test_batch_size_changes_recapture_and_stay_equal_to_eager() -> None:
+    sizes = [16, 16, 16, 16, 8, 8, 8, 8, 16, 16, 16, 16]
+    data = [x[:b] for x, b in zip(_stream(len(sizes)), sizes, strict=True)]
+    cfg = dict(steps=len(sizes), stack=True, sync_every=5, **CFG)
+    eager, captured = _stack("topk"), _stack("topk")
+    re = train(eager, data, TrainConfig(graph="off", **cfg))
+    rc = train(captured, data, TrainConfig(graph="emulate", **cfg))
+    _same(eager, captured)
+    _results_equal(re, rc)
+    assert rc["topk0"].path_steps[PATH_GRAPH_EMULATED] >= 4

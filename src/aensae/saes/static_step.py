@@ -22,8 +22,9 @@ and every model ``g`` in it, entirely on the device:
 Nothing in it reads a device value on the host or depends on one in Python, so it can be
 captured in a CUDA graph (:mod:`aensae.saes.graphs`) and replayed; the learning rate is a
 Python number, so a step is captured only where the learning rate no longer changes
-(after the warmup), and it runs eagerly before. Host-known switches (the batch size,
-whether AuxK can be on yet) select one graph each; a graph is captured after two eager
+(after the warmup), and it runs eagerly before. A host-known switch (whether AuxK can
+be on yet) selects one graph each way; a new batch size makes a new static input and
+drops the graphs that read the old one. A graph is captured after two eager
 steps of its kind (CUDA: on a side stream, as ``torch.cuda.graphs`` asks) and checked
 once: the captured step is replayed from the state the eager step started from, and
 both results must agree (bit for bit in emulation; to ``1e-5`` relative in float32,
@@ -206,7 +207,7 @@ class StaticStep:
         for g in self.groups:
             g.attach_grads()
         self._prepared_for = step
-        self.aux_from = []  # set at the first step, when the batch size is known
+        self.x = None  # the first step (re)makes the input and reads when AuxK can be on
 
     @property
     def prepared(self) -> bool:
@@ -241,14 +242,17 @@ class StaticStep:
         return path
 
     def _new_batch_size(self, B: int, step: int) -> None:
+        """A static input of ``B`` rows; graphs of the old one are dropped (they read it)."""
         self.x = torch.zeros(B, self.d_in, dtype=self.dtype, device=self.device)
         self.staging = _Staging(self.x)
+        self.graphs.clear()
+        self.eager_of.clear()
         self.aux_from = []
         for g in self.groups:
             after = g.aux_possible_after(B) if isinstance(g, StackedTopK) else None
             self.aux_from.append(None if after is None else step + after)
-        self.terms = []
-        self.aux_on = []
+        if self.terms:
+            return
         for g in self.groups:  # the term buffers: one (G,) tensor per loss part
             self.terms.append({k: torch.zeros(len(g.models), dtype=g.dtype, device=g.device)
                                for k in g.TERMS})
