@@ -500,6 +500,28 @@ def test_kkt_at_returned_codes_large_working_set_growth(nonneg, lam2):
                                atol=1e-6 * np.abs(default.codes).max())
 
 
+@pytest.mark.parametrize("nonneg", [False, True])
+@pytest.mark.parametrize("lam2", [0.0, 0.05])
+def test_supports_beyond_linear_working_set_growth_are_certified(nonneg, lam2):
+    # Signals far above the penalty (like the residual-stream outlier tokens of an LLM,
+    # 50x the median norm) need supports of hundreds of atoms. A working set that grew
+    # by ws_grow atoms per round could reach at most ws_init + max_rounds * ws_grow of
+    # them; it must at most double per round instead, so any support is reachable.
+    ws_init, ws_grow, max_rounds = 4, 2, 20
+    D, X = problem(64, 256, 6, 0.0, k=120, nonneg_codes=nonneg, noise=0.01, seed=83)
+    lam1 = shared_lam1(D, X, None, nonneg, 0.002)
+    ref = sk_codes(D, X, lam1, lam2, nonneg=nonneg)
+    reach = ws_init + max_rounds * ws_grow
+    assert np.all(np.count_nonzero(ref, axis=1) > reach)  # linear growth cannot get there
+    res = solve(D, X, lam1, lam2, nonneg=nonneg, ws_init=ws_init, ws_grow=ws_grow,
+                max_rounds=max_rounds)
+    assert res.all_certified, res.status
+    assert np.all(res.support_size > reach)
+    assert_objectives_agree(objective(D, X, res.codes, lam1, lam2),
+                            objective(D, X, ref, lam1, lam2), X)
+    assert_kkt(D, X, res.codes, lam1, lam2, None, nonneg, rtol=1e-6)
+
+
 def test_blas_threading_does_not_change_the_codes():
     # the default screens with one BLAS call per numba thread; blas_threads=None leaves the
     # product to BLAS's own threads. Both bound their rounding the same way.

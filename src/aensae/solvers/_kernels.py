@@ -388,9 +388,8 @@ def _top_k_row(C, b, iw, nonneg, k, out, score, hv, hi):
 
 
 @njit(cache=True, inline="always")
-def _push_top(vidx, vval, nv, j, val):
-    """Insert ``(j, val)`` into the descending list ``vval[:nv]`` capped at its length."""
-    grow = vval.shape[0]
+def _push_top(vidx, vval, nv, j, val, grow):
+    """Insert ``(j, val)`` into the descending list ``vval[:nv]`` capped at ``grow`` entries."""
     if nv < grow:
         pos = nv
         nv += 1
@@ -425,12 +424,13 @@ def _add_atom(Dt, G, X, b, wmat, wrow, lam1, lam2, idx, Q, c, wl, i, j):
 
 
 @njit(cache=True, inline="always", fastmath=_FM)
-def _exact_pass(z, r, Dt, iw, cnw, e, mark, mu_s, lam1, nonneg, vidx, vval):
+def _exact_pass(z, r, Dt, iw, cnw, e, mark, mu_s, lam1, nonneg, vidx, vval, grow):
     """Tight dual scale ``mu`` and exact violators (pass 2 of :func:`solve_signals`).
 
     Atoms whose bound ``ub_j`` stays below ``max(mu_S, (1 - 1e-3) lam1)`` contribute the
     bound; the others (outside the support) are recomputed as ``D_j^T r`` in float64.
-    Returns ``(mu, number of violators written to vidx/vval)``.
+    Returns ``(mu, number of violators written to vidx/vval)``, at most the ``grow``
+    largest.
     """
     n = r.shape[0]
     lam1_hi = lam1 * (1.0 + 1e-12)
@@ -450,7 +450,7 @@ def _exact_pass(z, r, Dt, iw, cnw, e, mark, mu_s, lam1, nonneg, vidx, vval):
         val = (s if nonneg else abs(s)) * iw[j]
         mu = max(mu, val)
         if mark[j] == 0 and val > lam1_hi:
-            nv = _push_top(vidx, vval, nv, j, val)
+            nv = _push_top(vidx, vval, nv, j, val, grow)
     return mu, nv
 
 
@@ -485,9 +485,10 @@ def solve_signals(Dt, G, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam2,
     ``ub_j = (|z_j| + e ||D_j||) / w_j`` bounds ``|D_j^T r| / w_j`` from above and
     ``lb_j`` from below. The gap evaluated with ``mu = max(mu_S, max_j ub_j)`` (``mu_S``
     exact on the support) is a rigorous upper bound. If it exceeds ``tol ||x||^2`` and some
-    atoms have ``lb_j > lam1`` (certain violators), the ``ws_grow`` largest join the
-    working set and the next round starts. Otherwise every atom whose bound could matter
-    (``ub_j`` above ``max(mu_S, (1 - 1e-3) lam1)``) is recomputed as ``D_j^T r`` in float64;
+    atoms have ``lb_j > lam1`` (certain violators), the ``max(ws_grow, |W|)`` largest join
+    the working set (so it at most doubles per round) and the next round starts. Otherwise
+    every atom whose bound could matter (``ub_j`` above ``max(mu_S, (1 - 1e-3) lam1)``) is
+    recomputed as ``D_j^T r`` in float64;
     the certificate and the violators are taken from those exact values, so the reported
     gap is as tight as float64 allows.
     """
@@ -528,8 +529,8 @@ def solve_signals(Dt, G, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam2,
         xx = sq_norm[b]
         xnorm = np.sqrt(xx)
         mark = np.zeros(m, np.int8)
-        vidx = np.empty(ws_grow, np.int64)
-        vval = np.empty(ws_grow)
+        vidx = np.empty(m, np.int64)
+        vval = np.empty(m)
         # allocated once per signal at full capacity: numba's parfor pass can hoist an
         # allocation inside the round loop together with a stale size (seen with
         # np.zeros(W) while W grew: reads past the end), so none happens in that loop
@@ -588,6 +589,9 @@ def solve_signals(Dt, G, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam2,
                 s -= lam2 * hv
                 mu_s = max(mu_s, (s if nonneg else abs(s)) * iw[gi])
             e = err32 * xnorm + 2.0 * (n + 2 * n_s + 12) * _U64 * (2.0 * xnorm + hsum)
+            # violators this round may add: ws_grow, or as many as the working set holds,
+            # so it at most doubles and a support of s atoms takes O(log s) rounds
+            grow = max(ws_grow, W)
             # pass 1: rigorous bounds from z, certain violators (lb_j > lam1)
             mu = mu_s
             nv = 0
@@ -598,7 +602,7 @@ def solve_signals(Dt, G, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam2,
                 ub = a * iw[j] + ej
                 mu = max(mu, ub)
                 if ub - 2.0 * ej > lam1_hi and mark[j] == 0:
-                    nv = _push_top(vidx, vval, nv, j, ub - 2.0 * ej)
+                    nv = _push_top(vidx, vval, nv, j, ub - 2.0 * ej, grow)
             g = duality_gap_from_stats(rx, rr, hh, l1w, mu, lam1, lam2)
             certified = g <= tol * xx
             exact = certified or nv == 0
@@ -607,14 +611,14 @@ def solve_signals(Dt, G, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam2,
                 # correlations wherever the bound is within reach of the dual scale, so the
                 # reported gap is tight and the violators, if any, are exact
                 mu, nv = _exact_pass(z, r, Dt, iw, cnw, e, mark, mu_s, lam1, nonneg, vidx,
-                                     vval)
+                                     vval, grow)
                 g = duality_gap_from_stats(rx, rr, hh, l1w, mu, lam1, lam2)
                 certified = g <= tol * xx
             last = rounds[b] >= max_rounds
             if last and not exact:
                 # out of rounds: report the tight gap of the final code all the same
                 mu, _ = _exact_pass(z, r, Dt, iw, cnw, e, mark, mu_s, lam1, nonneg, vidx,
-                                    vval)
+                                    vval, grow)
                 g = duality_gap_from_stats(rx, rr, hh, l1w, mu, lam1, lam2)
             for i in range(W):
                 mark[idx[i]] = 0
@@ -627,6 +631,9 @@ def solve_signals(Dt, G, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam2,
             if last:
                 break  # res stays OUT_MAX_ROUNDS
             if W + nv > cap:
+                # the caller enlarges the buffers and calls again; this round is redone
+                # there from the same state, so it does not count against max_rounds
+                rounds[b] -= 1
                 res = OUT_NEED_CAP
                 break
             for q in range(nv):

@@ -19,8 +19,13 @@ For each chunk of signals ``X`` (b, n) it runs
    (:mod:`aensae.solvers.certificate`) is then exact up to float64 rounding, or a
    rigorous upper bound of it.
 4. **Working-set growth.** A signal whose gap exceeds ``tol * ||x||^2`` gets its most
-   violating atoms (``|D_j^T r| > lam1 w_j``) added, and steps 2-4 repeat, warm-started,
-   inside the same compiled call (:func:`aensae.solvers._kernels.solve_signals`).
+   violating atoms (``|D_j^T r| > lam1 w_j``) added, at most ``max(ws_grow, |W|)`` of
+   them, and steps 2-4 repeat, warm-started, inside the same compiled call
+   (:func:`aensae.solvers._kernels.solve_signals`). The working set can double each round,
+   so a support of ``s`` atoms is reached in about ``log2(s / ws_init)`` rounds: signals
+   far above the penalty (an LLM's outlier tokens, 50 times the median norm, hold
+   supports of hundreds of atoms) are certified like the others, where a fixed
+   ``ws_grow`` per round would reach at most ``ws_init + max_rounds * ws_grow`` atoms.
 
 Per dictionary (:class:`FastSolver`'s constructor) the setup is ``D^T`` and ``D`` in
 float32 and the float64 Gram matrix (:func:`gram`: its lower triangle only, half the
@@ -156,7 +161,8 @@ class FastSolver:
         Signals per chunk; bounds memory (one chunk of float32 correlations, never a dense
         code matrix larger than a chunk when ``output="csr"``).
     ws_init, ws_grow : int
-        Initial working-set size and the number of violating atoms added per round.
+        Initial working-set size, and the fewest violating atoms a round may add (it may
+        add as many as the working set holds: ``max(ws_grow, |W|)``).
     max_rounds : int
         Working-set rounds before giving up on a signal.
     max_iter : int, optional
