@@ -223,6 +223,43 @@ def test_extra_eval_keys_become_columns(setup, finished, monkeypatch) -> None:
     assert "`lip_decoder_median`" in (out / "report.md").read_text()
 
 
+@pytest.mark.parametrize("damage, message", [
+    (None, None),
+    ("kind", " line 3: kind must be one of sae, unreachable, got 'oops'"),
+    ("number", " line 2: ce_loss_score must be a number or empty, got 'high'"),
+    ("column", ": missing column(s) kl_score"),
+    ("rows", ": no rows"),
+])
+def test_llm_table_check_on_the_committed_table(tmp_path, damage, message) -> None:
+    # the committed llm-quick table passes; each damage is one InputError naming the line
+    import csv
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "figures" / "llm-quick" / "results.csv"
+    with open(source, newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols, rows = list(reader.fieldnames or []), list(reader)
+    if damage == "kind":
+        rows[1]["kind"] = "oops"
+    elif damage == "number":
+        rows[0]["ce_loss_score"] = "high"
+    elif damage == "column":
+        cols.remove("kl_score")
+    elif damage == "rows":
+        rows = []
+    path = tmp_path / "results.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, cols, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    if message is None:
+        assert len(llm_grid.check_llm_table(path)) == len(rows)
+        return
+    with pytest.raises(InputError) as err:
+        llm_grid.check_llm_table(path)
+    assert str(err.value) == f"results table {path}{message}"
+
+
 def test_flatten_prefixes_only_repeated_keys() -> None:
     rec = {"l0": 3, "path": "x", "ok": True, "exact": {"exact_l0": 2.0, "l0": 1.0},
            "geo": {"h": np.float64(0.5)}, "none": None}

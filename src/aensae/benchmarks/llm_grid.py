@@ -65,7 +65,7 @@ from aensae._io import atomic_write_json, check_output_dir, replace_together
 from aensae._validation import InputError, check_device
 from aensae.benchmarks.grid import DIRECT_K, canonical_hash
 from aensae.benchmarks.llm_config import LLMGridConfig, check_model_reachable
-from aensae.benchmarks.results import read_table, write_table
+from aensae.benchmarks.results import check_table, write_table
 
 __all__ = ["LLM_ID_COLUMNS", "LLM_REQUIRED_COLUMNS", "OUTPUT_ENTRIES", "build_rows",
            "check_llm_table", "is_llm_results", "reproduce_llm", "write_llm_figures"]
@@ -649,24 +649,10 @@ def build_rows(cfg: LLMGridConfig, out: Path, plan: list[dict[str, Any]],
 
 def check_llm_table(path: str | Path) -> list[dict[str, Any]]:
     """Read an LLM ``results.csv`` and check it can be drawn (every required column, at
-    least one row, known kinds, numbers where numbers belong); return its rows."""
-    cols, rows = read_table(path)
-    missing = [c for c in LLM_REQUIRED_COLUMNS if c not in cols]
-    if missing:
-        raise InputError(f"results table {path}: missing column(s) {', '.join(missing)}")
-    if not rows:
-        raise InputError(f"results table {path}: no rows")
+    least one row, known kinds, numbers where numbers belong:
+    :func:`~aensae.benchmarks.results.check_table`); return its rows."""
     numeric = [c for c in LLM_REQUIRED_COLUMNS if c not in _TEXT_COLUMNS]
-    for i, row in enumerate(rows):
-        if row["kind"] not in _KINDS:
-            raise InputError(f"results table {path} line {i + 2}: kind must be one of "
-                             f"{', '.join(_KINDS)}, got {row['kind']!r}")
-        for c in numeric:
-            v = row[c]
-            if v is not None and not isinstance(v, float):
-                raise InputError(f"results table {path} line {i + 2}: {c} must be a number "
-                                 f"or empty, got {v!r}")
-    return rows
+    return check_table(path, LLM_REQUIRED_COLUMNS, numeric, _KINDS)
 
 
 def write_llm_figures(results_dir: str | Path) -> list[Path]:

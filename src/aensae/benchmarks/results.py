@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from aensae._io import atomic_write_text
 from aensae._validation import InputError
 
 __all__ = ["ID_COLUMNS", "NUMERIC_COLUMNS", "REQUIRED_COLUMNS", "check_results_table",
-           "column_order", "read_table", "write_table"]
+           "check_table", "column_order", "read_table", "write_table"]
 
 #: Columns that identify a run and its provenance, first in every table.
 ID_COLUMNS = ("run_id", "kind", "family", "arch", "init", "rho", "seed", "target_l0",
@@ -127,31 +127,41 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
     return cols, rows
 
 
-def check_results_table(path: str | Path) -> list[dict[str, Any]]:
-    """Read ``results.csv`` and check it can be drawn; return its rows.
+def check_table(path: str | Path, required: Sequence[str], numeric: Sequence[str],
+                kinds: Sequence[str], numbers: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Read a results table and check it can be drawn; return its rows.
 
-    Checks, each an :class:`~aensae._validation.InputError` naming the file: the file
-    reads (:func:`read_table`), every column of :data:`REQUIRED_COLUMNS` is present, at
-    least one row, ``kind`` is one of :data:`KINDS`, ``rho`` is a number in every row and
-    every cell of :data:`NUMERIC_COLUMNS` is a number or empty.
+    Checks, each an :class:`~aensae._validation.InputError` naming the file and line: the
+    file reads (:func:`read_table`), every column of ``required`` is present, at least
+    one row, ``kind`` is one of ``kinds``, every column of ``numbers`` holds a number
+    (not NaN) in every row and every cell of ``numeric`` is a number or empty.
     """
     cols, rows = read_table(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+    missing = [c for c in required if c not in cols]
     if missing:
         raise InputError(f"results table {path}: missing column(s) {', '.join(missing)}")
     if not rows:
         raise InputError(f"results table {path}: no rows")
     for i, row in enumerate(rows):
         line = i + 2  # header on line 1 (cells hold no line breaks)
-        if row["kind"] not in KINDS:
+        if row["kind"] not in kinds:
             raise InputError(f"results table {path} line {line}: kind must be one of "
-                             f"{', '.join(KINDS)}, got {row['kind']!r}")
-        if not isinstance(row["rho"], float) or math.isnan(row["rho"]):
-            raise InputError(f"results table {path} line {line}: rho must be a number, got "
-                             f"{row['rho']!r}")
-        for c in NUMERIC_COLUMNS:
+                             f"{', '.join(kinds)}, got {row['kind']!r}")
+        for c in numbers:
+            if not isinstance(row[c], float) or math.isnan(row[c]):
+                raise InputError(f"results table {path} line {line}: {c} must be a number, "
+                                 f"got {row[c]!r}")
+        for c in numeric:
             v = row[c]
             if v is not None and not isinstance(v, float):
                 raise InputError(f"results table {path} line {line}: {c} must be a number "
                                  f"or empty, got {v!r}")
     return rows
+
+
+def check_results_table(path: str | Path) -> list[dict[str, Any]]:
+    """Read the synthetic grid's ``results.csv`` and check it can be drawn
+    (:func:`check_table`: the columns of :data:`REQUIRED_COLUMNS`, ``kind`` in
+    :data:`KINDS`, ``rho`` a number in every row, every cell of :data:`NUMERIC_COLUMNS` a
+    number or empty); return its rows."""
+    return check_table(path, REQUIRED_COLUMNS, NUMERIC_COLUMNS, KINDS, numbers=("rho",))
