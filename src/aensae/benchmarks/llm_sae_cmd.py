@@ -35,6 +35,7 @@ from aensae.benchmarks.train_cmd import (
     ARCH_CHOICES,
     add_hyperparameter_options,
     add_optimiser_options,
+    add_run_options,
     check_optimiser_args,
     hyper_from_args,
     parse_set,
@@ -68,16 +69,7 @@ def register(top: Any, bench: Any) -> None:
                    help="dead-latent window in tokens (>= 1; absent: 10M tokens, or the "
                         "whole run when shorter)")
     p.add_argument("--seed", type=int, default=0, help="seed of the models and the batches")
-    p.add_argument("--checkpoint-every", type=int, default=500,
-                   help="write a checkpoint every this many steps (>= 0; 0: never)")
-    p.add_argument("--device", default="auto",
-                   help="torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
-                   help="floating-point type of the SAEs")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                   help="show a progress bar")
-    p.add_argument("--overwrite", action="store_true",
-                   help="redo a finished run (its files are replaced when the new one ends)")
+    add_run_options(p, "SAEs")
     p.set_defaults(func=_train_main)
 
     e = add_command(llm_group(top), "eval", help="spliced evaluation of SAEs (CE, KL, EV, L0)",

@@ -107,17 +107,7 @@ def register(top: Any, bench: Any) -> None:
                    help="held-out signals for the evaluation (>= 2)")
     p.add_argument("--eval-every", type=int, default=0,
                    help="evaluate every this many steps (>= 0; 0: only at the end)")
-    p.add_argument("--checkpoint-every", type=int, default=500,
-                   help="write a checkpoint every this many steps (>= 0; 0: never)")
-    p.add_argument("--device", default="auto",
-                   help="torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
-                   help="floating-point type of the model")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                   help="show a progress bar")
-    p.add_argument("--overwrite", action="store_true",
-                   help="redo a finished run (its files are replaced only when the new "
-                        "run has finished)")
+    add_run_options(p, "model")
     p.set_defaults(func=_train_main)
 
     intro, formulas = __doc__.split("\n\n")[2:4]
@@ -149,6 +139,22 @@ def register(top: Any, bench: Any) -> None:
     b.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads, in [1, cores] (default: torch's own)")
     b.set_defaults(func=_bench_main)
+
+
+def add_run_options(p: argparse.ArgumentParser, trained: str) -> None:
+    """``--checkpoint-every``, ``--device``, ``--dtype``, ``--progress``, ``--overwrite``
+    (``aensae train`` and ``aensae llm train``; ``trained`` names what is trained)."""
+    p.add_argument("--checkpoint-every", type=int, default=500,
+                   help="write a checkpoint every this many steps (>= 0; 0: never)")
+    p.add_argument("--device", default="auto",
+                   help="torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                   help=f"floating-point type of the {trained}")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show a progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo a finished run (its files are replaced only when the new "
+                        "run has finished)")
 
 
 def add_optimiser_options(p: argparse.ArgumentParser) -> None:
