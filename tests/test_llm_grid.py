@@ -5,9 +5,11 @@ configs failing cleanly where the hub cannot be reached."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,9 +234,6 @@ def test_extra_eval_keys_become_columns(setup, finished, monkeypatch) -> None:
 ])
 def test_llm_table_check_on_the_committed_table(tmp_path, damage, message) -> None:
     # the committed llm-quick table passes; each damage is one InputError naming the line
-    import csv
-    from pathlib import Path
-
     source = Path(__file__).resolve().parents[1] / "figures" / "llm-quick" / "results.csv"
     with open(source, newline="") as fh:
         reader = csv.DictReader(fh)

@@ -161,8 +161,9 @@ class FastSolver:
         Signals per chunk; bounds memory (one chunk of float32 correlations, never a dense
         code matrix larger than a chunk when ``output="csr"``).
     ws_init, ws_grow : int
-        Initial working-set size, and the fewest violating atoms a round may add (it may
-        add as many as the working set holds: ``max(ws_grow, |W|)``).
+        Initial working-set size, and the least cap on the violating atoms a round adds
+        (the cap is ``max(ws_grow, |W|)``: a round may add as many as the working set
+        already holds).
     max_rounds : int
         Working-set rounds before giving up on a signal.
     max_iter : int, optional
