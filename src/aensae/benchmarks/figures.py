@@ -146,6 +146,36 @@ def _inits(rows: list[dict[str, Any]]) -> list[str]:
     return sorted({_init(r) for r in rows}, key=lambda i: (i != "tied", i))
 
 
+def _draw_curves(ax: Any, sae: list[dict[str, Any]], rho: float,
+                 fn: Callable[[dict[str, Any]], float], fams: list[str], inits: list[str],
+                 col: dict[str, Any], x_div: float = 1.0, flag_negative_ev: bool = False
+                 ) -> bool:
+    """One seed-averaged curve of ``fn`` against L0 (divided by ``x_div``) per family and
+    initialisation at ``rho``; with ``flag_negative_ev`` the points whose explained
+    variance is below 0 (worse than the mean) are marked with an open X. Returns whether
+    any point was so marked."""
+    flagged = False
+    for fam in fams:
+        for init in inits:
+            sub = [r for r in sae if r["family"] == fam and float(r["rho"]) == rho
+                   and _init(r) == init]
+            if not sub:
+                continue
+            xs, ys = _curve(sub, "l0", fn)
+            ok = np.isfinite(xs) & np.isfinite(ys) & (xs > 0)
+            ax.plot(xs[ok] / x_div, ys[ok], marker="o", ms=4, lw=1.3, color=col[fam],
+                    ls=_INIT_STYLE.get(init, "-."),
+                    label=fam if len(inits) == 1 else f"{fam}, {init}")
+            if not flag_negative_ev:
+                continue
+            neg = ok & (_curve(sub, "l0", _ev)[1] < 0)
+            if neg.any():
+                flagged = True
+                ax.plot(xs[neg] / x_div, ys[neg], ls="none", marker="X", ms=9,
+                        mfc="white", mec=col[fam], mew=1.5)
+    return flagged
+
+
 def _unreachable_note(rows: list[dict[str, Any]], rho: float) -> str:
     """``unreachable L0 targets: fam/init t, ...`` for the ``kind = unreachable`` rows."""
     items = sorted({(r["family"], _init(r), _num(r.get("target_l0"))) for r in rows
@@ -168,23 +198,7 @@ def _pareto_panels(fig: Any, rows: list[dict[str, Any]], specs: list[tuple], tit
     for j, rho in enumerate(rhos):
         for i, (ylabel, fn, ref_fn, clip) in enumerate(specs):
             ax = axes[i, j]
-            for fam in fams:
-                for init in inits:
-                    sub = [r for r in sae if r["family"] == fam and float(r["rho"]) == rho
-                           and _init(r) == init]
-                    if not sub:
-                        continue
-                    xs, ys = _curve(sub, "l0", fn)
-                    _, evs = _curve(sub, "l0", _ev)
-                    ok = np.isfinite(xs) & np.isfinite(ys) & (xs > 0)
-                    label = fam if len(inits) == 1 else f"{fam}, {init}"
-                    ax.plot(xs[ok], ys[ok], marker="o", ms=4, lw=1.3, color=col[fam],
-                            ls=_INIT_STYLE.get(init, "-."), label=label)
-                    neg = ok & (evs < 0)
-                    if neg.any():  # EV < 0: worse than the mean; flagged, not a plain point
-                        flagged = True
-                        ax.plot(xs[neg], ys[neg], ls="none", marker="X", ms=9,
-                                mfc="white", mec=col[fam], mew=1.5)
+            flagged |= _draw_curves(ax, sae, rho, fn, fams, inits, col, flag_negative_ev=True)
             ylim = ax.get_ylim() if ax.has_data() else None
             if ref_fn is not None:
                 ref_fn(ax, [r for r in exact if float(r["rho"]) == rho],
@@ -520,17 +534,7 @@ def _fig7(fig: Any, rows: list[dict[str, Any]], speed: Any) -> None:
                     ax.plot([t["l0"] / AUTHORS_K for t in pts], [t[their_key] for t in pts],
                             ls="none", marker=_AUTHORS_MARKER[arch], ms=4, color="0.6",
                             alpha=0.6, label=f"authors: {arch}")
-            for fam in fams:
-                for init in inits:
-                    sub = [r for r in sae if r["family"] == fam and float(r["rho"]) == rho
-                           and _init(r) == init]
-                    if not sub:
-                        continue
-                    xs, ys = _curve(sub, "l0", our_fn)
-                    ok = np.isfinite(xs) & np.isfinite(ys) & (xs > 0)
-                    ax.plot(xs[ok] / k, ys[ok], marker="o", ms=4, lw=1.3, color=col[fam],
-                            ls=_INIT_STYLE.get(init, "-."),
-                            label=fam if len(inits) == 1 else f"{fam}, {init}")
+            _draw_curves(ax, sae, rho, our_fn, fams, inits, col, x_div=k)
             ax.set_xscale("log")
             ax.grid(True, which="both", alpha=0.25)
             if i == 0:
