@@ -239,6 +239,13 @@ def test_reproduce_overwrite_replaces_another_configs_results(tmp_path, capsys) 
     one_line_error(capsys, "did not write (notes.txt)")
     assert tree(out) == before  # refused: nothing removed
     (out / "notes.txt").unlink()
+    (out / ".notes.txt.a1b2c3d4.tmp").write_text("x")  # a temporary file of a foreign name
+    assert cli.main([*argv, "--overwrite"]) == 2
+    one_line_error(capsys, "did not write (.notes.txt.a1b2c3d4.tmp)")
+    (out / ".notes.txt.a1b2c3d4.tmp").unlink()
+    # what a killed reproduce leaves at the top: an unfinished table write, a staging folder
+    (out / ".results.csv.a1b2c3d4.tmp").write_text("run_id,kind\n")
+    (out / ".aensae-stage-a1b2c3d4" / "figures").mkdir(parents=True)
     assert cli.main([*argv, "--overwrite"]) == 0
     capsys.readouterr()
     assert json.loads((out / "config.json").read_text())["config_name"] == "other"

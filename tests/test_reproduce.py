@@ -180,7 +180,23 @@ def test_killed_process_is_redone_on_rerun(tmp_path, tiny_run) -> None:
     finally:
         proc.wait(timeout=30)
     assert not (tmp_path / "results.csv").is_file() or len(_metrics_bytes(tmp_path)) < 18
+    # what a kill in the middle of writes leaves, as atomic_write names it: in the top
+    # folder and in every run still to finish (the SAE runs are planned once calibrated)
+    stage = tmp_path / ".aensae-stage-k1ll3d00"
+    stage.mkdir()
+    files = [tmp_path / ".results.csv.k1ll3d00.tmp"]
+    unfinished = [tmp_path / "runs" / rid for rid in _planned_ids(grid, tmp_path)
+                  if not (tmp_path / "runs" / rid / "metrics.json").is_file()]
+    assert unfinished
+    for folder in unfinished:
+        folder.mkdir(parents=True, exist_ok=True)
+        files += [folder / ".metrics.json.k1ll3d00.tmp", folder / ".sae.safetensors.k1ll3d00.tmp"]
+    for path in files:
+        path.write_text("half")
+    debris = [stage, *files]
     runner.reproduce(grid, tmp_path, progress=False, draw=False)
+    assert not [p for p in debris if p.exists()]
+    assert not list(tmp_path.rglob("*.tmp"))
     _, rows = read_table(tmp_path / "results.csv")
     _, ref_rows = read_table(ref_out / "results.csv")
     assert len(rows) == len(ref_rows)

@@ -93,8 +93,13 @@ def test_train_resumes_a_half_finished_run(tmp_path, monkeypatch) -> None:
     assert sorted(p.name for p in half.iterdir()) == ["checkpoint.pt",
                                                       "checkpoint_config.json"]
     monkeypatch.setattr(trainer._Run, "step_all", original)
+    # a process killed outright would also leave a checkpoint write and a staging folder
+    (half / ".checkpoint.pt.k1ll3d00.tmp").write_bytes(b"half")
+    (half / ".aensae-stage-k1ll3d00").mkdir()
     assert _run([*base, str(half), *TINY]) == 0
     assert not (half / "checkpoint.pt").exists()
+    assert sorted(p.name for p in half.iterdir()) == ["cfg.json", "metrics.json",
+                                                      "sae.safetensors"]
     a, b = load(ref), load(half)
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k

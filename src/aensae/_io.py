@@ -6,8 +6,10 @@ implementation used by every writer in aensae (models, checkpoints, tables, JSON
 
 A *set* of outputs that belong together (figures and report, a model and its metrics)
 is staged in a hidden folder beside them and swapped in by :func:`replace_together`, so
-a failure part-way leaves the previous set as it was. :func:`check_output_dir` checks an
-output folder before any work is done.
+a failure part-way leaves the previous set as it was. A process killed outright cannot
+clean up; the work that next owns the folder removes what it left
+(:func:`remove_partial_files`). :func:`check_output_dir` checks an output folder before
+any work is done.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from aensae._validation import InputError
 
 __all__ = ["STAGE_PREFIX", "atomic_write", "atomic_write_bytes", "atomic_write_json",
            "atomic_write_text", "check_output_dir", "check_output_file", "check_resumable",
-           "replace_together"]
+           "is_partial", "remove_partial_files", "replace_together"]
 
 #: Name prefix of the staging folders of :func:`replace_together`.
 STAGE_PREFIX = ".aensae-stage-"
@@ -60,6 +62,44 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def is_partial(entry: Path, names: Iterable[str] | None = None) -> bool:
+    """Whether ``entry`` is what a killed writer left: the temporary file of an
+    :func:`atomic_write` (``.<name>.<random>.tmp``) or a staging folder of
+    :func:`replace_together` (``.aensae-stage-<random>``). With ``names``, only temporary
+    files of those file names count (a staging folder always does)."""
+    name = entry.name
+    if name.startswith(STAGE_PREFIX):
+        return True
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return False
+    return names is None or any(name.startswith(f".{n}.") for n in names)
+
+
+def remove_partial_files(folder: str | os.PathLike, names: Iterable[str] | None = None
+                         ) -> int:
+    """Remove from ``folder`` (not below it) what killed writers left (:func:`is_partial`);
+    return how many entries went. A missing folder holds none.
+
+    :func:`atomic_write` and :func:`replace_together` clean up after any exception, but a
+    process killed outright (SIGKILL, a cancelled Ray task, a node lost) leaves its
+    temporary file or staging folder behind. Call it only on a folder no live process is
+    writing into: the start of the work that owns the folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    gone = 0
+    for entry in folder.iterdir():
+        if not is_partial(entry, names):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        gone += 1
+    return gone
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -148,7 +188,9 @@ def check_resumable(out: Path, done_file: str, config: dict[str, Any], overwrite
     ``out/checkpoint_file`` when one is there). A finished run or a checkpoint of another
     configuration (``out/checkpoint_config`` records the checkpoint's), or a damaged
     record, is an :class:`~aensae._validation.InputError` naming ``--out``; with
-    ``overwrite`` a stale checkpoint and its configuration are removed instead.
+    ``overwrite`` a stale checkpoint and its configuration are removed instead. Before a
+    run starts, the temporary files a killed run left in ``out`` are removed
+    (:func:`remove_partial_files`).
     """
     config = json.loads(json.dumps(config, default=_default))  # as it reads back from JSON
     done_path = out / done_file
@@ -178,6 +220,7 @@ def check_resumable(out: Path, done_file: str, config: dict[str, Any], overwrite
                              f"unrecorded) configuration ({checkpoint_file} without a "
                              f"matching {checkpoint_config}); choose another --out or pass "
                              "--overwrite to start afresh")
+    remove_partial_files(out)  # a killed run's temporary files; nothing writes here yet
     return None
 
 

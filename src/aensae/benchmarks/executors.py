@@ -73,6 +73,8 @@ OPTIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
 DEFAULT_SLURM_TIME = 240
 #: Retries of a Ray task whose worker or node died (it resumes from its checkpoints).
 RAY_MAX_RETRIES = 3
+#: Seconds a stopping driver waits for the Ray tasks it cancelled to be killed.
+RAY_CANCEL_WAIT = 60.0
 
 _LIMITS: list[Any] = []  # keeps a worker's threadpoolctl limits alive
 _LIMITED: list[int] = []  # the thread count this process is limited to (run_limited)
@@ -516,9 +518,12 @@ class RayExecutor:
     def close(self) -> None:
         import ray
 
-        if ray.is_initialized():
+        if ray.is_initialized() and self._live:
             for ref in self._live:
                 ray.cancel(ref, force=True)
+            # a killed task's worker is gone before this driver returns, so a rerun never
+            # meets a task of this one still writing into the run folders it takes over
+            ray.wait(self._live, num_returns=len(self._live), timeout=RAY_CANCEL_WAIT)
         self._live = []
         if self._owned and ray.is_initialized():
             ray.shutdown()

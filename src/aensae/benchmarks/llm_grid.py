@@ -61,7 +61,12 @@ from pathlib import Path
 from typing import Any
 
 from aensae import __version__
-from aensae._io import atomic_write_json, check_output_dir, replace_together
+from aensae._io import (
+    atomic_write_json,
+    check_output_dir,
+    remove_partial_files,
+    replace_together,
+)
 from aensae._validation import InputError, check_device
 from aensae.benchmarks.grid import DIRECT_K, canonical_hash
 from aensae.benchmarks.llm_config import LLMGridConfig, check_model_reachable
@@ -705,6 +710,9 @@ def reproduce_llm(cfg: LLMGridConfig, out: str | Path, *, progress: bool = True,
     out = check_llm_reproduce(cfg, out)
     if out.is_dir():
         _check_manifest(cfg, out, overwrite, OUTPUT_ENTRIES, manifest(cfg))  # type: ignore[arg-type]
+        # what a killed run left (the caches and training passes clean their own folders)
+        remove_partial_files(out, OUTPUT_ENTRIES)
+        remove_partial_files(out / "evals")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / MANIFEST_FILE, manifest(cfg))
     t_start = time.perf_counter()

@@ -18,7 +18,9 @@ Resume: a run whose ``metrics.json`` exists is finished and skipped; one with
 ``trained.json`` (model saved) is only evaluated; any other is trained again, from the
 group checkpoint when one exists. Every file is written atomically, ``metrics.json``
 last, so a killed run never looks finished and the table never holds a run twice (it is
-rebuilt from the run folders, one row per planned run id). ``figures/`` and
+rebuilt from the run folders, one row per planned run id). A process killed outright
+leaves temporary files; the task that takes a run folder over removes them first, and
+the driver those at the top of ``OUT``. ``figures/`` and
 ``report.md`` are one set: drawn into a staging folder and swapped in together
 (:func:`write_figures`).
 
@@ -42,7 +44,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aensae import __version__
-from aensae._io import STAGE_PREFIX, atomic_write_json, check_output_dir, replace_together
+from aensae._io import (
+    atomic_write_json,
+    check_output_dir,
+    is_partial,
+    remove_partial_files,
+    replace_together,
+)
 from aensae._validation import InputError, check_device
 from aensae.benchmarks._data import CACHE_DIR, DataPoint, data_point, train_models
 from aensae.benchmarks.grid import GridConfig, RunSpec, canonical_hash
@@ -77,7 +85,9 @@ def _manifest(grid: GridConfig) -> dict[str, Any]:
 
 
 def _ours(entry: Path, entries: tuple[str, ...] = OUTPUT_ENTRIES) -> bool:
-    return entry.name in entries or entry.name.startswith(STAGE_PREFIX)
+    """An entry of ``entries``, or what a killed writer of one left (a temporary file or
+    a staging folder)."""
+    return entry.name in entries or is_partial(entry, entries)
 
 
 def _clear_outputs(out: Path, entries: tuple[str, ...] = OUTPUT_ENTRIES) -> None:
@@ -170,6 +180,7 @@ def _run_exact(grid: GridConfig, out: Path, point: DataPoint) -> None:
     folder = out / rel
     if (folder / "metrics.json").is_file():
         return
+    remove_partial_files(folder)  # what a killed attempt at this reference left
     atomic_write_json(folder / "config.json", rec)
     t0 = time.perf_counter()
     rows = exact_reference_rows(grid, point)
@@ -218,6 +229,7 @@ def _train_group(grid: GridConfig, out: Path, point: DataPoint, specs: list[RunS
                                  f"{canonical_hash(sorted(models))}")
         from aensae.saes.trainer import CHECKPOINT_FILE
 
+        remove_partial_files(gdir)  # a checkpoint write that a kill cut short
         if (gdir / CHECKPOINT_FILE).is_file():
             _log(f"group {gdir.name}: resuming from its checkpoint")
         t0 = time.perf_counter()
@@ -495,6 +507,7 @@ def reproduce(grid: GridConfig, out: str | Path, *, progress: bool = True,
     try:
         if out.is_dir():
             _check_manifest(grid, out, overwrite)
+            remove_partial_files(out, OUTPUT_ENTRIES)  # the driver's files a kill cut short
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / MANIFEST_FILE, _manifest(grid))
         where = {"local": "process(es)", "submitit": f"submitit job(s) "
@@ -699,6 +712,8 @@ def _calibrate_task(grid: GridConfig, out: Path, rho: float,
 def _group_task(grid: GridConfig, out: Path, pending: list[RunSpec],
                 calib: dict[str, dict[str, Any] | None], progress: bool) -> str:
     """Train the not-yet-trained ``pending`` runs of one group together; evaluate all."""
+    for s in pending:  # this task owns these folders now; a killed attempt may have left
+        remove_partial_files(_run_files(out, grid, s))  # temporary files in them
     point = data_point(grid, pending[0].rho, pending[0].seed)
     train_now = [s for s in pending
                  if not (_run_files(out, grid, s) / "trained.json").is_file()]

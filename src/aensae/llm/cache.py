@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from aensae import __version__
-from aensae._io import atomic_write, atomic_write_json
+from aensae._io import atomic_write, atomic_write_json, remove_partial_files
 from aensae._validation import InputError
 from aensae.llm.models import DTYPES, HOOKS, LanguageModel, family_of, load_config, load_model
 from aensae.llm.models import resolve_model as _resolve_model
@@ -129,12 +129,6 @@ class HarvestConfig:
 
 def _option(key: str) -> str:
     return "--" + key.replace("_", "-")
-
-
-def _clean_partial_files(out: Path) -> None:
-    """Temporary files left by a killed harvest (atomic writes that never finished)."""
-    for tmp in out.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
 
 
 def _prepare_out(out: Path, cfg: HarvestConfig, overwrite: bool) -> dict[str, Any] | None:
@@ -261,7 +255,7 @@ def harvest(cfg: HarvestConfig, out: str | Path, *, model: LanguageModel | None 
                          f"{existing['model']['fingerprint']}, the model now has "
                          f"{model.fingerprint}; choose another --out or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    _clean_partial_files(out)
+    remove_partial_files(out)  # what a killed harvest left
 
     stream = WindowStream(source, model.tokenizer, cfg.ctx, split=cfg.split,
                           eval_fraction=cfg.eval_fraction, buffer=cfg.shuffle_windows,
