@@ -337,9 +337,10 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
     jobs = [j for j in grid.calibration_jobs() if only is None or (j[0].name, j[2]) in only]
     done = {(j[0].name, j[2]): _load_unit(grid, out_dir, rho, *j) for j in jobs}
     jobs = [j for j in jobs if done[(j[0].name, j[2])] is None]
-    # units to (re)do: what a killed attempt at them left (other units' files untouched)
-    remove_partial_files(Path(out_dir) / "calibration",
-                         [calibration_path(out_dir, rho, f.name, v).name for f, _, v in jobs])
+    if jobs:  # units to (re)do: what a killed attempt at them left (not other units')
+        remove_partial_files(Path(out_dir) / "calibration",
+                             [calibration_path(out_dir, rho, f.name, v).name
+                              for f, _, v in jobs])
     seed = grid.seeds[0]
     c = grid.calibrate
     states, todo = {}, {}
