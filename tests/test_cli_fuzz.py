@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from aensae import cli
-from aensae.benchmarks.figures import FIGURES
-from aensae.benchmarks.train_cmd import ARCH_CHOICES, OUTPUT_FILES
+from aensae.cli.train import ARCH_CHOICES
+from aensae.experiments.spiked.figures import FIGURES
+from aensae.experiments.spiked.train_run import OUTPUT_FILES
 
 BASE = settings(deadline=None, derandomize=True, database=None, print_blob=True,
                 phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
@@ -351,9 +352,9 @@ def test_fuzz_reproduce(tmp_path, data) -> None:
 @fuzz(20)
 @given(data=st.data())
 def test_fuzz_figures(tmp_path, data) -> None:
-    from test_figures import _rows
+    from report_support import _rows
 
-    from aensae.benchmarks.results import write_table
+    from aensae.experiments.results import write_table
 
     s = Scratch(tmp_path)
     try:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_trainer import M, N, _assert_same_state, _stream  # the trainer tests' helpers
+from trainer_support import M, N, _assert_same_state, _stream  # the trainer tests' helpers
 
 from aensae.saes import TrainConfig, create, load, save, train
 from aensae.saes.evaluate import evaluate
-from aensae.saes.trainer import resolve_device
+from aensae.saes.training.trainer import resolve_device
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

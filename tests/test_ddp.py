@@ -42,7 +42,7 @@ def _worker(rank: int, jobs: list[tuple[list[str], bool, int, int]]) -> None:
     ``argv`` (cut before step ``CUT`` when ``cut``) on its own port; a wrong exit code
     raises, which makes ``spawn`` stop the other rank and fail the test."""
     torch.set_num_threads(1)
-    from aensae.saes import trainer
+    from aensae.saes.training import trainer
 
     original = trainer._Run.step_all
 
@@ -56,7 +56,7 @@ def _worker(rank: int, jobs: list[tuple[list[str], bool, int, int]]) -> None:
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         trainer._Run.step_all = interrupted if cut else original
         if argv[0] == STACKED:  # train() itself, the stacked path; rank 0 saves the states
-            from aensae.saes.distributed import from_env
+            from aensae.saes.training.distributed import from_env
 
             with from_env("cpu") as world:
                 states = _stacked_run(world.rows(32), world)
@@ -271,7 +271,7 @@ def test_llm_train_two_ranks_equal_one_process(cache, tmp_path, capsys):
 # ----------------------------------------------------------------------------- bad input
 def test_rows_split_the_batch_and_refuse_unequal_shares():
     from aensae._validation import InputError
-    from aensae.saes.distributed import World
+    from aensae.saes.training.distributed import World
 
     cpu = torch.device("cpu")
     assert [World(r, 4, r, cpu).rows(32) for r in range(4)] == [(0, 8), (8, 16), (16, 24),

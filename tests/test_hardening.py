@@ -21,7 +21,7 @@ import torch
 from grid_support import micro_config
 
 from aensae import cli
-from aensae.benchmarks.grid import load_config
+from aensae.experiments.spiked.config import load_config
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 TINY_TRAIN = ["--n", "6", "--m", "8", "--k", "1", "--steps", "3", "--batch-size", "8",
@@ -47,7 +47,7 @@ def tree(root: Path) -> dict[str, bytes | None]:
 @pytest.fixture()
 def count_steps(monkeypatch):
     """Counts training steps (any trainer call in this process)."""
-    from aensae.saes import trainer
+    from aensae.saes.training import trainer
 
     calls = []
     original = trainer._Run.step_all
@@ -111,7 +111,7 @@ def test_bench_solvers_rho_above_one_is_one_line(capsys) -> None:
 
 
 def test_unexpected_errors_keep_their_traceback(monkeypatch) -> None:
-    from aensae.benchmarks import geometry_cmd
+    from aensae.experiments.spiked import geometry as geometry_cmd
 
     def broken(args):
         raise RuntimeError("a bug")
@@ -159,7 +159,7 @@ def test_check_output_dir_creates_nothing(tmp_path) -> None:
 
 def test_train_set_is_replaced_together_or_not_at_all(tmp_path, monkeypatch, capsys) -> None:
     from aensae import saes
-    from aensae.benchmarks.train_cmd import OUTPUT_FILES
+    from aensae.experiments.spiked.train_run import OUTPUT_FILES
 
     out = tmp_path / "run"
     assert cli.main(["train", "--arch", "relu_l1", "--out", str(out), *TINY_TRAIN]) == 0
@@ -259,10 +259,10 @@ def test_reproduce_overwrite_replaces_another_configs_results(tmp_path, capsys) 
 @pytest.fixture(scope="module")
 def drawn(tmp_path_factory):
     """A results folder with figures and report drawn from the hand-built table."""
-    from test_figures import SPEED, _rows
+    from report_support import SPEED, _rows
 
-    from aensae.benchmarks.results import write_table
-    from aensae.benchmarks.runner import SPEED_FIRST
+    from aensae.experiments.results import write_table
+    from aensae.experiments.spiked.driver import SPEED_FIRST
 
     folder = tmp_path_factory.mktemp("drawn")
     write_table(folder / "results.csv", _rows(aen_dead_hi=0.02, aen_bias=0.97))
@@ -314,10 +314,10 @@ def test_figures_from_a_damaged_table_leave_old_outputs_identical(drawn, tmp_pat
 
 def test_figures_failing_part_way_leave_old_outputs_identical(drawn, tmp_path,
                                                               monkeypatch) -> None:
-    from test_figures import _rows
+    from report_support import _rows
 
-    from aensae.benchmarks import figures
-    from aensae.benchmarks.results import write_table
+    from aensae.experiments.results import write_table
+    from aensae.experiments.spiked import figures
 
     folder = _copy(drawn, tmp_path)
     write_table(folder / "results.csv", _rows(aen_dead_hi=0.6, aen_bias=0.5))  # new numbers
@@ -459,7 +459,7 @@ def test_missing_config_file_is_one_line(tmp_path, capsys) -> None:
 def test_train_refuses_a_checkpoint_of_another_configuration(tmp_path, capsys,
                                                              monkeypatch) -> None:
     """A half-finished run of another --rho would have resumed on the wrong data stream."""
-    from aensae.saes import trainer
+    from aensae.saes.training import trainer
 
     out = tmp_path / "run"
     argv = ["train", "--arch", "relu_l1", "--checkpoint-every", "1", "--out", str(out),

@@ -7,7 +7,10 @@ Subpackages (arrows point one way, see docs/architecture.md):
 - :mod:`aensae.solvers`    -- exact, certified elastic-net / adaptive-lasso solvers.
 - :mod:`aensae.saes`       -- amortized sparse autoencoders and their trainer.
 - :mod:`aensae.theory`     -- Lipschitz / Hoffman constants, support recovery.
-- :mod:`aensae.benchmarks` -- experiment grids, results tables, figures, perf benches.
+- :mod:`aensae.llm`        -- language models, activation caches, spliced evaluation.
+- :mod:`aensae.experiments` -- the synthetic and LLM grids: config, tables, figures, reports.
+- :mod:`aensae.benches`    -- performance benchmarks (ratios against anchors).
+- :mod:`aensae.cli`        -- the ``aensae`` command (parsing only).
 """
 
 from importlib.metadata import PackageNotFoundError, version

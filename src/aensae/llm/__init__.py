@@ -7,7 +7,7 @@
 - :mod:`aensae.llm.cache`: the harvest, writing sharded activations and ``manifest.json``;
 - :mod:`aensae.llm.store`: :class:`ActivationStore`, shuffled batches for the trainer;
 - :mod:`aensae.llm.normalise`: normalise / unnormalise;
-- :mod:`aensae.llm.bench`: ``aensae bench harvest``.
+- :mod:`aensae.benches.harvest`: ``aensae bench harvest``.
 
 Importing this package without transformers raises an ``ImportError`` that names the
 extra. The submodules are imported on first use of a name below.

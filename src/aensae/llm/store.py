@@ -5,7 +5,7 @@ r"""Reading an activation cache: :class:`ActivationStore`, shuffled batches for 
 shuffled order. It is a pure function of ``(seed, start)``: batch ``start + i`` of
 ``batches(B, seed, start)`` is batch ``start + i`` of ``batches(B, seed, 0)``, and
 starting at ``start`` costs one buffer load, never a replay. ``batch_source(B, seed)``
-is the ``start -> iterator`` callable that :func:`aensae.saes.trainer.train` takes to
+is the ``start -> iterator`` callable that :func:`aensae.saes.training.trainer.train` takes to
 resume exactly::
 
     store = ActivationStore("cache")
@@ -21,7 +21,7 @@ one buffer plus one batch.
 Normalisation (``normalisation=``, default ``"scalar"``, see :mod:`aensae.llm.normalise`)
 is applied per batch with the cache's own constant; ``"none"`` gives the raw activations.
 
-Data-parallel ranks (:mod:`aensae.saes.distributed`) read ``rows=(lo, hi)``: rows
+Data-parallel ranks (:mod:`aensae.saes.training.distributed`) read ``rows=(lo, hi)``: rows
 ``lo:hi`` of every batch, the same numbers, gathered from the buffer alone (each rank
 still loads the buffer's shards).
 """
@@ -37,13 +37,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from aensae._dtypes import SAE_DTYPES, torch_dtype
 from aensae._validation import InputError
 from aensae.llm.cache import FORMAT, MANIFEST
 from aensae.llm.normalise import NORMALISATIONS, normalise
 
 __all__ = ["ActivationStore"]
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class ActivationStore:
@@ -137,14 +136,14 @@ class ActivationStore:
         if normalisation not in NORMALISATIONS:
             raise InputError(f"normalisation must be one of {', '.join(NORMALISATIONS)}; "
                              f"got {normalisation!r}")
-        if dtype not in _DTYPES:
-            raise InputError(f"dtype must be one of {', '.join(_DTYPES)}; got {dtype!r}")
+        if dtype not in SAE_DTYPES:
+            raise InputError(f"dtype must be one of {', '.join(SAE_DTYPES)}; got {dtype!r}")
         lo, hi = (0, int(batch_size)) if rows is None else rows
         if not 0 <= lo < hi <= batch_size:
             raise InputError(f"rows must be (lo, hi) with 0 <= lo < hi <= batch_size "
                              f"{batch_size}; got {rows!r}")
         return self._batches(int(batch_size), int(seed), int(start), normalisation,
-                             _DTYPES[dtype], self._buffer_shards(buffer_tokens),
+                             torch_dtype(dtype), self._buffer_shards(buffer_tokens),
                              torch.device(device), int(lo), int(hi))
 
     def batch_source(self, batch_size: int, seed: int = 0, **kwargs: Any

@@ -1,7 +1,7 @@
 r"""SAEs trained on an activation cache (``aensae llm train``).
 
 The trainer and the architectures are those of the synthetic grid, unchanged
-(:func:`aensae.saes.trainer.train`); the data are the cache's batches from
+(:func:`aensae.saes.training.trainer.train`); the data are the cache's batches from
 :class:`~aensae.llm.store.ActivationStore`, normalised with the cache's own constant
 (:mod:`aensae.llm.normalise`). Several SAEs are trained together on the same batches in
 one pass (each with its own Adam moments, so each gets the weights it would get alone).
@@ -23,7 +23,7 @@ runs, ``OUT/checkpoint.pt`` and ``OUT/checkpoint_config.json`` let a killed run 
 exactly (the batches are a pure function of the seed and the batch index).
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the SAEs are trained data-parallel
-(:mod:`aensae.saes.distributed`): rank ``r`` of ``W`` reads rows ``[r B/W, (r+1) B/W)``
+(:mod:`aensae.saes.training.distributed`): rank ``r`` of ``W`` reads rows ``[r B/W, (r+1) B/W)``
 of every batch of the store, and rank 0 alone writes the folder.
 """
 
@@ -37,12 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from aensae._dtypes import torch_dtype
 from aensae._io import atomic_write_json, check_resumable, replace_together
 from aensae._validation import InputError
 from aensae.llm.store import ActivationStore
 
 if TYPE_CHECKING:
-    from aensae.saes.distributed import World
+    from aensae.saes.training.distributed import World
 
 __all__ = ["DEAD_WINDOW_TOKENS", "LLM_KEY", "SAESpec", "TrainRun", "sae_name", "train_on_cache"]
 
@@ -116,7 +117,7 @@ def train_on_cache(run: TrainRun) -> dict[str, Any]:
     it); a checkpoint of the same configuration is resumed. Under ``torchrun`` every rank
     calls it (see the module docstring).
     """
-    from aensae.saes.distributed import from_env
+    from aensae.saes.training.distributed import from_env
 
     with from_env(run.device) as world:
         return _train_on_cache(run, world)
@@ -126,7 +127,7 @@ def _train_on_cache(run: TrainRun, world: World | None) -> dict[str, Any]:
     """:func:`train_on_cache` on one process (``world=None``) or on one rank."""
     from aensae import __version__
     from aensae.saes import TrainConfig, create, save, train
-    from aensae.saes.trainer import CHECKPOINT_FILE
+    from aensae.saes.training.trainer import CHECKPOINT_FILE
 
     store = ActivationStore(run.cache)
     prov = _provenance(store, run.normalisation)
@@ -157,7 +158,7 @@ def _train_on_cache(run: TrainRun, world: World | None) -> dict[str, Any]:
     if done is not None:
         return done
     ckpt, ckpt_config = out / CHECKPOINT_FILE, out / CHECKPOINT_CONFIG
-    dtype = {"float32": torch.float32, "float64": torch.float64}[run.dtype]
+    dtype = torch_dtype(run.dtype)
     models = {s.name: create(s.arch, store.d_in, run.d_sae, seed=run.seed, dtype=dtype,
                              **s.hyper) for s in run.specs}
     data = store.batch_source(run.batch_size, seed=run.seed, normalisation=run.normalisation,

@@ -6,7 +6,7 @@
   :mod:`~aensae.saes.batchtopk`, :mod:`~aensae.saes.jumprelu`.
 - :mod:`~aensae.saes.registry` -- :data:`ARCHITECTURES`, :func:`create`.
 - :mod:`~aensae.saes.io` -- :func:`save`, :func:`load` (``sae.safetensors`` + ``cfg.json``).
-- :mod:`~aensae.saes.trainer` -- :class:`TrainConfig`, :func:`train`.
+- :mod:`~aensae.saes.training.trainer` -- :class:`TrainConfig`, :func:`train`.
 - :mod:`~aensae.saes.dead` -- :class:`DeadTracker`.
 - :mod:`~aensae.saes.evaluate` -- :func:`evaluate` (metrics of :mod:`aensae.metrics`).
 """
@@ -15,7 +15,7 @@ from aensae.saes.base import SAE, Hyper, LossOutput
 from aensae.saes.dead import DeadTracker
 from aensae.saes.io import load, save
 from aensae.saes.registry import ARCHITECTURES, create, hyper_defaults
-from aensae.saes.trainer import ModelResult, TrainConfig, train
+from aensae.saes.training.trainer import ModelResult, TrainConfig, train
 
 __all__ = [
     "ARCHITECTURES",

@@ -14,7 +14,7 @@ tracks the smallest kept activation ``a_min`` by an EMA::
 Inference (``model.eval()``): ``h = pre * [pre > theta]`` per sample, a JumpReLU with one
 shared threshold. Loss: the reconstruction term of :func:`aensae.objective.sae_loss`.
 
-Data-parallel training (:mod:`aensae.saes.distributed`): each rank holds ``B / W`` rows,
+Data-parallel training (:mod:`aensae.saes.training.distributed`): each rank holds ``B / W`` rows,
 and the ``B * k_top`` largest entries are those of the global batch, found from the
 ranks' own largest, so every rank keeps what the single-process batch top-k keeps
 (entries tied at the threshold: the first in the global batch's row order).
@@ -28,7 +28,7 @@ import torch
 
 from aensae.objective import sae_loss
 from aensae.saes.base import INIT, SAE, Hyper, LossOutput
-from aensae.saes.distributed import batch_world, count_before, global_top_values
+from aensae.saes.collectives import batch_world, count_before, global_top_values
 from aensae.saes.topk import K_TOP
 
 __all__ = ["BatchTopKSAE"]
@@ -85,10 +85,10 @@ class BatchTopKSAE(SAE):
         a global batch of ``B = ranks * B_r`` rows.
 
         The ``kk = k_top * B`` largest entries of the global batch are found from every
-        rank's own largest (:func:`~aensae.saes.distributed.global_top_values`); their
+        rank's own largest (:func:`~aensae.saes.collectives.global_top_values`); their
         smallest, ``t``, is the threshold. Entries above ``t`` are kept, and of those equal
         to ``t`` as many as the ``kk`` hold, the first in the global batch's row-major
-        order (ranks in order, :func:`~aensae.saes.distributed.count_before`): exactly
+        order (ranks in order, :func:`~aensae.saes.collectives.count_before`): exactly
         ``kk`` entries, as the single-process batch top-k keeps. Which tied entries that
         keeps is ``torch.topk``'s choice; ties arise from repeated rows (a token that
         occurs twice), and for identical rows any choice gives the same loss and

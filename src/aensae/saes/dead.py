@@ -69,7 +69,7 @@ class DeadTracker:
     def add_samples(self, samples: int) -> bool:
         """Count ``samples`` more; ``True`` when the window is full (then call
         :meth:`close_window`). For callers that accumulate the fired latents themselves
-        (on the device: :class:`~aensae.saes.static_step.StaticStep`)."""
+        (on the device: :class:`~aensae.saes.training.static_step.StaticStep`)."""
         self.samples += samples
         return self.samples >= self.window
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from aensae._dtypes import SAE_DTYPES, torch_dtype
 from aensae._io import atomic_write, atomic_write_json
 from aensae.saes.base import SAE
 from aensae.saes.registry import create
@@ -24,8 +25,6 @@ __all__ = ["CFG_FILE", "WEIGHTS_FILE", "load", "save"]
 
 WEIGHTS_FILE = "sae.safetensors"
 CFG_FILE = "cfg.json"
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def save(model: SAE, directory: str | os.PathLike) -> Path:
@@ -53,10 +52,10 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> SA
         if key not in cfg:
             raise ValueError(f"{cfg_path} lacks the key {key!r}")
     dtype_name = cfg.get("dtype", "float32")
-    if dtype_name not in _DTYPES:
-        raise ValueError(f"{cfg_path}: dtype must be one of {sorted(_DTYPES)}, got "
+    if dtype_name not in SAE_DTYPES:
+        raise ValueError(f"{cfg_path}: dtype must be one of {sorted(SAE_DTYPES)}, got "
                          f"{dtype_name!r}")
     model = create(cfg["arch"], cfg["d_in"], cfg["d_sae"], seed=cfg.get("seed", 0),
-                   dtype=_DTYPES[dtype_name], **cfg["hyper"])
+                   dtype=torch_dtype(dtype_name), **cfg["hyper"])
     model.load_state_dict(load_file(str(weights_path)), strict=True)
     return model.to(device)

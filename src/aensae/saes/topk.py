@@ -15,7 +15,7 @@ term for dead latents (those that have not fired for ``dead_samples`` samples)::
     L      = mean_{b,d} (x - x_hat)^2 + aux_coeff * aux
 
 AuxK is off by default (``aux_k = 0``), as in the baseline the AEN-SAE is compared with.
-In a data-parallel step (:mod:`aensae.saes.distributed`) ``mean_b e`` and the
+In a data-parallel step (:mod:`aensae.saes.training.distributed`) ``mean_b e`` and the
 denominator's mean run over the global batch.
 TopK has no l1 objective, so :meth:`exact_problem` returns ``None``.
 """
@@ -28,8 +28,8 @@ import torch
 
 from aensae.objective import sae_loss
 from aensae.saes.base import INIT, SAE, Hyper, LossOutput
+from aensae.saes.collectives import global_mean
 from aensae.saes.dead import fired_latents
-from aensae.saes.distributed import global_mean
 
 __all__ = ["TopKSAE"]
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["QUANTILES", "exact_map_geometry", "geometry_keys", "quantiles"]
+__all__ = ["QUANTILES", "exact_map_geometry", "geometry_keys", "quantiles", "summary"]
 
 #: Quantile columns of every distribution.
 QUANTILES = (("q05", 0.05), ("q25", 0.25), ("median", 0.5), ("q75", 0.75), ("q95", 0.95))
@@ -136,3 +136,19 @@ def exact_map_geometry(
     out.update(quantiles("hoffman_lower", hof.lower))
     out.update(quantiles("hoffman_upper", hof.upper))
     return out
+
+
+def summary(values: Any) -> dict[str, Any]:
+    """Median, 95th percentile and max (sample order statistics) and the infinite count."""
+    v = np.asarray(values, dtype=float).ravel()
+    if v.size == 0:
+        return {"median": None, "p95": None, "max": None, "n": 0, "n_infinite": 0}
+    if np.isnan(v).any():
+        raise ValueError(f"summary: {int(np.isnan(v).sum())} NaN values")
+
+    def f(x: float) -> float | None:
+        return float(x) if np.isfinite(x) else None
+
+    return {"median": f(np.quantile(v, 0.5, method="inverted_cdf")),
+            "p95": f(np.quantile(v, 0.95, method="inverted_cdf")),
+            "max": f(v.max()), "n": int(v.size), "n_infinite": int(np.isinf(v).sum())}

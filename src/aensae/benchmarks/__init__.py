@@ -1,1 +1,0 @@
-"""Experiment grids, results tables, figures and performance benchmarks (command modules)."""

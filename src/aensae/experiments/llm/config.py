@@ -1,0 +1,291 @@
+r"""LLM grid configs: ``[data] kind = "llm"`` TOML files, their validation and defaults.
+
+An LLM config is run by the same command as the synthetic grid, ``aensae reproduce
+--config NAME``; the command reads ``[data] kind`` (:func:`aensae.experiments.config.config_kind`)
+and hands ``kind = "llm"`` to :func:`aensae.experiments.llm.driver.reproduce_llm`. Named LLM
+configs ship with the package (``llm-quick``, ``llm-pythia70m``, ``llm-llama3.1-8b``).
+
+Tables (every key checked; unknown keys are errors listing the allowed ones):
+
+- ``[experiment]``: ``name`` (a folder name), ``seed``, ``device`` (SAEs and model;
+  ``auto``: CUDA when present), ``dtype`` (SAEs: float32 / float64), ``threads`` (torch
+  threads; 0: the library default);
+- ``[data]``: ``kind = "llm"``, ``model`` (alias, ``.gguf``, folder or hub name),
+  ``revision``, ``layer``, ``hook``, ``text`` (``python-docs``, ``hf:...``, a file or
+  folder), ``text_column``, ``tokens`` (harvested for training), ``ctx``,
+  ``batch_size`` (windows per forward pass of the harvest), ``model_dtype``,
+  ``eval_fraction``, ``shard_windows``, ``shuffle_windows``;
+- ``[train]``: ``d_sae``, ``steps``, ``batch_size`` (tokens per step), ``lr``,
+  ``lr_warmup_steps``, ``normalisation`` (``scalar``, ``per_token``, ``none``),
+  ``dead_window`` (tokens; absent: 10M or the whole run), ``checkpoint_every``;
+- ``[eval]``: ``tokens`` (held-out eval tokens: spliced CE/KL, EV, L0, and the
+  calibration's L0), ``batch_size`` (windows per forward pass), ``exact_tokens``
+  (exact certified codes per l1-family SAE), ``exact_tol``, ``group_size`` (SAEs spliced
+  in one evaluation: the clean and ablated passes are shared by a group; a group is the
+  unit of resume), ``outlier_factor`` (a token whose activation norm exceeds this
+  multiple of the cache's median norm is an outlier, counted and left out of
+  ``explained_variance_no_outliers``);
+- ``[calibrate]``: ``ladder``, ``rounds``, ``tolerance`` (as the synthetic grid's;
+  every pass is a full-length run, so a calibration model within the tolerance of its
+  target is the run of that target), ``max_passes`` (training passes the search may
+  take, the ladder's included; targets still unbracketed then are unreachable);
+- ``[[family]]``: as in the synthetic grid (:mod:`aensae.experiments.spiked.config`): ``name``,
+  ``arch``, ``hyper``, ``sweep``, ``target_l0`` and, for calibrated architectures,
+  ``calibrate_range``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aensae._dtypes import MODEL_DTYPES, SAE_DTYPES
+from aensae._validation import InputError, check_name, check_threads
+from aensae.experiments.config import (
+    ConfigText,
+    Family,
+    canonical_hash,
+    check_keys,
+    check_number,
+    config_error,
+    read_config,
+    validate_family,
+)
+
+__all__ = ["LLM_DEFAULTS", "LLMGridConfig", "load_llm_config"]
+
+LLM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "experiment": {"name": "llm", "seed": 0, "device": "auto", "dtype": "float32",
+                   "threads": 0},
+    "data": {"kind": "llm", "model": "smollm2-135m", "revision": None, "layer": 15,
+             "hook": "resid_post", "text": "python-docs", "text_column": "text",
+             "tokens": 200_000, "ctx": 128, "batch_size": 32, "model_dtype": "float32",
+             "eval_fraction": 0.05, "shard_windows": 256, "shuffle_windows": 1024},
+    "train": {"d_sae": 4096, "steps": 1000, "batch_size": 4096, "lr": 1e-3,
+              "lr_warmup_steps": 0, "normalisation": "scalar", "dead_window": None,
+              "checkpoint_every": 200},
+    "eval": {"tokens": 8192, "batch_size": 8, "exact_tokens": 4096, "exact_tol": 1e-10,
+             "group_size": 8, "outlier_factor": 10.0},
+    "calibrate": {"ladder": 3, "rounds": 1, "tolerance": 1.3, "max_passes": 8},
+}
+_HOOKS = ("resid_post", "mlp_out", "attn_out")
+_NORMALISATIONS = ("scalar", "per_token", "none")
+
+
+@dataclass
+class LLMGridConfig:
+    """A validated LLM config (defaults filled)."""
+
+    experiment: dict[str, Any]
+    data: dict[str, Any]
+    train: dict[str, Any]
+    eval: dict[str, Any]
+    calibrate: dict[str, Any]
+    families: list[Family]
+    source: str = "<dict>"
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return str(self.experiment["name"])
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(self.experiment["seed"])]
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.train["d_sae"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready normalised config."""
+        return {"experiment": self.experiment, "data": self.data, "train": self.train,
+                "eval": self.eval, "calibrate": self.calibrate,
+                "family": [{"name": f.name, "arch": f.arch, "hyper": f.hyper,
+                            "sweep": f.sweep, "target_l0": list(f.target_l0),
+                            "calibrate_range": (None if f.calibrate_range is None
+                                                else list(f.calibrate_range))}
+                           for f in self.families]}
+
+    def config_hash(self) -> str:
+        """Hash of the normalised config (``threads`` and ``checkpoint_every`` excluded:
+        they change no number)."""
+        d = json.loads(json.dumps(self.to_dict()))
+        d["experiment"].pop("threads", None)
+        d["train"].pop("checkpoint_every", None)
+        return canonical_hash(d)
+
+
+def _string(where: str, value: Any, choices: tuple[str, ...] | None = None) -> str:
+    if not isinstance(value, str) or not value:
+        raise config_error(where, f"must be a non-empty string, got {value!r}")
+    if choices is not None and value not in choices:
+        raise config_error(where, f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    t: dict[str, dict[str, Any]] = {}
+    for name, defaults in LLM_DEFAULTS.items():
+        table = raw.get(name, {})
+        check_keys(f"[{name}]", table, defaults)
+        t[name] = {**copy.deepcopy(defaults), **table}
+    e, d, tr, ev, c = (t[k] for k in LLM_DEFAULTS)
+    check_name("config experiment.name", e["name"])
+    e["seed"] = check_number("experiment.seed", e["seed"], kind=int, low=0)
+    _string("experiment.device", e["device"])
+    _string("experiment.dtype", e["dtype"], SAE_DTYPES)
+    e["threads"] = check_threads("config experiment.threads", e["threads"])
+    _string("data.kind", d["kind"], ("llm",))
+    _string("data.model", d["model"])
+    if d["revision"] is not None:
+        _string("data.revision", d["revision"])
+    d["layer"] = check_number("data.layer", d["layer"], kind=int, low=0)
+    _string("data.hook", d["hook"], _HOOKS)
+    _string("data.text", d["text"])
+    _string("data.text_column", d["text_column"])
+    _string("data.model_dtype", d["model_dtype"], MODEL_DTYPES)
+    d["tokens"] = check_number("data.tokens", d["tokens"], kind=int, low=1)
+    d["ctx"] = check_number("data.ctx", d["ctx"], kind=int, low=2)
+    for key in ("batch_size", "shard_windows", "shuffle_windows"):
+        d[key] = check_number(f"data.{key}", d[key], kind=int, low=1)
+    d["eval_fraction"] = check_number("data.eval_fraction", d["eval_fraction"], low=0.0, high=1.0,
+                              low_open=True, high_open=True)
+    for key in ("d_sae", "steps", "batch_size"):
+        tr[key] = check_number(f"train.{key}", tr[key], kind=int, low=1)
+    tr["lr"] = check_number("train.lr", tr["lr"], low=0.0, low_open=True)
+    tr["lr_warmup_steps"] = check_number("train.lr_warmup_steps", tr["lr_warmup_steps"], kind=int,
+                                 low=0)
+    _string("train.normalisation", tr["normalisation"], _NORMALISATIONS)
+    if tr["dead_window"] is not None:
+        tr["dead_window"] = check_number("train.dead_window", tr["dead_window"], kind=int, low=1)
+    tr["checkpoint_every"] = check_number("train.checkpoint_every", tr["checkpoint_every"],
+                                  kind=int, low=0)
+    ev["tokens"] = check_number("eval.tokens", ev["tokens"], kind=int, low=2)
+    ev["batch_size"] = check_number("eval.batch_size", ev["batch_size"], kind=int, low=1)
+    ev["exact_tokens"] = check_number("eval.exact_tokens", ev["exact_tokens"], kind=int, low=0,
+                              high=ev["tokens"])
+    ev["exact_tol"] = check_number("eval.exact_tol", ev["exact_tol"], low=0.0, low_open=True)
+    ev["group_size"] = check_number("eval.group_size", ev["group_size"], kind=int, low=1)
+    ev["outlier_factor"] = check_number("eval.outlier_factor", ev["outlier_factor"], low=1.0,
+                                low_open=True)
+    c["ladder"] = check_number("calibrate.ladder", c["ladder"], kind=int, low=2)
+    c["rounds"] = check_number("calibrate.rounds", c["rounds"], kind=int, low=1)
+    c["tolerance"] = check_number("calibrate.tolerance", c["tolerance"], low=1.0, low_open=True)
+    c["max_passes"] = check_number("calibrate.max_passes", c["max_passes"], kind=int, low=1)
+    return t
+
+
+def load_llm_config(config: str | Path | dict[str, Any] | ConfigText) -> LLMGridConfig:
+    """Read and validate an LLM config: a name (``llm-quick``), a TOML path or a dict.
+
+    Every family needs ``target_l0`` (the LLM grid compares architectures at matched
+    sparsity only). Errors are :class:`~aensae._validation.InputError` naming the key.
+    """
+    raw, source = read_config(config)
+    check_keys("(top level)", raw, {*LLM_DEFAULTS, "family"})
+    if not isinstance(raw.get("data"), dict) or raw["data"].get("kind") != "llm":
+        raise config_error("data.kind", "an LLM config needs [data] kind = \"llm\"")
+    t = _validate(raw)
+    fams = raw.get("family")
+    if not isinstance(fams, list) or not fams:
+        raise config_error("[[family]]", "at least one [[family]] table is required")
+    families = [validate_family(i, f, t["train"]["d_sae"]) for i, f in enumerate(fams)]
+    for fam in families:
+        if not fam.target_l0:
+            raise config_error(f"family {fam.name!r}", "target_l0 is required in an LLM config "
+                                                "(architectures are compared at matched L0)")
+    names = [f.name for f in families]
+    if len(set(names)) != len(names):
+        raise config_error("[[family]]", f"family names must be unique, got {names}")
+    return LLMGridConfig(**t, families=families, source=source, raw=raw)
+
+
+def check_model_reachable(cfg: LLMGridConfig) -> None:
+    """Resolve ``data.model`` and read its config (no weights), before any work.
+
+    A hub model that cannot be fetched here (no local copy, no hub) is one
+    :class:`InputError` naming the model; so is an unknown architecture or a layer out
+    of range.
+    """
+    name = cfg.data["model"]
+    check_hub_model(name, cfg.data["revision"])
+    from aensae.llm.models import family_of, load_config, resolve_model
+
+    hub = source_is_hub(name)
+    try:
+        mconfig = load_config(resolve_model(name, cfg.data["revision"]))
+    except InputError as err:
+        if hub:
+            reason = str(err).partition("cannot provide it: ")[2] or str(err)
+            raise InputError(f"config data.model {name!r}: the model cannot be fetched here "
+                             f"(no local copy and no access to the Hugging Face hub: "
+                             f"{_short(reason)}); run this config on a machine with hub "
+                             "access") from None
+        raise InputError(f"config data.model {name!r}: {_short(str(err))}") from None
+    family_of(mconfig.model_type, name)
+    n_layers = int(getattr(mconfig, "num_hidden_layers", 0) or 0)
+    if n_layers and cfg.data["layer"] >= n_layers:
+        raise InputError(f"config data.layer: must lie in [0, {n_layers - 1}] for {name} "
+                         f"({n_layers} blocks), got {cfg.data['layer']}")
+
+
+def check_hub_model(name: Any, revision: Any = None) -> None:
+    """For a model name of the form ``org/name`` that is no local path: an
+    :class:`InputError` naming it when the hub cannot be reached and no copy is cached.
+    Imports neither torch nor transformers, so it answers within a second (``aensae
+    reproduce`` calls it on the raw config, before the validation imports torch)."""
+    if not isinstance(name, str) or not (revision is None or isinstance(revision, str)):
+        return  # the validation names the key
+    path = Path(name).expanduser()
+    if ("/" not in name or path.exists() or name.lower().endswith(".gguf")
+            or name.startswith((".", "/", "~"))):
+        return
+    reason = _hub_unreachable(name, revision)
+    if reason is not None:
+        raise InputError(f"config data.model {name!r}: the model cannot be fetched here "
+                         f"(no local copy and no access to the Hugging Face hub: "
+                         f"{reason}); run this config on a machine with hub access")
+
+
+def _hub_unreachable(name: str, revision: str | None, timeout: float = 3.0) -> str | None:
+    """Why the hub cannot give ``name``'s config here, or ``None`` (it can, or a copy is
+    cached). One TCP connection with a short timeout: without it, huggingface_hub retries
+    for half a minute, printing a line per retry, before it gives up."""
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return "offline mode (HF_HUB_OFFLINE is set) and no cached copy"
+    host = urllib.parse.urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    if urllib.request.getproxies().get("https") and not urllib.request.proxy_bypass(host):
+        return None  # through a proxy a direct connection says nothing: let the hub try
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"{host} unreachable: {err.strerror or err}"
+
+
+def source_is_hub(name: str) -> bool:
+    """Whether ``name`` would be looked up on the hub (not an alias, file or folder)."""
+    from aensae.llm.models import resolve_model
+
+    try:
+        return resolve_model(name).kind == "hub"
+    except InputError:
+        return False
+
+
+def _short(text: str, limit: int = 240) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

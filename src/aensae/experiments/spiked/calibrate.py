@@ -1,0 +1,263 @@
+r"""Matched-sparsity calibration: the penalty that gives each target L0, per family and rho.
+
+The l1 (or JumpReLU L0) coefficient that yields a given L0 differs by orders of magnitude
+between architectures, inits and rho, so fixed penalty grids compare unlike with unlike.
+For every calibrated family variant and every rho, passes of ``calibrate.steps`` steps
+(the first seed's data) train penalties together on one stream and measure each
+model's L0 on the held-out set. The search, per variant:
+
+1. **ladder**: ``calibrate.ladder`` penalties log-spaced over ``calibrate_range``;
+2. **bracket**: while some target is not bracketed (no measured penalty with L0 >= the
+   target beside one with L0 <= it), widen geometrically in the direction it lies --
+   each round adds one penalty ``WIDEN`` times beyond the current end -- until the
+   penalty reaches :data:`SPAN` = ``(1e-6, 1e3)`` times the range's
+   ends; a target still outside the L0 range seen is **unreachable**: recorded with that
+   range, never trained, never drawn as a matched point;
+3. **refine**: ``calibrate.rounds`` passes train, for each bracketed target, the penalty
+   read off inside its bracket -- log-log interpolation between the two bracketing
+   points in the first pass, the geometric midpoint of the bracket in later ones (L0 can
+   fall off a cliff, where interpolation keeps landing on one side) -- and add the
+   result to the points.
+
+The search itself (the same for the LLM grid) is :mod:`aensae.experiments.calibration`;
+the penalty for a target is read off the points by its ``penalty_for_target``:
+with ``(log p_j, log L0_j)`` sorted by ``p`` and made non-increasing in L0 (running
+minimum; L0 floored at ``1e-3`` for models that went silent), linear interpolation of
+``log p`` against ``log L0``. Inside the bracket this never extrapolates.
+
+L0 drifts with run length (a pass shorter than the runs misses it), so every run records
+its target, the L0 it reached and their ratio, and comparisons at matched L0 use only
+runs within ``calibrate.tolerance`` (a ratio) of their target.
+
+If every target of a family at some rho is unreachable, the config cannot be run as
+written: :func:`calibrate` raises :class:`~aensae._validation.InputError` naming the
+family and rho (after writing what it measured). Results are written per rho and
+variant to ``calibration/rho<R>-<family>-<variant>.json`` (atomically) and reused; each
+is an independent task of the grid (:mod:`aensae.experiments.spiked.tasks`).
+
+When a pass is as long as the main runs (``calibrate.steps == train.steps``), its models
+are main runs of the first seed: they are kept in the model cache and the grid takes
+them from there, a measured penalty within the tolerance is preferred to an
+interpolated one, and only targets not yet reached within the tolerance are refined.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aensae._dtypes import torch_dtype
+from aensae._io import atomic_write_json, remove_partial_files
+from aensae._validation import InputError
+from aensae.experiments.calibration import (
+    SPAN,
+    WIDEN,
+    add_points,
+    finish,
+    initial_ladder,
+    new_state,
+    next_penalties,
+)
+from aensae.experiments.config import canonical_hash
+from aensae.experiments.spiked.config import GridConfig
+from aensae.experiments.spiked.data import cache_save, data_point, model_key, train_models
+
+__all__ = ["calibrate", "calibrate_rho", "check_reachable", "load_rho", "missing_units"]
+
+def _measure(grid: GridConfig, jobs: list[tuple[str, dict[str, Any]]], point: Any,
+             progress: bool, out_dir: Path | None = None) -> list[float]:
+    """Train ``(arch, hyper)`` models together; the held-out L0 of each.
+
+    When the pass is as long as the main runs (``calibrate.steps == train.steps``, no
+    stacking) and ``out_dir`` is given, each model is kept in the model cache
+    (:func:`~aensae.experiments.spiked.data.cache_save`): a run of the grid with the same
+    penalty and seed is that model and is not trained again.
+    """
+    import time
+
+    import torch
+
+    from aensae import metrics
+    from aensae.saes import create
+
+    dtype = torch_dtype(grid.experiment["dtype"])
+    models = {f"c{i}": create(arch, grid.data["n"], grid.d_sae, seed=point.seed, dtype=dtype,
+                              **hyper)
+              for i, (arch, hyper) in enumerate(jobs)}
+    t0 = time.perf_counter()
+    results = train_models(grid, models, point, grid.calibrate["steps"], None,
+                           progress=progress)
+    seconds = time.perf_counter() - t0
+    keep = out_dir is not None and full_length(grid)
+    out = []
+    X = torch.as_tensor(point.X_eval)
+    for (name, model), (arch, hyper) in zip(models.items(), jobs, strict=True):
+        if keep:
+            res = results[name].to_dict()
+            res.update({"group_seconds": seconds, "group_models": len(models),
+                        "trained_in": "calibration"})
+            cache_save(out_dir, model_key(grid, arch, hyper, point.rho, point.seed), model,
+                       res)
+        model.eval()
+        with torch.no_grad():
+            p = model.W_dec
+            h = model.encode(X.to(p.device, p.dtype))
+        out.append(metrics.l0(h.to("cpu", torch.float64).numpy()))
+    return out
+
+
+def full_length(grid: GridConfig) -> bool:
+    """Whether calibration passes are main runs (same length, no stacking)."""
+    return grid.calibrate["steps"] == grid.train["steps"] and not grid.train["stack"]
+
+
+def _identity(grid: GridConfig, rho: float, fam: Any, hyper: dict[str, Any]) -> str:
+    """Hash of everything one variant's calibration at ``rho`` depends on."""
+    return canonical_hash({
+        "data": grid.data_record(), "train": grid.train_record(),
+        "calibrate": grid.calibrate, "eval_samples": grid.eval["samples"],
+        "span": list(SPAN), "widen": WIDEN, "search": 4, "seed": grid.seeds[0],
+        "d_sae": grid.d_sae,
+        "dtype": grid.experiment["dtype"], "rho": rho,
+        "job": [fam.name, fam.arch, hyper, list(fam.target_l0),
+                list(fam.calibrate_range or ())]})
+
+
+def calibration_path(out_dir: Path, rho: float, family: str, variant: str) -> Path:
+    """``out_dir/calibration/rho<R>-<family>-<variant>.json``."""
+    return Path(out_dir) / "calibration" / f"rho{rho:g}-{family}-{variant}.json"
+
+
+def _load_unit(grid: GridConfig, out_dir: Path, rho: float, fam: Any, hyper: dict[str, Any],
+               variant: str) -> dict[str, Any] | None:
+    path = calibration_path(out_dir, rho, fam.name, variant)
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("hash") != _identity(grid, rho, fam, hyper):
+        return None
+    return _restore(saved["record"])
+
+
+def load_rho(grid: GridConfig, out_dir: Path, rho: float) -> list[dict[str, Any]] | None:
+    """The saved records of every variant at ``rho`` (``None`` if any is missing)."""
+    out = []
+    for fam, hyper, variant in grid.calibration_jobs():
+        rec = _load_unit(grid, out_dir, rho, fam, hyper, variant)
+        if rec is None:
+            return None
+        out.append(rec)
+    return out
+
+
+def missing_units(grid: GridConfig, out_dir: Path) -> list[tuple[float, str, str]]:
+    """``(rho, family, variant)`` whose calibration is not on disk yet."""
+    return [(rho, fam.name, variant) for rho in grid.rhos
+            for fam, hyper, variant in grid.calibration_jobs()
+            if _load_unit(grid, out_dir, rho, fam, hyper, variant) is None]
+
+
+def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool = False,
+                  on_models: Callable[[int, int], None] | None = None,
+                  only: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """Calibrate the variants at ``rho`` (all, or the ``(family, variant)`` in ``only``),
+    reusing saved files; return their records.
+
+    The penalties of a round of all these variants are trained together on one stream.
+    ``on_models(n_models, steps)`` is called after each training pass.
+    """
+    jobs = [j for j in grid.calibration_jobs() if only is None or (j[0].name, j[2]) in only]
+    done = {(j[0].name, j[2]): _load_unit(grid, out_dir, rho, *j) for j in jobs}
+    jobs = [j for j in jobs if done[(j[0].name, j[2])] is None]
+    if jobs:  # units to (re)do: what a killed attempt at them left (not other units')
+        remove_partial_files(Path(out_dir) / "calibration",
+                             [calibration_path(out_dir, rho, f.name, v).name
+                              for f, _, v in jobs])
+    seed = grid.seeds[0]
+    c = grid.calibrate
+    states, todo = {}, {}
+    tol = c["tolerance"] if full_length(grid) else None
+    for fam, hyper, variant in jobs:
+        bounds = tuple(fam.calibrate_range)  # type: ignore[arg-type]
+        states[(fam.name, variant)] = (fam, hyper, new_state(bounds, list(fam.target_l0)))
+        todo[(fam.name, variant)] = initial_ladder(bounds, c["ladder"])
+    point = data_point(grid, rho, seed) if todo else None
+    while todo:
+        batch = [(key, p) for key, ps in todo.items() for p in ps]
+        jobs_now = [(states[key][0].arch, {**states[key][1],
+                                           states[key][0].sparsity_param: p})
+                    for key, p in batch]
+        l0s = _measure(grid, jobs_now, point, progress, out_dir)
+        if on_models is not None:
+            on_models(len(batch), c["steps"])
+        for key in todo:
+            got = [(p, v) for (k, p), v in zip(batch, l0s, strict=True) if k == key]
+            add_points(states[key][2], [v for _, v in got], [p for p, _ in got])
+        todo = {}
+        for key, (_, _, st) in states.items():
+            nxt = next_penalties(st, c["rounds"], tol)
+            if nxt:
+                todo[key] = nxt
+    for (name, variant), (fam, hyper, st) in states.items():
+        res = finish(st, tol)
+        rec = {
+            "family": name, "arch": fam.arch, "variant": variant, "rho": rho,
+            "param": fam.sparsity_param, "hyper": hyper, "seed": seed, "steps": c["steps"],
+            "bounds": st["bounds"], "limits": st["limits"], "targets": st["targets"],
+            "points": res["points"],
+            "penalties": {repr(t): v for t, v in res["penalties"].items()},
+            "extrapolated": {repr(t): v for t, v in res["extrapolated"].items()},
+            "unreachable": {repr(t): v for t, v in res["unreachable"].items()}}
+        atomic_write_json(calibration_path(out_dir, rho, name, variant),
+                          {"hash": _identity(grid, rho, fam, hyper), "record": rec})
+        done[(name, variant)] = _restore(rec)
+    return [done[k] for k in done]
+
+
+def check_reachable(records: list[dict[str, Any]]) -> None:
+    """Raise :class:`InputError` for a family variant none of whose targets is reachable."""
+    for rec in records:
+        if not rec["penalties"]:
+            lo, hi = next(iter(rec["unreachable"].values()))
+            init = rec["hyper"].get("init", "tied")
+            raise InputError(
+                f"config family {rec['family']!r} (init {init}) at rho={rec['rho']:g}: no "
+                f"target_l0 in {sorted(rec['targets'])} is reachable; L0 seen {lo:.3g} to "
+                f"{hi:.3g} over {rec['param']} in [{rec['limits'][0]:.3g}, "
+                f"{rec['limits'][1]:.3g}]; choose targets inside that range")
+
+
+def calibrate(grid: GridConfig, out_dir: Path, *, progress: bool = False,
+              on_models: Any = None) -> dict[tuple[str, str, float], dict[str, Any]]:
+    """Calibrate every ``(family, variant, rho)`` in turn (see :func:`calibrate_rho`).
+
+    Returns
+    -------
+    dict ``(family, variant, rho) -> record`` with ``param``, ``points`` (penalties and
+    L0s), ``targets``, ``penalties`` (reachable target -> penalty), ``extrapolated``
+    and ``unreachable`` (target -> [L0 min, L0 max] seen).
+
+    Raises
+    ------
+    InputError
+        When every target of a family variant at some rho is unreachable.
+    """
+    result: dict[tuple[str, str, float], dict[str, Any]] = {}
+    if not grid.calibration_jobs():
+        return result
+    for rho in grid.rhos:
+        records = calibrate_rho(grid, out_dir, rho, progress=progress, on_models=on_models)
+        check_reachable(records)
+        for rec in records:
+            result[(rec["family"], rec["variant"], rho)] = rec
+    return result
+
+
+def _restore(rec: dict[str, Any]) -> dict[str, Any]:
+    """JSON record -> in-memory record with float target keys."""
+    out = dict(rec)
+    for key in ("penalties", "extrapolated", "unreachable"):
+        out[key] = {float(k): v for k, v in rec.get(key, {}).items()}
+    return out

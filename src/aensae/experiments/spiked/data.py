@@ -1,0 +1,124 @@
+r"""Data and joint training shared by calibration and the grid's tasks.
+
+For a data point ``(rho, seed)`` the true dictionary is ``spiked_dictionary(n, m, rho,
+seed=seed)``; training batch ``t`` is batch ``t`` of ``SyntheticStream(D, k, batch_size,
+seed=seed)``; the held-out set is batch :data:`EVAL_INDEX` of a stream of ``eval.samples``
+signals with the same seed (never a training batch: training uses indices below
+``steps``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aensae._dtypes import torch_dtype
+from aensae.experiments.spiked.config import GridConfig, canonical_hash
+
+__all__ = ["CACHE_DIR", "EVAL_INDEX", "DataPoint", "cache_load", "cache_save", "data_point",
+           "model_key", "train_models"]
+
+#: Folder (inside a results folder) of models trained to full length during calibration.
+CACHE_DIR = "models"
+
+#: Batch index of the held-out evaluation set (as in ``aensae train``).
+EVAL_INDEX = 2**40
+
+
+@dataclass
+class DataPoint:
+    """Dictionary, training stream and held-out set of one ``(rho, seed)``."""
+
+    rho: float
+    seed: int
+    dictionary: Any
+    stream: Any
+    X_eval: np.ndarray
+    H_eval: np.ndarray
+
+
+def data_point(grid: GridConfig, rho: float, seed: int) -> DataPoint:
+    """Build the :class:`DataPoint` of ``(rho, seed)`` for ``grid``."""
+    from aensae.synthetic import SyntheticStream, spiked_dictionary
+
+    d = grid.data
+    dic = spiked_dictionary(d["n"], d["m"], rho, seed=seed)
+    common = {"lo": d["lo"], "hi": d["hi"], "nonneg": d["nonneg"], "noise_std": d["noise_std"],
+              "seed": seed}
+    stream = SyntheticStream(dic.D, d["k"], grid.train["batch_size"], **common)
+    X, H = SyntheticStream(dic.D, d["k"], grid.eval["samples"], **common).batch(EVAL_INDEX)
+    return DataPoint(rho, seed, dic, stream, X, H)
+
+
+def train_models(
+    grid: GridConfig,
+    models: Mapping[str, Any],
+    point: DataPoint,
+    steps: int,
+    checkpoint_dir: Path | None,
+    *,
+    progress: bool,
+) -> dict[str, Any]:
+    """Train ``models`` together on the stream of ``point`` for ``steps`` steps.
+
+    With ``checkpoint_dir`` the trainer checkpoints every ``train.checkpoint_every`` steps
+    and resumes from a checkpoint found there; callers key the folder by the set of
+    models, so a checkpoint always belongs to the same set.
+    """
+
+    from aensae.saes import TrainConfig, train
+
+    cfg = TrainConfig(
+        steps=steps, lr=grid.train["lr"], dead_window=grid.train["dead_window"],
+        dead_last=grid.train["dead_last"],
+        checkpoint_every=(grid.train["checkpoint_every"] if checkpoint_dir is not None else 0),
+        device=grid.experiment["device"], dtype=grid.experiment["dtype"], seed=point.seed,
+        stack=grid.train["stack"], graph=grid.train["graph"], progress=progress)
+    dtype = torch_dtype(grid.experiment["dtype"])
+    stream = point.stream
+
+    def data(start: int):
+        return stream.torch_signal_batches(steps - start, start=start, dtype=dtype)
+
+    return train(dict(models), data, cfg, checkpoint_dir=checkpoint_dir)
+
+
+# ----------------------------------------------------------------------------- model cache
+def model_key(grid: GridConfig, arch: str, hyper: dict[str, Any], rho: float,
+              seed: int) -> str:
+    """Hash of everything that determines a trained model of ``grid``'s main length.
+
+    Training is deterministic and models trained together equal models trained apart, so
+    two trainings with the same key give the same model, bit for bit (the stacked path
+    is equal only to rounding: with ``train.stack`` on nothing is cached).
+    """
+    return canonical_hash({"arch": arch, "hyper": hyper, "rho": rho, "seed": seed,
+                           "data": grid.data_record(), "train": grid.train_record(),
+                           "d_sae": grid.d_sae, "dtype": grid.experiment["dtype"],
+                           "device": grid.experiment["device"]}, 16)
+
+
+def cache_save(out: Path, key: str, model: Any, result: dict[str, Any]) -> None:
+    """Keep a model trained to the main length (and its training record) under ``key``."""
+    from aensae._io import atomic_write_json
+    from aensae.saes import save
+
+    folder = Path(out) / CACHE_DIR / key
+    save(model, folder)
+    atomic_write_json(folder / "result.json", result)  # last: the "complete" marker
+
+
+def cache_load(out: Path, key: str) -> tuple[Any, dict[str, Any]] | None:
+    """``(model, training record)`` saved under ``key``, or ``None``."""
+    import json
+
+    from aensae.saes import load
+
+    folder = Path(out) / CACHE_DIR / key
+    if not (folder / "result.json").is_file():
+        return None
+    return load(folder), json.loads((folder / "result.json").read_text())

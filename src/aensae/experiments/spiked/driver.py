@@ -1,0 +1,434 @@
+r"""``aensae reproduce``: the grid, resumable, into one tidy table, figures and report.
+
+Layout of the output folder ``OUT``::
+
+    OUT/config.json            normalised config, its hash, seeds, aensae version
+    OUT/calibration/rho<R>-<family>-<variant>.json  matched-sparsity calibration
+    OUT/runs/<run_id>/         config.json (first), sae.safetensors + cfg.json,
+                               trained.json, metrics.json (last: the "finished" marker)
+    OUT/runs/exact-.../        exact reference on the true dictionary: config.json, metrics.json
+    OUT/groups/<key>/          trainer checkpoint of a group being trained (removed after)
+    OUT/results.csv            the tidy table (rewritten atomically after every group)
+    OUT/speed.csv              exact-solver speed rows (``aensae bench solvers``)
+    OUT/jobs/<job id>/         submitit's pickles and logs (``--executor submitit``)
+    OUT/figures/*.png, *.svg   drawn from the tables alone
+    OUT/report.md              the claims, the numbers bearing on them, verdicts
+
+Resume: a run whose ``metrics.json`` exists is finished and skipped; one with
+``trained.json`` (model saved) is only evaluated; any other is trained again, from the
+group checkpoint when one exists. Every file is written atomically, ``metrics.json``
+last, so a killed run never looks finished and the table never holds a run twice (it is
+rebuilt from the run folders, one row per planned run id). A process killed outright
+leaves temporary files; the task that takes a run folder over removes them first, and
+the driver those at the top of ``OUT``. ``figures/`` and
+``report.md`` are one set: drawn into a staging folder and swapped in together
+(:func:`write_figures`).
+
+Before any work: the config's device, the output folder and the manifest. A folder
+whose ``config.json`` records another config is refused, with how to proceed;
+``overwrite=True`` (``aensae reproduce --overwrite``) first removes what an earlier
+``reproduce`` wrote there (:data:`OUTPUT_ENTRIES`), and refuses a folder that holds
+anything else, so it never deletes a file aensae did not write
+(:func:`aensae.experiments.layout.open_output`). The tasks are in
+:mod:`aensae.experiments.spiked.tasks`, the table's rows in
+:mod:`aensae.experiments.spiked.rows`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aensae import __version__
+from aensae._dtypes import torch_dtype
+from aensae._io import check_output_dir, replace_together
+from aensae._validation import InputError, check_device
+from aensae.experiments.console import hms, log
+from aensae.experiments.layout import (
+    FIGURES_DIR,
+    MANIFEST_FILE,
+    REPORT_FILE,
+    RESULTS_FILE,
+    open_output,
+)
+from aensae.experiments.results import write_table
+from aensae.experiments.spiked.config import GridConfig, RunSpec
+from aensae.experiments.spiked.data import CACHE_DIR, DataPoint, data_point, train_models
+from aensae.experiments.spiked.rows import build_rows
+from aensae.experiments.spiked.tasks import (
+    calibrate_task,
+    exact_dir,
+    exact_task,
+    group_task,
+    run_folder,
+)
+
+if TYPE_CHECKING:
+    from aensae.experiments.executors import ExecutorSpec
+
+__all__ = ["OUTPUT_ENTRIES", "SPEED_FILE", "check_reproduce", "reproduce", "write_figures"]
+
+SPEED_FILE = "speed.csv"
+SPEED_FIRST = ("solver", "rho")
+#: submitit's job files (pickles, logs), one folder per job.
+JOBS_DIR = "jobs"
+#: Everything ``reproduce`` writes into its output folder (plus ``.aensae-stage-*``
+#: staging folders a killed swap leaves): what ``overwrite=True`` may remove.
+OUTPUT_ENTRIES = (MANIFEST_FILE, "calibration", "runs", "groups", CACHE_DIR, RESULTS_FILE,
+                  SPEED_FILE, FIGURES_DIR, REPORT_FILE, JOBS_DIR)
+
+
+def _manifest(grid: GridConfig) -> dict[str, Any]:
+    return {"config": grid.to_dict(), "config_hash": grid.config_hash(),
+            "config_name": grid.name, "source": grid.source, "seeds": grid.seeds,
+            "aensae_version": __version__}
+
+
+def check_reproduce(grid: GridConfig, out: str | Path, *, here: bool = True) -> Path:
+    """Checks before any work: the device, the output folder, the speed rows' file.
+
+    ``here=False`` (tasks run on a submitit or Ray node): the device is the node's, so
+    only its name is checked.
+    """
+    check_device("config experiment.device", grid.experiment["device"], here=here)
+    out = check_output_dir("--out", out)
+    src = _speed_source(grid)
+    if src is not None and not src.is_file():
+        raise InputError(f"config speed.json: {str(src)!r} not found")
+    return out
+
+
+# ----------------------------------------------------------------------------- speed
+def _speed_source(grid: GridConfig) -> Path | None:
+    """``[speed] json`` as a path (relative to the config file), or ``None``."""
+    if grid.speed["json"] is None:
+        return None
+    src = Path(grid.speed["json"])
+    if not src.is_absolute() and grid.source not in ("", "<dict>"):
+        src = Path(grid.source).parent / src
+    return src
+
+
+def _speed(grid: GridConfig, out: Path) -> None:
+    s = grid.speed
+    path = out / SPEED_FILE
+    if path.is_file():
+        return
+    rows: list[dict[str, Any]] | None = None
+    src = _speed_source(grid)
+    if src is not None:
+        try:
+            rows = json.loads(src.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as err:
+            raise InputError(f"config speed.json: {str(src)!r} is not a JSON list of rows "
+                             f"({err})") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise InputError(f"config speed.json: {str(src)!r} is not a JSON list of rows")
+    elif s["run"]:
+        from aensae.benches.solvers import run_solver_bench
+
+        log(f"speed: aensae bench solvers (quick={s['quick']}, signals={s['signals']})")
+        rows = run_solver_bench(rhos=s["rho"], quick=s["quick"], signals=s["signals"])
+    if rows is not None:
+        flat = [{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in rows]
+        write_table(path, flat, first=SPEED_FIRST, required=())
+
+
+# ----------------------------------------------------------------------------- main
+def _probe_rate(grid: GridConfig, point: DataPoint, specs: list[RunSpec]) -> float:
+    """Seconds per model-step, timed on a few steps of throw-away copies of ``specs``."""
+
+    from aensae.saes import create
+
+    dtype = torch_dtype(grid.experiment["dtype"])
+    models = {f"p{i}": create(s.arch, grid.data["n"], grid.d_sae, seed=s.seed, dtype=dtype,
+                              **s.hyper) for i, s in enumerate(specs)}
+    steps = 5
+    train_models(grid, models, point, 2, None, progress=False)  # warm-up
+    t0 = time.perf_counter()
+    train_models(grid, models, point, steps, None, progress=False)
+    return (time.perf_counter() - t0) / (steps * len(models))
+
+
+def _estimate(grid: GridConfig, out: Path, cal_steps: int, workers: int) -> None:
+    """Print the ETA of the remaining calibration and training before any of it runs.
+
+    The rate comes from :func:`_probe_rate` on one data point's runs (penalties of
+    uncalibrated families set to the middle of their range: the cost does not depend on
+    them); runs already trained are not counted when the calibration is known.
+    """
+    import torch
+
+    from aensae.saes.training.trainer import resolve_device
+
+    jobs = grid.calibration_jobs()
+    mid = {(f.name, v, rho): {t: math.sqrt(f.calibrate_range[0] * f.calibrate_range[1])
+                              for t in f.target_l0}
+           for f, _, v in jobs for rho in grid.rhos}
+    from aensae.experiments.spiked.calibrate import full_length
+
+    specs = grid.runs(mid)
+    todo = len(specs)
+    reuse = full_length(grid)
+    if cal_steps == 0:
+        todo = sum(not (run_folder(out, grid, s) / "trained.json").is_file()
+                   for s in runs_after_calibration(grid, out))
+    elif reuse:
+        # full-length calibration: first-seed runs of calibrated families come from it;
+        # count one refinement run per target on top of the ladders
+        todo = sum(not (s.calibrated and s.seed == grid.seeds[0]) for s in specs)
+        cal_steps += sum(len(f.target_l0) for f, _, _ in jobs) * len(grid.rhos) \
+            * grid.calibrate["steps"]
+    main = todo * grid.train["steps"]
+    if main + cal_steps == 0:
+        return
+    first = [s for s in specs if (s.rho, s.seed) == (specs[0].rho, specs[0].seed)]
+    rate = _probe_rate(grid, data_point(grid, specs[0].rho, specs[0].seed), first)
+    log(f"ETA: {hms(rate * (cal_steps + main) / workers)} on {workers} worker(s) for "
+         f"{cal_steps:,} calibration (ladders and one refinement per target; widening adds "
+         "more) and "
+         f"{main:,} training model-steps ({todo} runs to train; probe: {1e3 * rate:.2f} ms "
+         f"per model-step on {resolve_device(grid.experiment['device'])}, "
+         f"{torch.get_num_threads()} "
+         "threads), plus evaluation")
+
+
+def runs_after_calibration(grid: GridConfig, out: Path) -> list[RunSpec]:
+    """The grid's runs with the penalties of a finished calibration in ``out``."""
+    from aensae.experiments.spiked.calibrate import calibrate
+
+    calib = calibrate(grid, out)
+    return grid.runs({key: rec["penalties"] for key, rec in calib.items()})
+
+
+def reproduce(grid: GridConfig, out: str | Path, *, progress: bool = True,
+              draw: bool = True, on_group: Callable[[int], None] | None = None,
+              overwrite: bool = False, workers: int | None = None,
+              executor: ExecutorSpec | None = None) -> Path:
+    """Run ``grid`` into ``out`` (resumable), write the table, figures and report.
+
+    ``on_group(i)`` is called after the ``i``-th group finished (tests use it to
+    interrupt a run part-way). Returns the path of the results table.
+
+    ``executor`` (default: the config's ``[executor]`` table, else ``local``; see
+    :mod:`aensae.experiments.executors`) runs the independent tasks, ``workers`` at once
+    (default ``experiment.workers``; 0: ``local`` the cores available, ``submitit`` its
+    default array parallelism, ``ray`` as many as the cluster's CPUs hold), each with
+    ``experiment.threads`` threads (0: ``local`` an equal share of the cores, else 1). A
+    task's numbers depend on its thread count, not on which worker, job or node ran it,
+    so at a given ``threads`` the table is the same for any executor and any number of
+    workers (timing columns aside). Whatever the executor, the table is assembled here,
+    from the run folders alone.
+
+    Before any work the executor (its engine installed), the worker and thread counts,
+    the device (on nodes other than this machine only its name), ``out``
+    and its manifest are checked (:class:`~aensae._validation.InputError`);
+    ``overwrite`` first removes an earlier run's outputs from ``out`` (see the module
+    docstring).
+    """
+    from aensae._validation import check_threads
+    from aensae.experiments.executors import check_engine, make_executor, resolve_spec
+    from aensae.experiments.threads import available_cores
+
+    spec = executor if executor is not None else resolve_spec(grid.executor)
+    if workers is None:
+        workers = grid.experiment["workers"]
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise InputError(f"--workers must be an integer >= 0 (0 = the cores available), got "
+                         f"{workers!r}")
+    check_engine(spec)
+    threads = grid.experiment["threads"]
+    if spec.here:  # else the threads are a node's: its scheduler holds them to its cores
+        check_threads("config experiment.threads", threads)
+    if spec.remote:
+        threads = threads or 1
+    else:
+        workers = workers or available_cores()
+        threads = threads or max(1, available_cores() // workers)
+    out = check_reproduce(grid, out, here=spec.here)
+    if spec.remote:  # a job or Ray task may start in another working directory
+        out = out.absolute()
+    t_start = time.perf_counter()
+    pool = make_executor(workers, threads, spec, folder=out / JOBS_DIR, name=grid.name)
+    try:
+        open_output(out, _manifest(grid), OUTPUT_ENTRIES, overwrite=overwrite)
+        where = {"local": "process(es)", "submitit": f"submitit job(s) "
+                 f"({spec.submitit_cluster or 'slurm'})", "ray": "Ray task(s)"}[spec.kind]
+        log(f"workers: {pool.workers} {where} of {threads} thread(s)")
+        specs = _run_grid_limited(grid, out, progress=progress, on_group=on_group,
+                                  executor=pool, threads=threads,
+                                  probe=spec.here or _device_here(grid.experiment["device"]))
+    finally:
+        pool.close()
+    # outside the thread limits: the solver benchmark measures its anchors' own threading
+    _speed(grid, out)
+    rows = build_rows(grid, out, specs)
+    table = out / RESULTS_FILE
+    write_table(table, rows)
+    log(f"results: {table} ({len(rows)} rows) in {hms(time.perf_counter() - t_start)}")
+    if draw:
+        files = write_figures(out)
+        log(f"figures: {len(files) - 1} files in {out / 'figures'}; report: "
+             f"{out / 'report.md'}")
+    return table
+
+
+def _device_here(device: str) -> bool:
+    """Whether ``device`` exists on this machine (the ETA probe trains on it)."""
+    try:
+        check_device("device", device)
+    except InputError:
+        return False
+    return True
+
+
+def _run_grid_limited(grid: GridConfig, out: Path, *, threads: int, **kwargs: Any
+                      ) -> list[RunSpec]:
+    """:func:`_run_grid` with this process limited to ``threads`` threads.
+
+    This process runs the tasks itself when ``workers = 1`` (local): the same thread
+    limits as a worker's (an idle OpenMP worker left by a wider team spin-waits beside
+    the training loop and takes a core from it); it also runs the ETA probe.
+    """
+    from aensae.experiments.threads import limited_threads
+
+    with limited_threads(threads):
+        return _run_grid(grid, out, **kwargs)
+
+
+def write_figures(results_dir: str | Path) -> list[Path]:
+    """Validate ``results.csv``, draw every figure and the report, swap them in together.
+
+    The table is checked first (:func:`~aensae.experiments.results.check_results_table`);
+    figures and ``report.md`` are written into a staging folder and replace the old
+    ``figures/`` and ``report.md`` only when all of them are written
+    (:func:`aensae._io.replace_together`). On any failure the previous ones are left
+    byte-identical. Returns the paths of the new figures, then the report.
+    """
+    from aensae.experiments.results import check_results_table
+    from aensae.experiments.spiked.figures import draw_all
+    from aensae.experiments.spiked.report import write_report
+
+    results_dir = Path(results_dir)
+    check_results_table(results_dir / RESULTS_FILE)
+    speed = results_dir / SPEED_FILE
+    if speed.is_file():
+        from aensae.experiments.results import read_table
+
+        read_table(speed)
+    with replace_together(results_dir, (FIGURES_DIR, REPORT_FILE)) as stage:
+        files = draw_all(results_dir, stage / FIGURES_DIR)
+        write_report(results_dir, stage / REPORT_FILE)
+    return [results_dir / FIGURES_DIR / p.name for p in files] + [results_dir / REPORT_FILE]
+
+
+def _run_grid(grid: GridConfig, out: Path, *, progress: bool,
+              on_group: Callable[[int], None] | None, executor: Any,
+              probe: bool = True) -> list[RunSpec]:
+    """Exact reference, calibration and every SAE run; returns the planned runs."""
+    from tqdm.auto import tqdm
+
+    from aensae.experiments.spiked.calibrate import calibrate, missing_units
+
+    table = out / RESULTS_FILE
+    steps = grid.train["steps"]
+    log(f"aensae reproduce: config {grid.name!r} ({grid.source}) -> {out}")
+    units = missing_units(grid, out)
+    n_cal = len(units) * grid.calibrate["ladder"]
+    cal_steps = n_cal * grid.calibrate["steps"]
+    if probe:
+        _estimate(grid, out, cal_steps, executor.workers)
+    else:
+        log(f"ETA: not estimated (device {grid.experiment['device']!r} is not on this "
+             "machine, only on the executor's nodes)")
+    # phase 1, in parallel: calibration per (rho, variant), the groups of families that
+    # need no calibration, exact references per (rho, seed); the longest first
+    direct = _plan_groups(grid, out, [s for s in grid.runs(_no_penalties(grid))
+                                      if not s.calibrated], None, progress, executor)
+    first = [(calibrate_task, (grid, out, rho, [(fam, var)])) for rho, fam, var in units]
+    first += direct[0]
+    first += [(exact_task, (grid, out, rho, seed)) for rho in grid.rhos
+              for seed in grid.seeds if not (out / exact_dir(grid, rho, seed)[0]
+                                            / "metrics.json").is_file()]
+    bar = tqdm(total=max(len(first), 1), unit="task", desc="calibrate + direct",
+               disable=not progress, dynamic_ncols=True, position=0)
+    if units:
+        log(f"calibration: {len(units)} (rho, variant) unit(s), ladders of "
+             f"{grid.calibrate['ladder']} x {grid.calibrate['steps']} steps, widened until "
+             "each target is bracketed, then refined")
+    done_groups = 0
+    for _, res in executor.run(_call, first):
+        bar.update(1)
+        if res == "group":
+            write_table(table, build_rows(grid, out, grid.runs(_no_penalties(grid))))
+            if on_group is not None:
+                on_group(done_groups)
+            done_groups += 1
+    calib = calibrate(grid, out)  # every unit is on disk now; raises if all unreachable
+    penalties = {key: rec["penalties"] for key, rec in calib.items()}
+    specs = grid.runs(penalties)
+    ids = [s.run_id(grid) for s in specs]
+    if len(set(ids)) != len(ids):
+        raise InputError("config [[family]]: the grid expands to duplicate runs (two "
+                         "families with identical settings); make them differ")
+    finished = [s for s in specs if (run_folder(out, grid, s) / "metrics.json").is_file()]
+    to_train = [s for s in specs if not (run_folder(out, grid, s) / "trained.json").is_file()]
+    total = len(to_train) * steps
+    n_groups = len({(s.rho, s.seed, s.family) for s in specs})
+    log(f"plan: {len(specs)} SAE runs in {n_groups} groups; {len(finished)} finished, "
+         f"{len(to_train)} to train ({total:,} model-steps; runs the calibration trained "
+         "are taken from it)")
+    bar.set_description("train")
+    bar.reset(total=max(total, 1))
+    tasks, costs = _plan_groups(grid, out, specs, calib, progress, executor)
+    for i, _ in executor.run(_call, tasks):
+        bar.update(costs[i])
+        write_table(table, build_rows(grid, out, specs))
+        if on_group is not None:
+            on_group(done_groups)
+        done_groups += 1
+    bar.close()
+    shutil.rmtree(out / "groups", ignore_errors=True)
+    return specs
+
+
+def _no_penalties(grid: GridConfig) -> dict[tuple[str, str, float], dict[float, float]]:
+    """Empty penalties for every calibrated variant: ``grid.runs`` then plans only the
+    runs that need no calibration."""
+    return {(f.name, v, rho): {} for f, _, v in grid.calibration_jobs() for rho in grid.rhos}
+
+
+def _plan_groups(grid: GridConfig, out: Path, specs: list[RunSpec],
+                 calib: dict[tuple[str, str, float], dict[str, Any]] | None, progress: bool,
+                 executor: Any) -> tuple[list[tuple[Any, tuple[Any, ...]]], list[int]]:
+    """One task per (rho, seed, family) group with unfinished runs, and its model-steps."""
+    groups: dict[tuple[float, int, str], list[RunSpec]] = defaultdict(list)
+    for s in specs:
+        groups[(s.rho, s.seed, s.family)].append(s)
+    tasks, costs = [], []
+    for members in groups.values():
+        pending = [s for s in members
+                   if not (run_folder(out, grid, s) / "metrics.json").is_file()]
+        if not pending:
+            continue
+        cal = {s.run_id(grid): (calib or {}).get((s.family, s.variant, s.rho))
+               if s.calibrated else None for s in pending}
+        tasks.append((group_task, (grid, out, pending, cal,
+                                    progress and grid.train["progress"]
+                                    and executor.inline)))
+        costs.append(sum(not (run_folder(out, grid, s) / "trained.json").is_file()
+                         for s in pending) * grid.train["steps"])
+    return tasks, costs
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """``fn(*args)``: the one function executors run (a task names its own function)."""
+    return fn(*args)
+
+

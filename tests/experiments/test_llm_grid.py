@@ -1,0 +1,303 @@
+"""The LLM grid (`aensae reproduce` with a `[data] kind = "llm"` config), end to end on a
+tiny random Llama and a tiny text: the table's schema against hand computations, figures,
+report, resume after an interruption, extra eval columns passed through, and the paper
+configs failing cleanly where the hub cannot be reached."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from llm_support import save_tiny  # noqa: E402
+
+from aensae import cli  # noqa: E402
+from aensae._validation import InputError  # noqa: E402
+from aensae.experiments.llm import driver as llm_grid  # noqa: E402
+from aensae.experiments.llm.config import load_llm_config  # noqa: E402
+from aensae.experiments.llm.figures import LLM_FIGURES  # noqa: E402
+from aensae.experiments.results import read_table  # noqa: E402
+
+TARGETS = [3.0, 8.0]
+
+
+def _config(model, corpus, name="tiny-llm", **eval_over):
+    return {
+        "experiment": {"name": name, "seed": 0, "device": "cpu", "threads": 1},
+        "data": {"kind": "llm", "model": str(model), "layer": 1, "text": str(corpus),
+                 "tokens": 1200, "ctx": 16, "batch_size": 8, "eval_fraction": 0.3,
+                 "shard_windows": 20, "shuffle_windows": 8},
+        "train": {"d_sae": 40, "steps": 60, "batch_size": 64, "lr": 1e-2,
+                  "checkpoint_every": 20},
+        "eval": {"tokens": 192, "batch_size": 8, "exact_tokens": 64, "group_size": 3,
+                 **eval_over},
+        "calibrate": {"ladder": 2, "rounds": 1, "tolerance": 1.5},
+        "family": [
+            {"name": "relu_l1", "arch": "relu_l1", "target_l0": TARGETS,
+             "calibrate_range": [1e-3, 3e-2]},
+            {"name": "aen", "arch": "aen", "target_l0": TARGETS,
+             "calibrate_range": [1e-3, 3e-2],
+             "hyper": {"l2": 1e-3, "warmup_steps": 5, "ramp_steps": 10}},
+            {"name": "topk", "arch": "topk", "target_l0": TARGETS},
+            {"name": "batchtopk", "arch": "batchtopk", "target_l0": TARGETS},
+            {"name": "jumprelu", "arch": "jumprelu", "target_l0": TARGETS,
+             "calibrate_range": [1e-3, 1e-1], "hyper": {"init_threshold": 0.5}},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, smol_tokenizer_dir):
+    root = tmp_path_factory.mktemp("llmgrid")
+    model = save_tiny("llama", smol_tokenizer_dir, root / "model", d=32)
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for i in range(60):
+        words = " ".join(f"w{(i * 7 + j) % 23}" for j in range(12 + i % 9))
+        (corpus / f"{i:02d}.md").write_text(f"# section {i}\n{words}\n" * (2 + i % 3))
+    return root, model, corpus
+
+
+@pytest.fixture(scope="module")
+def finished(setup):
+    root, model, corpus = setup
+    cfg = load_llm_config(_config(model, corpus))
+    out = root / "run"
+    torch.set_num_threads(1)
+    table = llm_grid.reproduce_llm(cfg, out, progress=False)
+    return cfg, out, table
+
+
+def _no_timing(rows):
+    """Rows without their timing columns; NaN as a marker, so equal tables compare equal
+    (the geometry columns of SAEs without an exact problem are NaN)."""
+    return [{k: "nan" if isinstance(v, float) and math.isnan(v) else v
+             for k, v in r.items() if "seconds" not in k} for r in rows]
+
+
+def test_table_schema_and_numbers(finished) -> None:
+    cfg, out, table = finished
+    cols, rows = read_table(table)
+    assert set(llm_grid.LLM_REQUIRED_COLUMNS) <= set(cols)
+    llm_grid.check_llm_table(table)
+    # one row per (family, target): a run, or an unreachable target
+    assert sorted((r["family"], r["target_l0"]) for r in rows) == sorted(
+        (f, t) for f in ("relu_l1", "aen", "topk", "batchtopk", "jumprelu") for t in TARGETS)
+    sae = [r for r in rows if r["kind"] == "sae"]
+    assert sae and all(r["kind"] in ("sae", "unreachable") for r in rows)
+    for r in sae:
+        # the CE-loss scores from the CE columns, by hand
+        assert r["ce_loss_score"] == pytest.approx(
+            (r["ce_zero"] - r["ce_spliced"]) / (r["ce_zero"] - r["ce_clean"]), rel=1e-9)
+        assert r["ce_loss_score_unnormalised_splice_mean_ablation"] == pytest.approx(
+            (r["ce_mean_ablation"] - r["ce_unnormalised_splice"])
+            / (r["ce_mean_ablation"] - r["ce_clean"]), rel=1e-9)
+        assert r["l0_ratio"] == pytest.approx(r["l0"] / r["target_l0"])
+        assert r["l0_matched"] == ("yes" if 1 / 1.5 <= r["l0_ratio"] <= 1.5 else "no")
+        if r["arch"] in ("topk",):
+            assert r["hp_k_top"] == r["target_l0"] and r["l0"] <= r["target_l0"] + 1e-9
+        # exact codes exist for the l1 family only
+        assert (r["amort_rel_median"] is not None) == (r["arch"] in ("relu_l1", "aen"))
+    # L0 by hand: the SAE's codes of the eval-cache activations, normalised by hand with
+    # the train cache's constant (the eval tokens are the eval cache's tokens)
+    from safetensors.torch import load_file
+
+    from aensae.saes import load
+
+    man = json.loads((out / "cache" / "manifest.json").read_text())
+    c = man["normalisation"]["scalar_constant"]
+    X = torch.cat([load_file(out / "eval-cache" / s["file"])["activations"]
+                   for s in json.loads((out / "eval-cache" / "manifest.json").read_text())
+                   ["shards"]])
+    assert len(X) == 192
+    d_in = X.shape[1]
+    assert c == pytest.approx(math.sqrt(d_in / float(
+        sum((load_file(out / "cache" / s["file"])["activations"].double() ** 2).sum()
+            for s in man["shards"]) / man["tokens"])), rel=1e-9)
+    for r in sae:
+        model = load(out / "passes" / f"pass-{int(r['pass'])}" / r["sae"]).eval()
+        with torch.no_grad():
+            h = model.encode(X * c)
+        assert float((h != 0).sum(1).double().mean()) == pytest.approx(r["l0"], rel=0.05)
+    # the outlier statistics by hand
+    norms = torch.cat([torch.linalg.vector_norm(load_file(out / "cache" / s["file"])
+                                                ["activations"].double(), dim=1)
+                       for s in man["shards"]])
+    n_out = int((norms > 10.0 * norms.median()).sum())
+    assert all(r["cache_outlier_tokens"] == n_out for r in sae)
+
+
+def test_figures_and_report(finished) -> None:
+    _, out, _ = finished
+    for name in LLM_FIGURES:
+        for ext in ("png", "svg"):
+            assert (out / "figures" / f"{name}.{ext}").stat().st_size > 1000
+    report = (out / "report.md").read_text()
+    for heading in ("## Setting", "## Results per SAE", "## Matched sparsity",
+                    "## Beside the authors' published Pythia-70M runs",
+                    "### What differs between the two settings",
+                    "## The size of the splice defect", "## Residual-stream outliers"):
+        assert heading in report
+    assert "AdaptiveElasticNetSAE" in report  # their classes, from the shipped table
+    # redraw from the table alone: byte-identical figures and report
+    before = {p.name: p.read_bytes() for p in (out / "figures").iterdir()}
+    report_before = (out / "report.md").read_bytes()
+    assert cli.main(["figures", str(out)]) == 0
+    assert {p.name: p.read_bytes() for p in (out / "figures").iterdir()} == before
+    assert (out / "report.md").read_bytes() == report_before
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_resume_after_interruptions_equals_uninterrupted(setup, finished, monkeypatch
+                                                         ) -> None:
+    root, model, corpus = setup
+    cfg, _, table = finished
+    out = root / "killed"
+    calls: list[str] = []
+    import aensae.llm.training as training  # imported by the phase when it runs
+
+    real = training.train_on_cache
+
+    def counting(run):
+        calls.append(run.out.name)
+        return real(run)
+
+    monkeypatch.setattr(training, "train_on_cache", counting)
+
+    def kill_at(phase):
+        def on_phase(name):
+            if name == phase:
+                raise _Kill(name)
+        return on_phase
+
+    with pytest.raises(_Kill):
+        llm_grid.reproduce_llm(cfg, out, progress=False, on_phase=kill_at("pass-1"))
+    assert calls == ["pass-0", "pass-1"]
+    stamp = {p: (out / "passes" / p / "run.json").stat().st_mtime_ns
+             for p in ("pass-0", "pass-1")}
+    calls.clear()
+    with pytest.raises(_Kill):
+        llm_grid.reproduce_llm(cfg, out, progress=False, on_phase=kill_at("eval-0"))
+    assert "pass-0" not in calls and "pass-1" not in calls  # finished passes skipped
+    assert {p: (out / "passes" / p / "run.json").stat().st_mtime_ns for p in stamp} == stamp
+    group0 = (out / "evals" / "group-0.json").stat().st_mtime_ns
+    assert not (out / "results.csv").exists()
+    calls.clear()
+    llm_grid.reproduce_llm(cfg, out, progress=False)
+    assert calls == []  # every pass was finished
+    assert (out / "evals" / "group-0.json").stat().st_mtime_ns == group0
+    assert _no_timing(read_table(out / "results.csv")[1]) == _no_timing(read_table(table)[1])
+
+
+def test_extra_eval_keys_become_columns(setup, finished, monkeypatch) -> None:
+    root, _, _ = setup
+    cfg, out0, _ = finished
+    out = root / "extra"
+    shutil.copytree(out0, out)
+    shutil.rmtree(out / "evals")
+    import aensae.llm.splice as splice
+
+    real = splice.evaluate_saes
+
+    def with_geometry(*args, **kwargs):
+        res = real(*args, **kwargs)
+        for i, r in enumerate(res["saes"].values()):
+            r["lipschitz"] = {"lip_decoder_median": 1.0 + i, "flag": True}
+            r["hoffman_median"] = 2.0 * i
+        return res
+
+    monkeypatch.setattr(splice, "evaluate_saes", with_geometry)
+    llm_grid.reproduce_llm(cfg, out, progress=False)
+    cols, rows = read_table(out / "results.csv")
+    assert "lip_decoder_median" in cols and "hoffman_median" in cols and "flag" not in cols
+    assert all(isinstance(r["lip_decoder_median"], float) for r in rows if r["kind"] == "sae")
+    assert "`lip_decoder_median`" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (None, None),
+    ("kind", " line 3: kind must be one of sae, unreachable, got 'oops'"),
+    ("number", " line 2: ce_loss_score must be a number or empty, got 'high'"),
+    ("column", ": missing column(s) kl_score"),
+    ("rows", ": no rows"),
+])
+def test_llm_table_check_on_the_committed_table(tmp_path, damage, message) -> None:
+    # the committed llm-quick table passes; each damage is one InputError naming the line
+    source = Path(__file__).resolve().parents[2] / "figures" / "llm-quick" / "results.csv"
+    with open(source, newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols, rows = list(reader.fieldnames or []), list(reader)
+    if damage == "kind":
+        rows[1]["kind"] = "oops"
+    elif damage == "number":
+        rows[0]["ce_loss_score"] = "high"
+    elif damage == "column":
+        cols.remove("kl_score")
+    elif damage == "rows":
+        rows = []
+    path = tmp_path / "results.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, cols, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    if message is None:
+        assert len(llm_grid.check_llm_table(path)) == len(rows)
+        return
+    with pytest.raises(InputError) as err:
+        llm_grid.check_llm_table(path)
+    assert str(err.value) == f"results table {path}{message}"
+
+
+def test_flatten_prefixes_only_repeated_keys() -> None:
+    rec = {"l0": 3, "path": "x", "ok": True, "exact": {"exact_l0": 2.0, "l0": 1.0},
+           "geo": {"h": np.float64(0.5)}, "none": None}
+    assert llm_grid._flatten(rec) == {"l0": 3.0, "exact_l0": 2.0, "exact.l0": 1.0, "h": 0.5}
+
+
+@pytest.mark.parametrize("name, model", [("llm-pythia70m", "EleutherAI/pythia-70m-deduped"),
+                                         ("llm-llama3.1-8b", "meta-llama/Llama-3.1-8B")])
+def test_paper_configs_stop_with_one_line_without_the_hub(name, model, tmp_path, capsys
+                                                          ) -> None:
+    out = tmp_path / "out"
+    assert cli.main(["reproduce", "--config", name, "--out", str(out),
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert model in err[0] and "cannot be fetched" in err[0]
+    assert not out.exists()  # nothing written before the check
+
+
+def test_bad_llm_configs_are_one_line_errors(setup, tmp_path, capsys) -> None:
+    _, model, corpus = setup
+    raw = _config(model, corpus)
+    raw["train"]["stepz"] = 3
+    with pytest.raises(InputError, match=r"\[train\].*stepz"):
+        load_llm_config(raw)
+    raw = _config(model, corpus)
+    del raw["family"][2]["target_l0"]
+    raw["family"][2]["hyper"] = {"k_top": 4}
+    with pytest.raises(InputError, match="target_l0 is required"):
+        load_llm_config(raw)
+    path = tmp_path / "c.toml"
+    path.write_text('[data]\nkind = "llm"\nmodel = "smollm2-135m"\n[[family]]\nname = "t"\n'
+                    'arch = "topk"\ntarget_l0 = [4.0]\n')
+    assert cli.main(["reproduce", "--config", str(path), "--workers", "2",
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "--workers" in capsys.readouterr().err
+    for option in (["--executor", "ray"], ["--gpus", "0.5"]):
+        assert cli.main(["reproduce", "--config", str(path), *option,
+                         "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert option[0] in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "o").exists()
