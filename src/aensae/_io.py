@@ -26,12 +26,15 @@ from typing import Any
 
 from aensae._validation import InputError
 
-__all__ = ["STAGE_PREFIX", "atomic_write", "atomic_write_bytes", "atomic_write_json",
-           "atomic_write_text", "check_output_dir", "check_output_file", "check_resumable",
-           "is_partial", "remove_partial_files", "replace_together"]
+__all__ = ["LOCK_FILE", "STAGE_PREFIX", "atomic_write", "atomic_write_bytes",
+           "atomic_write_json", "atomic_write_text", "check_output_dir", "check_output_file",
+           "check_resumable", "folder_lock", "is_partial", "remove_partial_files",
+           "replace_together"]
 
 #: Name prefix of the staging folders of :func:`replace_together`.
 STAGE_PREFIX = ".aensae-stage-"
+#: The advisory lock file of an output folder (:func:`folder_lock`).
+LOCK_FILE = ".aensae.lock"
 
 
 def _umask() -> int:
@@ -274,3 +277,66 @@ def replace_together(folder: str | os.PathLike, names: Sequence[str]) -> Iterato
             raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- one writer
+@contextmanager
+def folder_lock(where: str, folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold the advisory lock of output folder ``folder`` for the block: one writer at once.
+
+    The lock is ``folder/.aensae.lock`` (:data:`LOCK_FILE`; the folder is created), held
+    with ``fcntl.flock``. The kernel releases a flock when its holder exits, however it
+    exits, so a crashed run leaves at most a lock *file*, which the next run takes over
+    (no stale lock); a run that ends removes the file. The file records the holder (pid,
+    host, start time, command line). A second process on the same folder gets an
+    :class:`~aensae._validation.InputError` at once, naming ``where`` and the holder. The
+    same process may take a lock it holds already (nested calls are no-ops). Where
+    ``fcntl`` is missing (Windows) no lock is taken.
+    """
+    folder = Path(folder)
+    key = os.path.realpath(folder)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    if key in _HELD or fcntl is None:
+        yield folder / LOCK_FILE
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+            os.close(fd)
+            raise InputError(f"{where} {str(folder)!r} is in use by another aensae process "
+                             f"({' '.join(holder.split()) or 'holder unknown'}); wait for "
+                             f"it to finish, or choose another {where}") from None
+        try:  # the file may have been removed by its last holder between open and flock
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        import socket
+        import time
+
+        record = (f"pid {os.getpid()} on {socket.gethostname()}, started "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)[:300]}")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record.encode(), 0)
+        _HELD.add(key)
+        try:
+            yield path
+        finally:
+            _HELD.discard(key)
+            path.unlink(missing_ok=True)  # before the unlock: a waiter re-checks the inode
+    finally:
+        os.close(fd)  # releases the flock
+
+
+_HELD: set[str] = set()  # real paths of the folders whose lock this process holds

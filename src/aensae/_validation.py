@@ -285,3 +285,44 @@ def check_device(where: str, device: Any, *, here: bool = True) -> str:
         return device
     raise InputError(f"{where}: device type {dev.type!r} is not supported; use 'auto', "
                      "'cpu' or 'cuda[:i]'")
+
+
+# ----------------------------------------------------------------------------- memory
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation here: ``MemAvailable`` of
+    ``/proc/meminfo`` (Linux), else the free physical pages (``os.sysconf``)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - no way to tell
+        return 2**63 - 1
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def check_memory(where: str, need: float, what: str, *, limit_gib: float | None,
+                 override: str) -> None:
+    """Refuse, before any allocation, work whose estimated memory exceeds the limit.
+
+    ``need`` is the estimate in bytes of what ``where`` (the option or key that sets the
+    size) makes the command hold at once, ``what`` says what it is. The limit is
+    ``limit_gib`` GiB when given (the option or config key ``override``), else the memory
+    available now (:func:`available_memory`). The error names both and how to override.
+    """
+    if limit_gib is not None:
+        limit, source = float(limit_gib) * 2**30, f"the limit {override} {limit_gib:g}"
+    else:
+        limit, source = float(available_memory()), "the memory available on this machine"
+    if need > limit:
+        raise InputError(f"{where}: {what} needs about {_gib(need)}, more than {source} "
+                         f"({_gib(limit)}); choose smaller sizes, or set {override} (GiB) "
+                         "to allow it")
+
