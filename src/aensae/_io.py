@@ -28,8 +28,8 @@ from aensae._validation import InputError
 
 __all__ = ["LOCK_FILE", "STAGE_PREFIX", "atomic_write", "atomic_write_bytes",
            "atomic_write_json", "atomic_write_text", "check_output_dir", "check_output_file",
-           "check_resumable", "folder_lock", "is_partial", "remove_partial_files",
-           "replace_together"]
+           "check_resumable", "folder_lock", "is_partial", "read_json_record",
+           "remove_partial_files", "replace_together"]
 
 #: Name prefix of the staging folders of :func:`replace_together`.
 STAGE_PREFIX = ".aensae-stage-"
@@ -133,6 +133,28 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def read_json_record(path: str | os.PathLike, keys: Sequence[str] = (), *,
+                     remedy: str) -> dict[str, Any]:
+    """The JSON object aensae wrote at ``path``, with at least ``keys``.
+
+    A file that cannot be read, is not UTF-8 JSON (a truncated copy), is not an object or
+    lacks a key is an :class:`~aensae._validation.InputError` naming the file and what
+    to do (``remedy``, e.g. "delete that run folder to redo the run").
+    """
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path} is damaged ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:160]}); {remedy}") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{path} is damaged (a JSON {type(obj).__name__}, not an object); "
+                         f"{remedy}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise InputError(f"{path} is damaged (no {', '.join(map(repr, missing))}); {remedy}")
+    return obj
 
 
 # ----------------------------------------------------------------------------- output folders

@@ -88,6 +88,9 @@ def register(top: Any, bench: Any) -> None:
     p.add_argument("--eval-every", type=int, default=0,
                    help="evaluate every this many steps (>= 0; 0: only at the end)")
     add_run_options(p, "model")
+    p.add_argument("--max-memory", type=float, default=None, metavar="GIB",
+                   help="refuse a run whose estimated memory exceeds this many GiB (> 0; "
+                        "default: the memory available on this machine)")
     p.set_defaults(func=_train_main)
 
 
@@ -171,7 +174,7 @@ def train_job(args: argparse.Namespace) -> Any:
         dead_window=args.dead_window, eval_samples=args.eval_samples,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         device=args.device, dtype=args.dtype, progress=args.progress,
-        overwrite=args.overwrite)
+        overwrite=args.overwrite, max_memory_gb=args.max_memory)
 
 
 def _train_main(args: argparse.Namespace) -> int:

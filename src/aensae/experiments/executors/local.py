@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
@@ -28,7 +30,14 @@ class SerialExecutor:
 
 
 class ProcessExecutor:
-    """Tasks in ``workers`` spawned processes of ``threads`` threads each."""
+    """Tasks in ``workers`` spawned processes of ``threads`` threads each.
+
+    Ctrl-C belongs to the driver: the workers are spawned with SIGINT ignored (a process
+    inherits an ignored signal), so an interrupt prints one line from the driver instead
+    of a traceback from every worker, and the driver stops the workers
+    (:meth:`_stop_workers`) when the run ends on any exception. A task cut short leaves
+    temporary files that the next run removes, as after a kill.
+    """
 
     inline = False
 
@@ -49,16 +58,43 @@ class ProcessExecutor:
         if not tasks:
             return
         pool = self._get_pool()
-        futures: dict[Future, int] = {pool.submit(fn, *t): i for i, t in enumerate(tasks)}
+        futures = self._submit(pool, fn, tasks)
         pending = set(futures)
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in sorted(done, key=futures.__getitem__):
                     yield futures[fut], fut.result()
+        except BaseException:
+            self._stop_workers()
+            raise
         finally:
             for fut in pending:
                 fut.cancel()
+
+    @staticmethod
+    def _submit(pool: ProcessPoolExecutor, fn: Callable[..., Any],
+                tasks: list[tuple[Any, ...]]) -> dict[Future, int]:
+        """Submit every task; the submits spawn the workers, with SIGINT ignored."""
+        main = threading.current_thread() is threading.main_thread()
+        before = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            return {pool.submit(fn, *t): i for i, t in enumerate(tasks)}
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, before)
+
+    def _stop_workers(self) -> None:
+        """Terminate the workers now (their running tasks resume on the next run)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            proc.terminate()
+        for proc in processes:
+            proc.join(timeout=10)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -43,13 +43,12 @@ interpolated one, and only targets not yet reached within the tolerance are refi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aensae._dtypes import torch_dtype
-from aensae._io import atomic_write_json, remove_partial_files
+from aensae._io import atomic_write_json, read_json_record, remove_partial_files
 from aensae._validation import InputError
 from aensae.experiments.calibration import (
     SPAN,
@@ -135,7 +134,8 @@ def _load_unit(grid: GridConfig, out_dir: Path, rho: float, fam: Any, hyper: dic
     path = calibration_path(out_dir, rho, fam.name, variant)
     if not path.is_file():
         return None
-    saved = json.loads(path.read_text())
+    saved = read_json_record(path, ("hash", "record"),
+                             remedy="delete it to calibrate that family again")
     if saved.get("hash") != _identity(grid, rho, fam, hyper):
         return None
     return _restore(saved["record"])

@@ -12,7 +12,9 @@ used). The tables:
   1 on submitit or ray; with the local executor at most this machine's cores, on
   submitit or ray the nodes' schedulers hold it to theirs), ``workers`` (tasks at once:
   local processes, 0 = the cores available; submitit's array parallelism; Ray tasks in
-  flight; ``aensae reproduce --workers`` overrides it);
+  flight; ``aensae reproduce --workers`` overrides it), ``max_memory_gb`` (not hashed: the
+  memory one task may need, in GiB; absent: the memory available here; see
+  :func:`aensae.experiments.spiked.driver.check_reproduce`);
 - ``[data]``: the spiked stream -- ``n``, ``m`` (true atoms), ``k``, ``lo``, ``hi``,
   ``nonneg``, ``noise_std``, ``rho`` (list), ``d_sae`` (latents);
 - ``[train]``: ``steps``, ``batch_size``, ``lr``, ``dead_window`` (samples), ``dead_last``,
@@ -82,7 +84,7 @@ REQUIRED_TABLES = ("data", "family")
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "experiment": {"name": "custom", "seeds": [0], "device": "cpu", "dtype": "float32",
-                   "threads": 1, "workers": 0},
+                   "threads": 1, "workers": 0, "max_memory_gb": None},
     "data": {"kind": "spiked", "n": 64, "m": 256, "d_sae": None, "k": 4, "lo": 1.0,
              "hi": 3.0, "nonneg": True, "noise_std": 0.0, "rho": [0.0]},
     "train": {"steps": 1000, "batch_size": 256, "lr": 1e-3, "dead_window": 65536,
@@ -183,9 +185,11 @@ class GridConfig:
                            for f in self.families]}
 
     def config_hash(self) -> str:
-        """Hash of the normalised config (progress and checkpoint cadence excluded)."""
+        """Hash of the normalised config (progress, checkpoint cadence and the memory
+        limit excluded: they change no result)."""
         d = self.to_dict()
         d["train"] = self.train_record()
+        d["experiment"] = {k: v for k, v in self.experiment.items() if k != "max_memory_gb"}
         return canonical_hash(d)
 
     def runs(self, penalties: dict[tuple[str, str, float], dict[float, float]] | None = None
@@ -251,6 +255,9 @@ def _validate_tables(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     # with submitit or ray the threads are the remote node's
     e["threads"] = check_threads("config experiment.threads", e["threads"], here=False)
     e["workers"] = check_number("experiment.workers", e["workers"], kind=int, low=0)
+    if e["max_memory_gb"] is not None:
+        e["max_memory_gb"] = check_number("experiment.max_memory_gb", e["max_memory_gb"],
+                                          low=0.0, low_open=True)
     if d["kind"] != "spiked":
         raise config_error("data.kind", f"must be 'spiked' (or 'llm': an LLM config, "
                                  f"aensae.experiments.llm.driver), got {d['kind']!r}")

@@ -29,6 +29,30 @@ CACHE_DIR = "models"
 EVAL_INDEX = 2**40
 
 
+def memory_terms(*, n: int, m: int, d_sae: int, batch_size: int, eval_samples: int,
+                 models: int, dtype_bytes: int, exact: bool = True) -> dict[str, float]:
+    """Bytes one task holds at once, by what sets them (the keys name the sizes).
+
+    - the true dictionary ``D`` (n x m): float64 and a float32 copy, ``12 n m``;
+    - the held-out set ``X`` (samples x n) and its dense true codes (samples x m), float64;
+    - with ``exact``, the exact solver's Gram matrix, float64: ``8 max(m, d_sae)^2``;
+    - ``models`` SAEs of ``d_sae`` latents trained together: encoder and decoder, their
+      gradients and two Adam moments (6 n d_sae values each), and a batch's activations
+      (about 6 batch d_sae values each).
+
+    An estimate of the largest allocations, not an accounting of every buffer.
+    """
+    terms = {
+        "data.n, data.m": 12.0 * n * m,
+        "eval.samples": 8.0 * eval_samples * (n + m),
+        "data.d_sae (models trained together)":
+            float(models) * dtype_bytes * 6.0 * d_sae * (n + batch_size),
+    }
+    if exact:
+        terms["data.m, data.d_sae (exact Gram matrix)"] = 8.0 * max(m, d_sae) ** 2
+    return terms
+
+
 @dataclass
 class DataPoint:
     """Dictionary, training stream and held-out set of one ``(rho, seed)``."""
@@ -114,11 +138,11 @@ def cache_save(out: Path, key: str, model: Any, result: dict[str, Any]) -> None:
 
 def cache_load(out: Path, key: str) -> tuple[Any, dict[str, Any]] | None:
     """``(model, training record)`` saved under ``key``, or ``None``."""
-    import json
-
+    from aensae._io import read_json_record
     from aensae.saes import load
 
     folder = Path(out) / CACHE_DIR / key
     if not (folder / "result.json").is_file():
         return None
-    return load(folder), json.loads((folder / "result.json").read_text())
+    remedy = f"delete {folder} (a cached model, trained again when needed)"
+    return load(folder), read_json_record(folder / "result.json", remedy=remedy)

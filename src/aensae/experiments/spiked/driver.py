@@ -47,19 +47,29 @@ from typing import TYPE_CHECKING, Any
 
 from aensae import __version__
 from aensae._dtypes import torch_dtype
-from aensae._io import check_output_dir, replace_together
-from aensae._validation import InputError, check_device
+from aensae._io import check_output_dir, folder_lock
+from aensae._validation import InputError, check_device, check_memory
 from aensae.experiments.console import hms, log
 from aensae.experiments.layout import (
+    ANY,
     FIGURES_DIR,
     MANIFEST_FILE,
     REPORT_FILE,
     RESULTS_FILE,
     open_output,
+    staged_report,
 )
+from aensae.experiments.plotting import FORMATS
 from aensae.experiments.results import write_table
 from aensae.experiments.spiked.config import GridConfig, RunSpec
-from aensae.experiments.spiked.data import CACHE_DIR, DataPoint, data_point, train_models
+from aensae.experiments.spiked.data import (
+    CACHE_DIR,
+    DataPoint,
+    data_point,
+    memory_terms,
+    train_models,
+)
+from aensae.experiments.spiked.figures import FIGURES
 from aensae.experiments.spiked.rows import build_rows
 from aensae.experiments.spiked.tasks import (
     calibrate_task,
@@ -68,6 +78,7 @@ from aensae.experiments.spiked.tasks import (
     group_task,
     run_folder,
 )
+from aensae.saes.training.trainer import CHECKPOINT_FILE
 
 if TYPE_CHECKING:
     from aensae.experiments.executors import ExecutorSpec
@@ -82,6 +93,20 @@ JOBS_DIR = "jobs"
 #: staging folders a killed swap leaves): what ``overwrite=True`` may remove.
 OUTPUT_ENTRIES = (MANIFEST_FILE, "calibration", "runs", "groups", CACHE_DIR, RESULTS_FILE,
                   SPEED_FILE, FIGURES_DIR, REPORT_FILE, JOBS_DIR)
+#: The files of a run folder (:mod:`aensae.experiments.spiked.tasks`) and of a cached
+#: model (:mod:`aensae.experiments.spiked.data`).
+_RUN_FILES = {name: None for name in ("config.json", "sae.safetensors", "cfg.json",
+                                      "trained.json", "metrics.json")}
+_MODEL_FILES = {name: None for name in ("sae.safetensors", "cfg.json", "result.json")}
+#: What ``reproduce`` writes, at every depth (:func:`aensae.experiments.layout.
+#: foreign_entries`): ``--overwrite`` refuses a folder holding anything else.
+OUTPUT_TREE: dict[str, Any] = {
+    MANIFEST_FILE: None, RESULTS_FILE: None, SPEED_FILE: None, REPORT_FILE: None,
+    "calibration": {"rho*.json": None}, "runs": {"*": _RUN_FILES},
+    "groups": {"*": {CHECKPOINT_FILE: None}}, CACHE_DIR: {"*": _MODEL_FILES},
+    FIGURES_DIR: {f"{name}.{ext}": None for name in FIGURES for ext in FORMATS},
+    JOBS_DIR: ANY,
+}
 
 
 def _manifest(grid: GridConfig) -> dict[str, Any]:
@@ -90,13 +115,32 @@ def _manifest(grid: GridConfig) -> dict[str, Any]:
             "aensae_version": __version__}
 
 
-def check_reproduce(grid: GridConfig, out: str | Path, *, here: bool = True) -> Path:
-    """Checks before any work: the device, the output folder, the speed rows' file.
+def _check_memory(grid: GridConfig, tasks: int) -> None:
+    """Refuse a grid whose ``tasks`` parallel tasks would need more memory than the limit
+    (``experiment.max_memory_gb``, else what is available here), before any allocation."""
+    together = max((len(f.variants()) * max(1, len(f.target_l0)) for f in grid.families),
+                   default=1)
+    terms = memory_terms(n=grid.data["n"], m=grid.data["m"], d_sae=grid.d_sae,
+                         batch_size=grid.train["batch_size"],
+                         eval_samples=grid.eval["samples"], models=together,
+                         dtype_bytes=4 if grid.experiment["dtype"] == "float32" else 8)
+    what = "a task" if tasks == 1 else f"{tasks} parallel tasks"
+    check_memory(f"config {max(terms, key=terms.__getitem__)}", tasks * sum(terms.values()),
+                 f"{what} (true dictionary, held-out set, Gram matrix, models of a group)",
+                 limit_gib=grid.experiment["max_memory_gb"],
+                 override="config experiment.max_memory_gb")
+
+
+def check_reproduce(grid: GridConfig, out: str | Path, *, here: bool = True,
+                    workers: int = 1) -> Path:
+    """Checks before any work: the device, the memory of ``workers`` parallel tasks, the
+    output folder, the speed rows' file.
 
     ``here=False`` (tasks run on a submitit or Ray node): the device is the node's, so
-    only its name is checked.
+    only its name is checked, and the memory is that of one task.
     """
     check_device("config experiment.device", grid.experiment["device"], here=here)
+    _check_memory(grid, workers if here else 1)
     out = check_output_dir("--out", out)
     src = _speed_source(grid)
     if src is not None and not src.is_file():
@@ -237,11 +281,16 @@ def reproduce(grid: GridConfig, out: str | Path, *, progress: bool = True,
     from aensae.experiments.threads import available_cores
 
     spec = executor if executor is not None else resolve_spec(grid.executor)
+    workers_key = "--workers" if workers is not None else "config experiment.workers"
     if workers is None:
         workers = grid.experiment["workers"]
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise InputError(f"--workers must be an integer >= 0 (0 = the cores available), got "
                          f"{workers!r}")
+    if spec.kind == "local" and workers > available_cores():
+        raise InputError(f"{workers_key} must be at most the {available_cores()} core(s) this "
+                         "process may use with the local executor (0: all of them), got "
+                         f"{workers}")
     check_engine(spec)
     threads = grid.experiment["threads"]
     if spec.here:  # else the threads are a node's: its scheduler holds them to its cores
@@ -251,31 +300,32 @@ def reproduce(grid: GridConfig, out: str | Path, *, progress: bool = True,
     else:
         workers = workers or available_cores()
         threads = threads or max(1, available_cores() // workers)
-    out = check_reproduce(grid, out, here=spec.here)
+    out = check_reproduce(grid, out, here=spec.here, workers=workers)
     if spec.remote:  # a job or Ray task may start in another working directory
         out = out.absolute()
     t_start = time.perf_counter()
-    pool = make_executor(workers, threads, spec, folder=out / JOBS_DIR, name=grid.name)
-    try:
-        open_output(out, _manifest(grid), OUTPUT_ENTRIES, overwrite=overwrite)
-        where = {"local": "process(es)", "submitit": f"submitit job(s) "
-                 f"({spec.submitit_cluster or 'slurm'})", "ray": "Ray task(s)"}[spec.kind]
-        log(f"workers: {pool.workers} {where} of {threads} thread(s)")
-        specs = _run_grid_limited(grid, out, progress=progress, on_group=on_group,
-                                  executor=pool, threads=threads,
-                                  probe=spec.here or _device_here(grid.experiment["device"]))
-    finally:
-        pool.close()
-    # outside the thread limits: the solver benchmark measures its anchors' own threading
-    _speed(grid, out)
-    rows = build_rows(grid, out, specs)
-    table = out / RESULTS_FILE
-    write_table(table, rows)
-    log(f"results: {table} ({len(rows)} rows) in {hms(time.perf_counter() - t_start)}")
-    if draw:
-        files = write_figures(out)
-        log(f"figures: {len(files) - 1} files in {out / 'figures'}; report: "
-             f"{out / 'report.md'}")
+    with folder_lock("--out", out):  # one writer: taken after the checks, before any write
+        pool = make_executor(workers, threads, spec, folder=out / JOBS_DIR, name=grid.name)
+        try:
+            open_output(out, _manifest(grid), OUTPUT_TREE, overwrite=overwrite)
+            where = {"local": "process(es)", "submitit": f"submitit job(s) "
+                     f"({spec.submitit_cluster or 'slurm'})", "ray": "Ray task(s)"}[spec.kind]
+            log(f"workers: {pool.workers} {where} of {threads} thread(s)")
+            specs = _run_grid_limited(grid, out, progress=progress, on_group=on_group,
+                                      executor=pool, threads=threads,
+                                      probe=spec.here or _device_here(grid.experiment["device"]))
+        finally:
+            pool.close()
+        # outside the thread limits: the solver benchmark measures its anchors' own threading
+        _speed(grid, out)
+        rows = build_rows(grid, out, specs)
+        table = out / RESULTS_FILE
+        write_table(table, rows)
+        log(f"results: {table} ({len(rows)} rows) in {hms(time.perf_counter() - t_start)}")
+        if draw:
+            files = write_figures(out)
+            log(f"figures: {len(files) - 1} files in {out / 'figures'}; report: "
+                 f"{out / 'report.md'}")
     return table
 
 
@@ -322,7 +372,8 @@ def write_figures(results_dir: str | Path) -> list[Path]:
         from aensae.experiments.results import read_table
 
         read_table(speed)
-    with replace_together(results_dir, (FIGURES_DIR, REPORT_FILE)) as stage:
+    ours = {f"{name}.{ext}" for name in FIGURES for ext in FORMATS}
+    with folder_lock("RESULTS_DIR", results_dir), staged_report(results_dir, ours) as stage:
         files = draw_all(results_dir, stage / FIGURES_DIR)
         write_report(results_dir, stage / REPORT_FILE)
     return [results_dir / FIGURES_DIR / p.name for p in files] + [results_dir / REPORT_FILE]

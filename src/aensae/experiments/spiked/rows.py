@@ -5,11 +5,11 @@ columns are :data:`aensae.experiments.results.REQUIRED_COLUMNS` and more.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from aensae import __version__
+from aensae._io import read_json_record
 from aensae.experiments.spiked.config import GridConfig, RunSpec
 from aensae.experiments.spiked.tasks import exact_dir, run_folder
 
@@ -34,7 +34,8 @@ def build_rows(grid: GridConfig, out: Path, specs: list[RunSpec]) -> list[dict[s
             rel, _ = exact_dir(grid, rho, seed)
             path = out / rel / "metrics.json"
             if path.is_file():
-                for i, r in enumerate(json.loads(path.read_text())["rows"]):
+                rec = read_json_record(path, ("rows",), remedy=f"delete {rel} to redo it")
+                for i, r in enumerate(rec["rows"]):
                     rows.append({**prov, **r, "run_id": f"{rel.name}#{r['arch']}-{i}",
                                  "kind": "exact", "rho": rho, "seed": seed,
                                  "steps": None, "batch_size": None, "lr": None,
@@ -42,7 +43,9 @@ def build_rows(grid: GridConfig, out: Path, specs: list[RunSpec]) -> list[dict[s
     for spec in specs:
         path = run_folder(out, grid, spec) / "metrics.json"
         if path.is_file():
-            rows.append({**prov, **json.loads(path.read_text())["row"],
+            rec = read_json_record(path, ("row",), remedy="delete that run folder to redo the "
+                                   "run")
+            rows.append({**prov, **rec["row"],
                          "run_id": spec.run_id(grid)})
     rows += unreachable_rows(grid, out, prov)
     return rows

@@ -10,7 +10,6 @@ A run folder ``OUT/runs/<run_id>/`` holds ``config.json`` (first), the model, th
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 from aensae import __version__
 from aensae._dtypes import torch_dtype
-from aensae._io import atomic_write_json, remove_partial_files
+from aensae._io import atomic_write_json, read_json_record, remove_partial_files
 from aensae.experiments.config import canonical_hash
 from aensae.experiments.console import log
 from aensae.experiments.spiked.config import GridConfig, RunSpec
@@ -121,7 +120,9 @@ def evaluate_run(grid: GridConfig, out: Path, point: DataPoint, spec: RunSpec,
     from aensae.saes import load
 
     folder = run_folder(out, grid, spec)
-    trained = json.loads((folder / "trained.json").read_text())
+    trained = read_json_record(folder / "trained.json", ("dead", "group_seconds",
+                                                         "group_models", "train_loss_last"),
+                               remedy="delete that run folder to redo the run")
     model = load(folder)
     t0 = time.perf_counter()
     metrics = evaluate_sae(model, point, encoder_samples=grid.eval["encoder_samples"],

@@ -13,21 +13,23 @@ skipped; a half-finished one resumes from ``out/checkpoint.pt`` when
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aensae._dtypes import torch_dtype
-from aensae._io import atomic_write_json, check_output_dir, check_resumable
+from aensae._io import atomic_write_json, check_output_dir, check_resumable, folder_lock
 from aensae._validation import (
     InputError,
     check_device,
     check_int,
+    check_memory,
     check_real,
     check_rho,
     user_input,
 )
-from aensae.experiments.spiked.data import EVAL_INDEX
+from aensae.experiments.spiked.data import EVAL_INDEX, memory_terms
 
 if TYPE_CHECKING:
     from aensae.saes.training.distributed import World
@@ -69,6 +71,7 @@ class TrainJob:
     dtype: str = "float32"
     progress: bool = True
     overwrite: bool = False
+    max_memory_gb: float | None = None
 
 
 def check_optimiser(lr: Any, lr_warmup_steps: Any, grad_clip: Any) -> None:
@@ -122,6 +125,8 @@ def check_train_job(job: TrainJob) -> tuple[dict[str, float | int], Path]:
         check_int("--eval-samples", job.eval_samples, low=2)
         check_int("--eval-every", job.eval_every, low=0)
         check_int("--checkpoint-every", job.checkpoint_every, low=0)
+        if job.max_memory_gb is not None:
+            check_real("--max-memory", job.max_memory_gb, low=0.0, low_inclusive=False)
     hyper = dict(job.hyper)
     with user_input(f"--arch {job.arch} hyperparameters: "):
         hyper = ARCHITECTURES[job.arch].validate_hyper(hyper)
@@ -130,6 +135,15 @@ def check_train_job(job: TrainJob) -> tuple[dict[str, float | int], Path]:
             if hyper.get(key, 0) > d_sae:
                 raise ValueError(f"{key} must be <= the latents d_sae={d_sae}, got "
                                  f"{hyper[key]}")
+    terms = memory_terms(n=job.n, m=job.m, d_sae=d_sae, batch_size=job.batch_size,
+                         eval_samples=job.eval_samples, models=1,
+                         dtype_bytes=4 if job.dtype == "float32" else 8, exact=False)
+    flags = {"data.n, data.m": "--n/--m", "eval.samples": "--eval-samples",
+             "data.d_sae (models trained together)":
+                 "--d-sae" if job.d_sae is not None else "--m (the default of --d-sae)"}
+    check_memory(flags[max(terms, key=terms.__getitem__)], sum(terms.values()),
+                 "the run (true dictionary, held-out set and codes, model and optimiser)",
+                 limit_gib=job.max_memory_gb, override="--max-memory")
     check_device("--device", job.device)
     return hyper, check_output_dir("--out", job.out)
 
@@ -151,7 +165,9 @@ def run_train(job: TrainJob) -> dict[str, Any]:
     from aensae.saes.training.distributed import from_env
 
     with from_env(job.device) as world:
-        return _train(job, hyper, out, world)
+        main = world is None or world.is_main  # rank 0 alone writes, so it alone locks
+        with folder_lock("--out", out) if main else nullcontext():
+            return _train(job, hyper, out, world)
 
 
 def _train(job: TrainJob, hyper: dict[str, Any], out: Path,

@@ -65,6 +65,9 @@ from aensae.saes.training.static_step import GRAPH_CHOICES, StaticStep, resolve_
 __all__ = ["CHECKPOINT_FILE", "ModelResult", "TrainConfig", "resolve_device", "train"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
+#: What every checkpoint holds (:meth:`_Run.state_dict`).
+_CHECKPOINT_KEYS = ("step", "config", "model_configs", "models", "optims", "dead", "results",
+                    "rng")
 #: Configuration fields a resumed run must share with its checkpoint.
 _RESUME_KEYS = ("lr", "adam_betas", "adam_eps", "grad_clip", "lr_warmup_steps", "dead_window",
                 "dead_last", "dtype", "seed", "stack")
@@ -486,6 +489,10 @@ class _Run:
         return 1 if self.world is None else self.world.size
 
     def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
+        missing = sorted(set(_CHECKPOINT_KEYS) - set(state))
+        if missing:
+            raise InputError(f"checkpoint {path} is not a complete aensae checkpoint (no "
+                             f"{', '.join(missing)}); delete it to start that training afresh")
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.world_size:
             raise InputError(f"checkpoint {path} was written by a run on {saved_world} "
@@ -560,6 +567,25 @@ def _batches(data: Iterable[Any] | Callable[[int], Iterable[Any]], start: int) -
     return it
 
 
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The state saved in ``path``; a file torch cannot read back as a dict (truncated,
+    overwritten, not a checkpoint) is an :class:`InputError` naming it."""
+    import pickle
+    import zipfile
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as err:
+        raise InputError(f"checkpoint {path} is damaged ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]}); delete it to start that "
+                         "training afresh") from None
+    if not isinstance(state, dict):
+        raise InputError(f"checkpoint {path} is damaged (holds a {type(state).__name__}, not a "
+                         "checkpoint); delete it to start that training afresh")
+    return state
+
+
 def train(
     models: SAE | Mapping[str, SAE],
     data: Iterable[Any] | Callable[[int], Iterable[Any]],
@@ -622,7 +648,7 @@ def train(
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
     if ckpt is not None and resume and ckpt.is_file():
         # loaded on the CPU (RNG states must stay there); tensors move to the device on load
-        run.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True), ckpt)
+        run.load_state_dict(_read_checkpoint(ckpt), ckpt)
     else:
         torch.manual_seed(config.seed)
     start = run.step
