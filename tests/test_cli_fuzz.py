@@ -1,5 +1,7 @@
 """Fuzz test of the command line: argv drawn from each command's options (valid, boundary
-and invalid values), run in-process on tiny sizes.
+and invalid values), run in-process on tiny sizes. The ``llm`` commands run on a tiny
+random Llama saved as a model folder (no download), its cache and SAEs; ``llm harvest``
+also meets a finished cache in ``--out``, which a refused command must leave as it was.
 
 For every example: the exit status is 0 or 2 (argparse's usage errors exit 2 through
 ``SystemExit``); a status-2 exit prints no traceback; nothing is written outside the
@@ -11,6 +13,8 @@ exception escapes ``aensae.cli.main`` and fails the test with its traceback.
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -381,5 +385,187 @@ def test_fuzz_figures(tmp_path, data) -> None:
         if status == 0:
             assert (folder / "report.md").is_file()
             assert {p.stem for p in (folder / "figures").glob("*.png")} == set(FIGURES)
+    finally:
+        s.close()
+
+
+# ----------------------------------------------------------------------------- llm
+@pytest.fixture(scope="module")
+def llm_env(tmp_path_factory, smol_tokenizer_dir) -> dict[str, Path]:
+    """A tiny random Llama folder (2 blocks, d 16, 512 positions: no download), a corpus,
+    a 300-token cache of block 1, and an ``llm train`` output of two SAEs on it."""
+    pytest.importorskip("transformers")
+    from llm_support import save_tiny
+
+    from aensae.llm.cache import HarvestConfig, harvest
+    from aensae.llm.models import load_model
+
+    root = tmp_path_factory.mktemp("fuzz_llm")
+    model = save_tiny("llama", smol_tokenizer_dir, root / "model", d=16, layers=2)
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for i in range(24):
+        (corpus / f"{i:02d}.md").write_text(f"# note {i}\n" + f"word{i % 5} and text " * 10)
+    cache = root / "cache"
+    harvest(HarvestConfig(model=str(model), layer=1, text=str(corpus), tokens=300, ctx=16,
+                          batch_size=4, shard_windows=8, shuffle_windows=4,
+                          eval_fraction=0.3, device="cpu"),
+            cache, model=load_model(str(model), device="cpu"), progress=False)
+    saes = root / "saes"
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        assert cli.main(["llm", "train", "--cache", str(cache), "--arch", "relu_l1",
+                         "--arch", "topk", "--k-top", "2", "--d-sae", "8", "--steps", "2",
+                         "--batch-size", "16", "--device", "cpu", "--no-progress",
+                         "--out", str(saes)]) == 0
+    return {"root": root, "model": model, "corpus": corpus, "cache": cache, "saes": saes}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@fuzz(25)
+@given(data=st.data())
+def test_fuzz_llm_harvest(tmp_path, llm_env, data) -> None:
+    s = Scratch(tmp_path)
+    try:
+        out_kind = data.draw(st.sampled_from((*OUT_DRAWS, "existing", "existing")), "out")
+        if out_kind == "existing":  # a finished cache in --out: it must never be lost
+            out_path = s.root / "cache"
+            shutil.copytree(llm_env["cache"], out_path)
+            out_arg = str(out_path)
+            before = _files(out_path)
+        else:
+            out_arg, out_path = s.out(out_kind)
+        argv = ["llm", "harvest", "--out", out_arg, "--no-progress"]
+        argv += options(data, {
+            "--model": ([str(llm_env["model"])], ["no-such-alias", str(s.root / "afile"), ""]),
+            "--layer": (["1", "0"], ["2", "-1", "x"]),
+            "--text": ([str(llm_env["corpus"])], [str(s.root / "nope"), str(s.root / "afile"),
+                                                  ""]),
+            "--tokens": (["300", "40"], ["0", "-3"]),
+            "--ctx": (["16", "8"], ["1", "100000"]),
+            "--batch-size": (["4", "2"], ["0"]),
+            "--shard-windows": (["8", "3"], ["0"]),
+            "--shuffle-windows": (["4", None], ["0"]),
+            "--eval-fraction": (["0.3", None], ["0", "1.5"]),
+            "--hook": ([None, "mlp_out"], ["resid_pre"]),
+            "--split": ([None, "eval"], ["test"]),
+            "--device": (["cpu", None], ["cuda:7", "bogus", ""]),
+            "--max-memory": ([None, "4"], ["0", "1e-9", "nan"]),
+            "--seed": ([None, "1"], ["-1"]),
+        })
+        if data.draw(st.booleans(), "overwrite"):
+            argv.append("--overwrite")
+        status, _ = s.run(argv, [out_path])
+        if status == 0:
+            man = json.loads((out_path / "manifest.json").read_text())
+            assert man["complete"] and 0 < man["tokens"] <= int(argv[argv.index("--tokens") + 1]
+                                                                if "--tokens" in argv else 300)
+            assert sorted(p.name for p in out_path.iterdir()) == sorted(
+                ["manifest.json", *(r["file"] for r in man["shards"])])
+        elif out_kind == "existing":
+            assert _files(out_path) == before  # nothing lost
+    finally:
+        s.close()
+
+
+@fuzz(40)
+@given(data=st.data())
+def test_fuzz_llm_train(tmp_path, llm_env, data) -> None:
+    s = Scratch(tmp_path)
+    try:
+        cache_kind = data.draw(st.sampled_from(["good"] * 5 + ["missing", "file", "damaged",
+                                                             "manifest"]), "cache")
+        cache = llm_env["cache"]
+        if cache_kind in ("damaged", "manifest"):  # a copy, damaged
+            cache = s.root / "cache"
+            shutil.copytree(llm_env["cache"], cache)
+            if cache_kind == "damaged":
+                shard = cache / "shard-00000.safetensors"
+                shard.write_bytes(shard.read_bytes()[:100])
+            else:
+                (cache / "manifest.json").write_text("[]")
+        elif cache_kind != "good":
+            cache = {"missing": s.root / "nope", "file": s.root / "afile"}[cache_kind]
+        out_kind = data.draw(st.sampled_from(OUT_DRAWS), "out")
+        out_arg, out_path = s.out(out_kind)
+        arch = data.draw(st.sampled_from(ARCH_CHOICES), "arch")
+        argv = ["llm", "train", "--cache", str(cache), "--arch", arch, "--out", out_arg,
+                "--no-progress"]
+        argv += options(data, {
+            "--d-sae": (["8", "4"], ["0", "1000000000000"]),
+            "--steps": (["1", "2"], ["0", "-1"]),
+            "--batch-size": (["16", "8"], ["0", "301", "100000"]),
+            "--lr": ([None, "0.01"], ["0", "nan", "inf"]),
+            "--normalisation": ([None, "per_token", "none"], ["l2"]),
+            "--dead-window": ([None, "8"], ["0"]),
+            "--checkpoint-every": ([None, "0", "1"], ["-1"]),
+            "--device": ([None, "cpu"], ["cuda:7", "bogus"]),
+            "--dtype": ([None, "float64"], ["float16"]),
+            "--seed": ([None, "2"], ["-1"]),
+            "--max-memory": ([None, "4"], ["0", "1e-9", "inf"]),
+            "--sweep": ([None], ["l1", "bogus=1,2", "=1"]),
+            "--k-top": ((["2"] if "topk" in arch else [None]), ["0", "100"]),
+        })
+        if data.draw(st.booleans(), "overwrite"):
+            argv.append("--overwrite")
+        before = _files(llm_env["cache"])
+        status, _ = s.run(argv, [out_path])
+        assert _files(llm_env["cache"]) == before  # reading a cache never changes it
+        if status == 0:
+            assert (out_path / "run.json").is_file() and (out_path / arch / "cfg.json").is_file()
+            assert not any(p.name.startswith(".") for p in out_path.iterdir())  # lock gone
+    finally:
+        s.close()
+
+
+@fuzz(40)
+@given(data=st.data())
+def test_fuzz_llm_eval(tmp_path, llm_env, data) -> None:
+    s = Scratch(tmp_path)
+    try:
+        sae_kind = data.draw(st.sampled_from(["run", "run", "one", "one", "one", "missing",
+                                              "file", "damaged", "nan"]), "sae")
+        sae = {"run": llm_env["saes"], "one": llm_env["saes"] / "topk",
+               "missing": s.root / "nope", "file": s.root / "afile"}.get(sae_kind)
+        if sae is None:  # a damaged copy
+            sae = s.root / "sae"
+            shutil.copytree(llm_env["saes"] / "relu_l1", sae)
+            cfg = json.loads((sae / "cfg.json").read_text())
+            if sae_kind == "damaged":
+                cfg["llm"].pop("normalisation")
+            else:
+                cfg["llm"]["normalisation"]["constant"] = float("nan")
+            (sae / "cfg.json").write_text(json.dumps(cfg))
+        argv = ["llm", "eval", "--sae", str(sae), "--no-progress"]
+        json_kind = data.draw(st.sampled_from((None, None, *OUT_DRAWS)), "json")
+        json_arg, json_path = s.out(json_kind, "e.json") if json_kind else (None, None)
+        if json_kind:
+            argv += ["--json", json_arg]
+        argv += options(data, {
+            "--model": ([str(llm_env["model"])], ["no-such-alias", str(s.root / "afile")]),
+            "--text": ([str(llm_env["corpus"])], [str(s.root / "nope")]),
+            "--tokens": (["30", "12"], ["0", "-1"]),
+            "--ctx": (["16", "8"], ["1", "100000"]),
+            "--batch-size": ([None, "2"], ["0"]),
+            "--eval-fraction": (["0.3"], ["0", "1", "1e-12"]),
+            "--layer": ([None, "1"], ["2", "-1"]),
+            "--hook": ([None, "resid_post"], ["mlp_out"]),
+            "--exact-tokens": (["0", "6"], ["-1"]),
+            "--geometry-tokens": ([None, "0"], ["-1", "99999"]),
+            "--device": (["cpu"], ["cuda:7", "bogus"]),
+            "--dtype": ([None, "float32"], ["float64"]),
+        })
+        if data.draw(st.booleans(), "force"):
+            argv.append("--force")
+        status, _ = s.run(argv, [json_path])
+        if status == 0 and json_path is not None:
+            res = json.loads(json_path.read_text())
+            for r in res["saes"].values():
+                for key in ("l0", "explained_variance", "ce_spliced", "ce_loss_score",
+                            "kl_spliced"):
+                    assert math.isfinite(r[key]), (key, r[key])
     finally:
         s.close()

@@ -301,3 +301,40 @@ def test_bad_llm_configs_are_one_line_errors(setup, tmp_path, capsys) -> None:
         err = capsys.readouterr().err
         assert option[0] in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "o").exists()
+
+
+def test_overwrite_refuses_user_files_at_any_depth(setup, finished, capsys) -> None:
+    """``--overwrite`` clears only what the grid wrote, at every depth: a user's folder
+    inside ``passes/`` or a file in a cache is refused before anything is removed; a lock
+    file is aensae's own."""
+    root, _, _ = setup
+    cfg, out0, _ = finished
+    out = root / "user-files"
+    shutil.copytree(out0, out)
+    (out / "passes" / "mine").mkdir()
+    (out / "passes" / "mine" / "notes.txt").write_text("keep me")
+    (out / "cache" / "README").write_text("mine too")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    other = load_llm_config({**_config(*setup[1:]), "experiment": {
+        "name": "other", "seed": 1, "device": "cpu", "threads": 1}})
+    with pytest.raises(InputError, match=r"passes/mine/.*cache/README|cache/README.*passes/mine/"):
+        llm_grid.reproduce_llm(other, out, progress=False, overwrite=True)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+
+
+def test_the_grid_verifies_its_caches(setup, finished) -> None:
+    """A shard of the grid's cache overwritten with finite garbage is refused when a
+    training pass opens the cache, naming the shard and the command that rebuilds it."""
+    root, _, _ = setup
+    cfg, out0, _ = finished
+    out = root / "garbage"
+    shutil.copytree(out0, out)
+    shard = out / "cache" / "shard-00000.safetensors"
+    data = bytearray(shard.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start:start + 64] = bytes(range(64))
+    shard.write_bytes(bytes(data))
+    (out / "passes" / "pass-0" / "l0.json").unlink()  # pass 0 opens the cache again
+    with pytest.raises(InputError, match=r"cache .*shard-00000\.safetensors does not match "
+                                         r"the SHA-256.*aensae llm harvest .*--overwrite"):
+        llm_grid.reproduce_llm(cfg, out, progress=False)

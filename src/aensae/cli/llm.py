@@ -99,12 +99,28 @@ def register(top: Any, bench: Any) -> None:
                    help="start each window with BOS when the tokenizer adds nothing itself "
                         "(the window's first position is an attention sink)")
     p.add_argument("--seed", type=int, default=0, help="seed of the window shuffle")
-    p.add_argument("--out", required=True, type=Path, help="cache folder")
-    p.add_argument("--overwrite", action="store_true", help="delete a cache found in --out")
+    p.add_argument("--out", required=True, help="cache folder")  # a str: Path("") is "."
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a cache found in --out (the old one stays until the new "
+                        "one is complete)")
+    _add_max_memory(p, "the harvest")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="show a progress bar")
     p.set_defaults(func=_harvest_main)
     _register_train_eval(top)
+
+
+def _add_max_memory(p: Any, what: str) -> None:
+    p.add_argument("--max-memory", type=float, default=None, metavar="GIB",
+                   help=f"refuse, before any work, {what} when its estimated memory "
+                        "exceeds this many GiB (absent: the memory available on this "
+                        "machine)")
+
+
+def _check_max_memory(value: float | None) -> None:
+    if value is not None:
+        with user_input():
+            check_real("--max-memory", value, low=0.0, low_inclusive=False)
 
 
 def _harvest_main(args: argparse.Namespace) -> int:
@@ -112,6 +128,8 @@ def _harvest_main(args: argparse.Namespace) -> int:
         from aensae.llm.cache import HarvestConfig, harvest
     except ImportError as err:
         raise InputError(str(err)) from None
+    _check_max_memory(args.max_memory)
+    check_device("--device", args.device)
     cfg = HarvestConfig(model=args.model, layer=args.layer, hook=args.hook, text=args.text,
                         text_column=args.text_column, tokens=args.tokens, ctx=args.ctx,
                         batch_size=args.batch_size, dtype=args.dtype, device=args.device,
@@ -119,7 +137,9 @@ def _harvest_main(args: argparse.Namespace) -> int:
                         eval_fraction=args.eval_fraction, shard_windows=args.shard_windows,
                         shuffle_windows=args.shuffle_windows, keep_special=args.keep_special,
                         prepend_bos=args.prepend_bos, seed=args.seed)
-    man = harvest(cfg, args.out, progress=args.progress, overwrite=args.overwrite)
+    out = check_output_dir("--out", args.out)  # before the model loads (harvest checks it too)
+    man = harvest(cfg, out, progress=args.progress, overwrite=args.overwrite,
+                  max_memory=args.max_memory)
     norm = man["normalisation"]
     print(f"{man['tokens']} tokens x {man['d_in']} ({man['model']['name']} {man['hook']} "
           f"L{man['layer']}, {man['split']} split) in {len(man['shards'])} shard(s) -> "
@@ -154,6 +174,7 @@ def _register_train_eval(top: Any) -> None:
                         "whole run when shorter)")
     p.add_argument("--seed", type=int, default=0, help="seed of the models and the batches")
     add_run_options(p, "SAEs")
+    _add_max_memory(p, "training")
     p.set_defaults(func=_train_main)
 
     e = add_command(llm_group(top), "eval", help="spliced evaluation of SAEs (CE, KL, EV, L0)",
@@ -260,6 +281,7 @@ def _train_main(args: argparse.Namespace) -> int:
             check_int("--dead-window", args.dead_window, low=1)
         check_int("--seed", args.seed, low=0)
         check_int("--checkpoint-every", args.checkpoint_every, low=0)
+    _check_max_memory(args.max_memory)
     try:
         from aensae.llm.training import TrainRun, train_on_cache
     except ImportError as err:
@@ -273,7 +295,7 @@ def _train_main(args: argparse.Namespace) -> int:
                    dead_window=args.dead_window, normalisation=args.normalisation,
                    seed=args.seed, checkpoint_every=args.checkpoint_every,
                    device=args.device, dtype=args.dtype, progress=args.progress,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, max_memory=args.max_memory)
     record = train_on_cache(run)
 
     if os.environ.get("RANK", "0") != "0":  # a data-parallel rank other than 0
@@ -311,6 +333,7 @@ def _eval_main(args: argparse.Namespace) -> int:
         from aensae.llm.eval_run import EvalRun, run_eval
     except ImportError as err:
         raise InputError(str(err)) from None
+    check_device("--device", args.device)
     run = EvalRun(
         sae=tuple(args.sae), model=args.model, tokens=args.tokens, text=args.text,
         layer=args.layer, hook=args.hook, ctx=args.ctx, batch_size=args.batch_size,

@@ -147,14 +147,29 @@ def _reproduce_llm(args: argparse.Namespace, text: Any) -> int:
 
 
 def _figures_main(args: argparse.Namespace) -> int:
-    from aensae.experiments.llm.driver import is_llm_results, write_llm_figures
+    from aensae.experiments.llm.driver import (
+        is_llm_results,
+        manifest_problem,
+        write_llm_figures,
+    )
     from aensae.experiments.spiked.driver import write_figures
 
     folder = args.results_dir
     if folder == "" or not Path(folder).is_dir():
         raise InputError(f"RESULTS_DIR {folder!r}: no such folder")
     check_output_dir("RESULTS_DIR", folder)
-    draw = write_llm_figures if is_llm_results(folder) else write_figures
-    for path in draw(folder):
+    # the manifest names the grid; without a readable one, the table's columns do
+    llm = is_llm_results(folder)
+    draw = write_llm_figures if llm else write_figures
+    try:
+        paths = draw(folder)
+    except InputError as err:
+        problem = manifest_problem(folder)
+        if llm or problem is None or problem == "missing":
+            raise
+        raise InputError(f"RESULTS_DIR {folder!r}: config.json is damaged ({problem}), so "
+                         f"the grid was told from results.csv alone, which is no LLM table; "
+                         f"read as a synthetic grid's table it fails: {err}") from None
+    for path in paths:
         print(path)
     return 0

@@ -21,8 +21,17 @@ from typing import Any
 from aensae import __version__
 from aensae._io import atomic_write_json
 from aensae._validation import InputError
-from aensae.llm.models import load_model
+from aensae.llm.models import (
+    check_ctx,
+    check_layer,
+    config_shape,
+    family_of,
+    load_config,
+    load_model,
+    resolve_model,
+)
 from aensae.llm.splice import eval_windows, evaluate_saes, load_spliced_sae
+from aensae.llm.text import check_not_empty, open_text
 
 __all__ = ["EvalRun", "run_eval", "sae_folders"]
 
@@ -75,12 +84,29 @@ def sae_folders(items: Sequence[str | Path]) -> list[Path]:
 
 def run_eval(run: EvalRun) -> dict[str, Any]:
     """Evaluate the SAEs of ``run`` spliced into its model; return the record (written to
-    ``run.json`` when set). The options' values are checked by ``aensae llm eval``."""
+    ``run.json`` when set). The options' values are checked by ``aensae llm eval``.
+
+    Everything that needs no model weights is checked before the model loads: each SAE's
+    files (weights finite, ``cfg.json``'s ``llm`` record and normalisation constant, a
+    SAELens folder's shapes), the text and its eval split, and, from the model's config
+    alone, the hook point (an SAE's recorded layer is reported under the ``cfg.json`` key
+    or SAELens field it came from), the window length and each SAE's ``d_in``.
+    """
     saes = [load_spliced_sae(f) for f in sae_folders(run.sae)]
     names = [s.name for s in saes]
     if len(set(names)) != len(names):
         for i, s in enumerate(saes):  # same folder names from different runs
             s.name = f"{i}:{s.name}"
+    source = open_text(run.text, text_column=run.text_column)
+    check_not_empty(source, "eval", run.eval_fraction)
+    msource = resolve_model(run.model, run.revision)
+    mconfig = load_config(msource)
+    family_of(mconfig.model_type, run.model)
+    shape = config_shape(mconfig)
+    for s in saes:
+        if s.llm is not None and run.layer is None:
+            check_layer(f"--sae {s.path}: {s.origin or 'cfg.json'} gives layer "
+                        f"{s.llm['layer']}, which", s.llm["layer"], shape, run.model)
     trained = {(s.llm["layer"], s.llm["hook"]) for s in saes if s.llm is not None}
     layer, hook = run.layer, run.hook
     if layer is None or hook is None:
@@ -91,7 +117,15 @@ def run_eval(run: EvalRun) -> dict[str, Any]:
         t_layer, t_hook = next(iter(trained))
         layer = t_layer if layer is None else layer
         hook = t_hook if hook is None else hook
-    lm = load_model(run.model, dtype=run.dtype, device=run.device, revision=run.revision)
+    if run.layer is not None:
+        check_layer("--layer", run.layer, shape, run.model)
+    check_ctx("--ctx", run.ctx, shape, run.model)
+    for s in saes:
+        if s.sae.d_in != shape.d_model:
+            raise InputError(f"--sae {s.path or s.name}: d_in {s.sae.d_in} does not match "
+                             f"the width {shape.d_model} of hook {hook} of {run.model}")
+    lm = load_model(run.model, dtype=run.dtype, device=run.device, revision=run.revision,
+                    quiet=not run.progress)
     lm.check_hook(layer, hook)
     ids, keep = eval_windows(lm, run.text, run.tokens, ctx=run.ctx,
                              eval_fraction=run.eval_fraction, seed=run.seed,

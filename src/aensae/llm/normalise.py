@@ -19,6 +19,15 @@ tensor for ``"scalar"``, one value per token, shape ``(..., 1)``, for ``"per_tok
 space goes back into the model in the model's own scale: ``unnormalise(sae(xn), scale)``.
 A token of norm 0 keeps norm 0 under ``"per_token"`` (its norm is floored at the
 smallest normal number of its dtype, so its scale is finite).
+
+A scalar constant read back from a file (a cache manifest, an SAE's ``cfg.json``) must
+lie in :data:`CONSTANT_RANGE` (:func:`check_constant`). Since :math:`c = \sqrt{d_{in}} /
+\mathrm{RMS}\lVert x\rVert`, :math:`1/c` is the root-mean-square size of one
+coordinate of the activations. Residual streams of trained models keep that between
+about 1e-2 and 1e3 (SmolLM2's outlier tokens, norm ~24,000 over 576 coordinates, are
+~1e3); the range [1e-8, 1e8] leaves five orders of magnitude or more on either side.
+Beyond it the constant is a damaged file, not a model: 1e300 does not even fit float32
+(largest ~3.4e38), so every normalised activation would be inf and every metric NaN.
 """
 
 from __future__ import annotations
@@ -30,10 +39,31 @@ import torch
 
 from aensae._validation import InputError
 
-__all__ = ["NORMALISATIONS", "normalise", "scalar_constant", "unnormalise"]
+__all__ = ["CONSTANT_RANGE", "NORMALISATIONS", "check_constant", "normalise",
+           "scalar_constant", "unnormalise"]
 
 #: The normalisation kinds, default first.
 NORMALISATIONS: tuple[str, ...] = ("scalar", "per_token", "none")
+#: Accepted scalar constants read from files (see the module docstring for why).
+CONSTANT_RANGE: tuple[float, float] = (1e-8, 1e8)
+
+
+def check_constant(where: str, value: Any) -> float:
+    """A scalar normalisation constant read from a file: a finite real number in
+    :data:`CONSTANT_RANGE`, else an :class:`InputError` naming ``where`` (the file and
+    key). Returns it as a float."""
+    lo, hi = CONSTANT_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{where}: the scalar normalisation constant must be a number, got "
+                         f"{value!r}")
+    c = float(value)
+    if not math.isfinite(c) or not lo <= c <= hi:
+        raise InputError(f"{where}: the scalar normalisation constant {c!r} is "
+                         f"{'not finite' if not math.isfinite(c) else 'absurd'}; it must lie "
+                         f"in [{lo:g}, {hi:g}] (c = sqrt(d_in) / RMS token norm: outside that "
+                         "range no model's activations, and beyond ~1e38 not even float32, "
+                         "so the file is damaged)")
+    return c
 
 
 def scalar_constant(sum_sq_norm: float, n_tokens: int, d_in: int) -> float:

@@ -64,8 +64,8 @@ import numpy as np
 import torch
 
 from aensae._validation import InputError
-from aensae.llm.models import Below, LanguageModel
-from aensae.llm.normalise import NORMALISATIONS, normalise, unnormalise
+from aensae.llm.models import HOOKS, Below, LanguageModel
+from aensae.llm.normalise import NORMALISATIONS, check_constant, normalise, unnormalise
 from aensae.llm.text import WindowStream, check_not_empty, open_text
 
 __all__ = ["SAELensSAE", "SplicedSAE", "eval_windows", "evaluate_saes", "load_spliced_sae"]
@@ -81,6 +81,9 @@ class SplicedSAE:
     constant: float | None = None
     llm: dict[str, Any] | None = None
     path: str | None = None
+    #: Where ``llm``'s hook point was read, for errors (``cfg.json llm.layer``, a
+    #: SAELens ``hook_name``).
+    origin: str | None = None
 
     def normalised(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return normalise(x, self.normalisation, self.constant)
@@ -149,17 +152,33 @@ def _load_saelens(folder: Path, cfg: dict[str, Any]) -> SplicedSAE:
         raise InputError(f"{where}: normalize_activations {norm!r}: its constant is not in "
                          "cfg.json; fold it into the weights (SAELens "
                          "fold_activation_norm_scaling_factor) and save again")
-    tensors = load_file(str(folder / "sae_weights.safetensors"))
+    try:
+        tensors = load_file(str(folder / "sae_weights.safetensors"))
+    except Exception as err:  # noqa: BLE001 - SafetensorError: truncated, a garbage header
+        raise InputError(f"{where}: sae_weights.safetensors is damaged ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:120]})") from None
     missing = [n for n in ("W_enc", "W_dec", "b_enc", "b_dec") if n not in tensors]
     if kind == "jumprelu" and "threshold" not in tensors:
         missing.append("threshold")
     if missing:
         raise InputError(f"{where}: sae_weights.safetensors lacks {', '.join(missing)}")
     tensors = {k: v.float() for k, v in tensors.items()}
+    if tensors["W_enc"].ndim != 2:
+        raise InputError(f"{where}: sae_weights.safetensors W_enc has shape "
+                         f"{tuple(tensors['W_enc'].shape)}, expected (d_in, d_sae)")
     d_in, d_sae = tensors["W_enc"].shape
-    if tuple(tensors["W_dec"].shape) != (d_sae, d_in):
-        raise InputError(f"{where}: W_dec has shape {tuple(tensors['W_dec'].shape)}, "
-                         f"expected {(d_sae, d_in)} (the transpose of W_enc)")
+    want = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
+    for name, shape in want.items():
+        if name in tensors and tuple(tensors[name].shape) != shape:
+            raise InputError(f"{where}: sae_weights.safetensors {name} has shape "
+                             f"{tuple(tensors[name].shape)}, expected {shape} (W_enc is "
+                             f"{(d_in, d_sae)}: d_in {d_in}, d_sae {d_sae})")
+    _check_finite_tensors(where, "sae_weights.safetensors", tensors)
+    for key in ("d_in", "d_sae"):
+        given = meta.get(key)
+        if given is not None and given != {"d_in": d_in, "d_sae": d_sae}[key]:
+            raise InputError(f"{where}: cfg.json {key} {given!r} does not match W_enc of "
+                             f"shape {(d_in, d_sae)}")
     k = None
     if kind == "topk":
         k = (meta.get("activation_fn_kwargs") or {}).get("k", meta.get("k"))
@@ -169,6 +188,7 @@ def _load_saelens(folder: Path, cfg: dict[str, Any]) -> SplicedSAE:
     sae = SAELensSAE(tensors, kind, apply_b_dec_to_input=bool(
         meta.get("apply_b_dec_to_input", True)), k=k)
     llm = None
+    origin = None
     hook_name = meta.get("hook_name")
     if isinstance(hook_name, str):
         parts = hook_name.split(".")
@@ -176,7 +196,51 @@ def _load_saelens(folder: Path, cfg: dict[str, Any]) -> SplicedSAE:
                 parts[2] in _SAELENS_HOOKS):
             llm = {"model": {"name": meta.get("model_name"), "fingerprint": None},
                    "hook": _SAELENS_HOOKS[parts[2]], "layer": int(parts[1])}
-    return SplicedSAE(folder.name, sae.eval(), "none", None, llm, str(folder))
+            origin = f"{folder / 'cfg.json'} hook_name {hook_name!r}"
+    return SplicedSAE(folder.name, sae.eval(), "none", None, llm, str(folder), origin)
+
+
+def _check_finite_tensors(where: str, file: str, tensors: dict[str, torch.Tensor]) -> None:
+    bad = [k for k, v in tensors.items()
+           if v is not None and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise InputError(f"{where}: {file} {', '.join(sorted(bad))} hold NaN or inf; an SAE "
+                         "with non-finite weights gives no meaningful results")
+
+
+def _llm_record(path: Path, llm: Any) -> tuple[str, float | None]:
+    """Check the ``llm`` record of an SAE's ``cfg.json`` (written by ``aensae llm train``):
+    ``model``, ``hook``, ``layer`` and ``normalisation`` (kind, and a sane constant for
+    ``scalar``); return ``(kind, constant)``. Each problem is an :class:`InputError`
+    naming the key and the file."""
+    file = path / "cfg.json"
+    where = f"--sae {path}: {file}"
+    if not isinstance(llm, dict):
+        raise InputError(f"{where}: llm is a {type(llm).__name__}, not an object")
+    missing = [k for k in ("model", "hook", "layer", "normalisation") if k not in llm]
+    if missing:
+        raise InputError(f"{where} has llm but no llm.{', llm.'.join(missing)}; it must be "
+                         "the cfg.json aensae llm train wrote (retrain, or restore the file)")
+    if not isinstance(llm["model"], dict):
+        raise InputError(f"{where}: llm.model is not an object")
+    if llm["hook"] not in HOOKS:
+        raise InputError(f"{where}: llm.hook {llm['hook']!r} is not one of {', '.join(HOOKS)}")
+    layer = llm["layer"]
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        raise InputError(f"{where}: llm.layer must be a block index (an integer >= 0), got "
+                         f"{layer!r}")
+    norm = llm["normalisation"]
+    if not isinstance(norm, dict) or "kind" not in norm:
+        raise InputError(f"{where}: llm.normalisation must be an object with kind and "
+                         f"constant, got {norm!r}")
+    kind = norm["kind"]
+    if kind not in NORMALISATIONS:
+        raise InputError(f"{where}: llm.normalisation.kind {kind!r} is not one of "
+                         f"{', '.join(NORMALISATIONS)}")
+    constant = None
+    if kind == "scalar":
+        constant = check_constant(f"{where} llm.normalisation.constant", norm.get("constant"))
+    return kind, constant
 
 
 def load_spliced_sae(path: str | Path) -> SplicedSAE:
@@ -208,19 +272,24 @@ def load_spliced_sae(path: str | Path) -> SplicedSAE:
                          "llm train")
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        sae = load(folder)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise InputError(f"--sae {path}: cannot load the SAE ({' '.join(str(err).split())})"
-                         ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"--sae {path}: {cfg_path} is damaged ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:120]})") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"--sae {path}: {cfg_path} is damaged (a JSON {type(cfg).__name__}, "
+                         "not an object)")
     llm = cfg.get("llm")
     kind, constant = "none", None
-    if llm is not None:
-        kind = llm["normalisation"]["kind"]
-        constant = llm["normalisation"]["constant"]
-        if kind not in NORMALISATIONS:
-            raise InputError(f"--sae {path}: cfg.json llm.normalisation.kind {kind!r} is not "
-                             f"one of {', '.join(NORMALISATIONS)}")
-    return SplicedSAE(folder.name, sae.eval(), kind, constant, llm, str(folder))
+    if llm is not None:  # checked before the weights are read: the cheaper file first
+        kind, constant = _llm_record(folder, llm)
+    try:
+        sae = load(folder)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise InputError(f"--sae {path}: cannot load the SAE ({' '.join(str(err).split())})"
+                         ) from None
+    _check_finite_tensors(f"--sae {path}", "sae.safetensors", dict(sae.state_dict()))
+    origin = f"{cfg_path} llm.layer" if llm is not None else None
+    return SplicedSAE(folder.name, sae.eval(), kind, constant, llm, str(folder), origin)
 
 
 def eval_windows(lm: LanguageModel, text: str, tokens: int, *, ctx: int = 128,
@@ -281,6 +350,63 @@ def _ce_kl(logits: torch.Tensor, targets: torch.Tensor, pred: torch.Tensor,
         return float(ce), 0.0
     kl = (lp_clean.exp() * (lp_clean - lp)).sum(-1).double().sum()
     return float(ce), float(kl)
+
+
+#: Per-SAE metrics that must come out finite, with the pass that produced each.
+_SAE_METRICS = {
+    "l0": "its codes", "dead_fraction": "its codes",
+    "explained_variance": "its reconstruction (or activations of zero variance)",
+    "mse": "its reconstruction", "ce_spliced": "the spliced pass",
+    "kl_spliced": "the spliced pass",
+    "ce_loss_score": "the spliced pass against the zero ablation",
+    "ce_loss_score_mean_ablation": "the spliced pass against the mean ablation",
+    "kl_score": "the spliced pass against the zero ablation",
+    "ce_unnormalised_splice": "the reference's defective splice",
+    "kl_unnormalised_splice": "the reference's defective splice",
+    "ce_loss_score_unnormalised_splice": "the reference's defective splice"}
+#: Measurements shared by every SAE, with the pass that produced each.
+_COMMON_METRICS = {"ce_clean": "the clean pass", "ce_zero": "the zero ablation",
+                   "ce_mean_ablation": "the mean ablation", "kl_zero": "the zero ablation",
+                   "kl_mean_ablation": "the mean ablation"}
+
+
+def _check_finite_metrics(lm: LanguageModel, layer: int, hook: str, common: dict[str, float],
+                          saes: list[SplicedSAE], results: dict[str, dict[str, Any]]) -> None:
+    """No result is reported with a NaN or infinite metric: each one is an
+    :class:`InputError` naming the metric and what produced it (the model's own passes, or
+    an SAE, its splice or its exact codes). The geometry keys are exempt: they are NaN by
+    design where an SAE has no exact problem (``geometry_note`` says why)."""
+    import math
+
+    model = f"{lm.source.name} ({lm.dtype}, {hook} of layer {layer})"
+    for key, what in _COMMON_METRICS.items():
+        if not math.isfinite(common[key]):
+            raise InputError(f"--model {lm.source.name}: {key} is {common[key]!r}: {what} of "
+                             f"{model} gave a non-finite result (logits or activations "
+                             "overflow; try --dtype float32); nothing is reported")
+    for base, score in (("ce_zero", "ce_loss_score"),
+                        ("ce_mean_ablation", "ce_loss_score_mean_ablation")):
+        if common[base] == common["ce_clean"]:
+            raise InputError(f"--model {lm.source.name}: {_COMMON_METRICS[base]} of {hook} at "
+                             f"layer {layer} leaves the CE unchanged ({common[base]!r}), so "
+                             f"{score} is undefined; choose another --layer or --hook")
+    if common["kl_zero"] <= 0:
+        raise InputError(f"--model {lm.source.name}: the zero ablation of {hook} at layer "
+                         f"{layer} leaves the next-token distribution unchanged (KL "
+                         f"{common['kl_zero']!r}), so kl_score is undefined; choose another "
+                         "--layer or --hook")
+    for s in saes:
+        r = results[s.name]
+        checks = [(k, r[k], f"{what} of this SAE") for k, what in _SAE_METRICS.items()]
+        exact = r.get("exact")
+        if isinstance(exact, dict):
+            checks += [(f"exact.{k}", v, "its exact certified codes") for k, v in exact.items()
+                       if isinstance(v, float)]
+        for key, value, what in checks:
+            if not math.isfinite(value):
+                raise InputError(f"--sae {s.path or s.name}: {key} is {value!r}: {what} gave a "
+                                 f"non-finite result on {model} (are its weights or its "
+                                 "normalisation constant damaged?); nothing is reported")
 
 
 def evaluate_saes(lm: LanguageModel, saes: list[SplicedSAE], ids: np.ndarray,
@@ -422,6 +548,9 @@ def evaluate_saes(lm: LanguageModel, saes: list[SplicedSAE], ids: np.ndarray,
         else:
             geometry = geometry_report("not computed: no exact codes (exact tokens 0)")
         results[s.name].update(geometry)
+    _check_finite_metrics(lm, layer, hook, {
+        "ce_clean": ce_clean, "ce_zero": ce_zero, "ce_mean_ablation": ce_mean,
+        "kl_zero": kl_zero, "kl_mean_ablation": kl_mean}, saes, results)
     return {
         "tokens": n, "scored_positions": n_pred, "windows": int(len(ids_t)),
         "ctx": int(ids_t.shape[1]), "layer": layer, "hook": hook, "d_in": d,

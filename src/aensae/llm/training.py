@@ -22,6 +22,13 @@ written as one set when training ends (:func:`aensae._io.replace_together`). Whi
 runs, ``OUT/checkpoint.pt`` and ``OUT/checkpoint_config.json`` let a killed run resume
 exactly (the batches are a pure function of the seed and the batch index).
 
+Before any work: the cache's manifest and every shard's SHA-256 are checked
+(:class:`~aensae.llm.store.ActivationStore`), a batch larger than the cache is refused
+(it would repeat tokens within a batch), and the memory the run needs is estimated
+(:func:`train_memory`) and refused above ``max_memory`` GiB or the memory available.
+Then ``OUT``'s lock (``OUT/.aensae.lock``, :func:`aensae._io.folder_lock`) is taken: a
+second process training into the same folder is refused with one line naming the holder.
+
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the SAEs are trained data-parallel
 (:mod:`aensae.saes.training.distributed`): rank ``r`` of ``W`` reads rows ``[r B/W, (r+1) B/W)``
 of every batch of the store, and rank 0 alone writes the folder.
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,13 +47,15 @@ import torch
 
 from aensae._dtypes import torch_dtype
 from aensae._io import atomic_write_json, check_resumable, replace_together
-from aensae._validation import InputError
+from aensae._validation import InputError, check_memory
+from aensae.llm.cache import owned_folder
 from aensae.llm.store import ActivationStore
 
 if TYPE_CHECKING:
     from aensae.saes.training.distributed import World
 
-__all__ = ["DEAD_WINDOW_TOKENS", "LLM_KEY", "SAESpec", "TrainRun", "sae_name", "train_on_cache"]
+__all__ = ["DEAD_WINDOW_TOKENS", "LLM_KEY", "SAESpec", "TrainRun", "sae_name", "train_memory",
+           "train_on_cache"]
 
 #: Default dead-latent window, in tokens (shortened to the run when the run is shorter).
 DEAD_WINDOW_TOKENS = 10_000_000
@@ -92,6 +102,16 @@ class TrainRun:
     progress: bool = True
     overwrite: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Refuse a run whose estimated memory (:func:`train_memory`) exceeds this many GiB
+    #: (``None``: the memory available on this machine).
+    max_memory: float | None = None
+    #: How errors name the settings the user gave: ``--batch-size``, ``--d-sae``,
+    #: ``--max-memory``, ``--cache``, ``--out`` (a grid names its config keys).
+    names: dict[str, str] = field(default_factory=dict)
+
+    def name(self, option: str) -> str:
+        """The user's name of command-line ``option`` for this run."""
+        return self.names.get(option, option)
 
     def window(self) -> int:
         """The dead-latent window in tokens."""
@@ -110,6 +130,47 @@ def _provenance(store: ActivationStore, normalisation: str) -> dict[str, Any]:
                       "special_tokens": man.get("special_tokens"), "ctx": man.get("ctx")}}
 
 
+def train_memory(store: ActivationStore, n_saes: int, d_sae: int, batch_size: int,
+                 dtype: str = "float32", buffer_tokens: int = 2**17
+                 ) -> list[tuple[str, str, int]]:
+    """An estimate of the memory ``aensae llm train`` holds at once, as ``(what, option,
+    bytes)`` parts (``option``: the one that sets that part's size):
+
+    - per SAE, its parameters (``W_enc``, ``W_dec``: ``2 d_in d_sae``, the biases and
+      per-latent buffers) four times: the weights, their gradients and Adam's two moments;
+    - one step's activations: pre-activations, codes and their gradients for the batch
+      (``6 batch_size d_sae`` values, one SAE at a time) and the batch itself;
+    - the store's shuffle buffer: ``buffer_tokens`` rows rounded up to whole shards, held
+      twice while the shards are joined, and its permutation.
+    """
+    e = torch_dtype(dtype).itemsize
+    d = store.d_in
+    params = 2 * d * d_sae + 4 * d_sae + d
+    cache_e = {"float32": 4, "float16": 2, "bfloat16": 2}.get(
+        str(store.manifest.get("dtype")), 4)
+    rows = store._buffer_shards(buffer_tokens) * int(store.sizes.max())
+    rows = min(rows, store.n_tokens)
+    return [(f"{n_saes} SAE(s) with gradients and Adam moments", "--d-sae",
+             n_saes * 4 * params * e),
+            ("one step's activations", "--batch-size",
+             (6 * batch_size * d_sae + 3 * batch_size * d) * e),
+            ("the shuffle buffer of the cache", "--cache", rows * (2 * d * cache_e + 8))]
+
+
+def _check_train_memory(run: TrainRun, store: ActivationStore) -> None:
+    parts = train_memory(store, len(run.specs), run.d_sae, run.batch_size, run.dtype)
+    need = sum(b for _, _, b in parts)
+    what, option, _ = max(parts, key=lambda p: p[2])
+    d_sae = f"{run.name('--d-sae')} {run.d_sae}"
+    batch = f"{run.name('--batch-size')} {run.batch_size}"
+    where = {"--d-sae": d_sae, "--batch-size": f"{batch} (with {d_sae})",
+             "--cache": f"{run.name('--cache')} {store.path}"}[option]
+    check_memory(where, need,
+                 f"training (mostly {what}, at d_in {store.d_in}, {run.name('--d-sae')} "
+                 f"{run.d_sae}, {run.name('--batch-size')} {run.batch_size})",
+                 limit_gib=run.max_memory, override=run.name("--max-memory"))
+
+
 def train_on_cache(run: TrainRun) -> dict[str, Any]:
     """Train ``run.specs`` together on the cache's batches; write ``run.out``; return run.json.
 
@@ -125,17 +186,22 @@ def train_on_cache(run: TrainRun) -> dict[str, Any]:
 
 def _train_on_cache(run: TrainRun, world: World | None) -> dict[str, Any]:
     """:func:`train_on_cache` on one process (``world=None``) or on one rank."""
-    from aensae import __version__
-    from aensae.saes import TrainConfig, create, save, train
-    from aensae.saes.training.trainer import CHECKPOINT_FILE
+    from aensae.saes import TrainConfig
 
-    store = ActivationStore(run.cache)
+    store = ActivationStore(run.cache, verify=False, where=run.name("--cache"))
     prov = _provenance(store, run.normalisation)
     for spec in run.specs:
         for key in ("k_top", "aux_k"):
             if spec.hyper.get(key, 0) > run.d_sae:
                 raise InputError(f"--arch {spec.arch}: {key} must be <= --d-sae {run.d_sae}, "
                                  f"got {spec.hyper[key]}")
+    if run.batch_size > store.n_tokens:
+        raise InputError(f"{run.name('--batch-size')} {run.batch_size} exceeds the "
+                         f"{store.n_tokens} tokens of the cache {store.path}: each batch "
+                         "would hold some tokens twice; choose a batch of at most "
+                         f"{store.n_tokens}, or harvest more tokens")
+    _check_train_memory(run, store)
+    store.verify()  # every shard is the one the harvest wrote, before any work
     window = run.window()
     cfg = TrainConfig(steps=run.steps, lr=run.lr, lr_warmup_steps=run.lr_warmup_steps,
                       grad_clip=run.grad_clip, dead_window=window,
@@ -151,6 +217,21 @@ def _train_on_cache(run: TrainRun, world: World | None) -> dict[str, Any]:
     out = run.out
     rows = None if world is None else world.rows(run.batch_size)  # this rank's share
     main = world is None or world.is_main
+    with ExitStack() as held:
+        if main:  # one writer per folder: rank 0 writes, and holds the folder's lock
+            held.enter_context(owned_folder(run.name("--out"), out))
+        return _train_locked(run, world, store, prov, window, cfg, config, rows, main)
+
+
+def _train_locked(run: TrainRun, world: World | None, store: ActivationStore,
+                  prov: dict[str, Any], window: int, cfg: Any, config: dict[str, Any],
+                  rows: tuple[int, int] | None, main: bool) -> dict[str, Any]:
+    """The rest of :func:`_train_on_cache`, with ``run.out`` locked (on rank 0)."""
+    from aensae import __version__
+    from aensae.saes import create, save, train
+    from aensae.saes.training.trainer import CHECKPOINT_FILE
+
+    out = run.out
     done = check_resumable(out, RUN_FILE, config, run.overwrite, CHECKPOINT_FILE,
                            CHECKPOINT_CONFIG)
     if world is not None:

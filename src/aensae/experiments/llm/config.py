@@ -9,7 +9,9 @@ Tables (every key checked; unknown keys are errors listing the allowed ones):
 
 - ``[experiment]``: ``name`` (a folder name), ``seed``, ``device`` (SAEs and model;
   ``auto``: CUDA when present), ``dtype`` (SAEs: float32 / float64), ``threads`` (torch
-  threads; 0: the library default);
+  threads; 0: the library default), ``max_memory_gb`` (the memory the harvest and a
+  training pass may need by their estimates, checked before any work; absent: what is
+  available on this machine; not hashed);
 - ``[data]``: ``kind = "llm"``, ``model`` (alias, ``.gguf``, folder or hub name),
   ``revision``, ``layer``, ``hook``, ``text`` (``python-docs``, ``hf:...``, a file or
   folder), ``text_column``, ``tokens`` (harvested for training), ``ctx``,
@@ -59,7 +61,7 @@ __all__ = ["LLM_DEFAULTS", "LLMGridConfig", "load_llm_config"]
 
 LLM_DEFAULTS: dict[str, dict[str, Any]] = {
     "experiment": {"name": "llm", "seed": 0, "device": "auto", "dtype": "float32",
-                   "threads": 0},
+                   "threads": 0, "max_memory_gb": None},
     "data": {"kind": "llm", "model": "smollm2-135m", "revision": None, "layer": 15,
              "hook": "resid_post", "text": "python-docs", "text_column": "text",
              "tokens": 200_000, "ctx": 128, "batch_size": 32, "model_dtype": "float32",
@@ -111,10 +113,11 @@ class LLMGridConfig:
                            for f in self.families]}
 
     def config_hash(self) -> str:
-        """Hash of the normalised config (``threads`` and ``checkpoint_every`` excluded:
-        they change no number)."""
+        """Hash of the normalised config (``threads``, ``max_memory_gb`` and
+        ``checkpoint_every`` excluded: they change no number)."""
         d = json.loads(json.dumps(self.to_dict()))
         d["experiment"].pop("threads", None)
+        d["experiment"].pop("max_memory_gb", None)
         d["train"].pop("checkpoint_every", None)
         return canonical_hash(d)
 
@@ -139,6 +142,9 @@ def _validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     _string("experiment.device", e["device"])
     _string("experiment.dtype", e["dtype"], SAE_DTYPES)
     e["threads"] = check_threads("config experiment.threads", e["threads"])
+    if e["max_memory_gb"] is not None:
+        e["max_memory_gb"] = check_number("experiment.max_memory_gb", e["max_memory_gb"],
+                                          low=0.0, low_open=True)
     _string("data.kind", d["kind"], ("llm",))
     _string("data.model", d["model"])
     if d["revision"] is not None:
@@ -204,8 +210,9 @@ def load_llm_config(config: str | Path | dict[str, Any] | ConfigText) -> LLMGrid
     return LLMGridConfig(**t, families=families, source=source, raw=raw)
 
 
-def check_model_reachable(cfg: LLMGridConfig) -> None:
-    """Resolve ``data.model`` and read its config (no weights), before any work.
+def check_model_reachable(cfg: LLMGridConfig) -> Any:
+    """Resolve ``data.model`` and read its config (no weights), before any work; return
+    that config (a transformers ``PretrainedConfig``).
 
     A hub model that cannot be fetched here (no local copy, no hub) is one
     :class:`InputError` naming the model; so is an unknown architecture or a layer out
@@ -231,6 +238,7 @@ def check_model_reachable(cfg: LLMGridConfig) -> None:
     if n_layers and cfg.data["layer"] >= n_layers:
         raise InputError(f"config data.layer: must lie in [0, {n_layers - 1}] for {name} "
                          f"({n_layers} blocks), got {cfg.data['layer']}")
+    return mconfig
 
 
 def check_hub_model(name: Any, revision: Any = None) -> None:

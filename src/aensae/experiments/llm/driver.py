@@ -52,40 +52,47 @@ SAE's eval record, nested records flattened, is passed through.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from aensae import __version__
 from aensae._io import (
+    LOCK_FILE,
     atomic_write_json,
     check_output_dir,
+    folder_lock,
     remove_partial_files,
-    replace_together,
 )
 from aensae._validation import InputError, check_device
 from aensae.experiments.config import DIRECT_K, canonical_hash
 from aensae.experiments.console import hms, log
 from aensae.experiments.layout import (
+    ANY,
     FIGURES_DIR,
     MANIFEST_FILE,
     REPORT_FILE,
     RESULTS_FILE,
     open_output,
+    staged_report,
 )
 from aensae.experiments.llm.config import LLMGridConfig, check_model_reachable
+from aensae.experiments.llm.figures import LLM_FIGURES
 from aensae.experiments.llm.schema import (
     LLM_ID_COLUMNS,
     LLM_REQUIRED_COLUMNS,
     check_llm_table,
 )
+from aensae.experiments.plotting import FORMATS
 from aensae.experiments.results import write_table
 
-__all__ = ["OUTPUT_ENTRIES", "build_rows", "is_llm_results", "reproduce_llm",
-           "write_llm_figures"]
+__all__ = ["FIGURE_FILES", "OUTPUT_ENTRIES", "OUTPUT_TREE", "build_rows", "is_llm_results",
+           "manifest_problem", "reproduce_llm", "write_llm_figures"]
 
 STATS_FILE = "llm-stats.json"
 CALIBRATION_FILE = "calibration.json"
@@ -95,6 +102,33 @@ TIMES_FILE = "phases.json"
 OUTPUT_ENTRIES = (MANIFEST_FILE, "cache", "eval-cache", "passes", "evals", STATS_FILE,
                   CALIBRATION_FILE, TIMES_FILE, RESULTS_FILE, FIGURES_DIR, REPORT_FILE,
                   "calibration", "runs", "groups", "models", "speed.csv")
+#: The LLM figures' files (a redraw replaces these alone in ``figures/``).
+FIGURE_FILES = frozenset(f"{name}.{ext}" for name in LLM_FIGURES for ext in FORMATS)
+#: A cache folder: manifest, shards, an overwrite's staged cache.
+_CACHE_TREE: dict[str, Any] = {"manifest.json": None, "shard-*.safetensors": None,
+                               ".aensae-overwrite": ANY}
+#: A training pass: its run, the L0s, a checkpoint, one folder per SAE.
+_PASS_TREE: dict[str, Any] = {
+    "run.json": None, "l0.json": None, "checkpoint.pt": None,
+    "checkpoint_config.json": None,
+    "*": {"sae.safetensors": None, "cfg.json": None, "metrics.json": None}}
+#: What the LLM grid writes, at every depth (:func:`aensae.experiments.layout.
+#: foreign_entries`): ``--overwrite`` refuses a folder holding anything else, such as a
+#: user's folder inside ``passes/``. The synthetic grid's entries are taken whole, so
+#: that this pipeline can clear the other's.
+OUTPUT_TREE: dict[str, Any] = {
+    MANIFEST_FILE: None, "cache": _CACHE_TREE, "eval-cache": _CACHE_TREE,
+    "passes": {"pass-*": _PASS_TREE}, "evals": {"group-*.json": None}, STATS_FILE: None,
+    CALIBRATION_FILE: None, TIMES_FILE: None, RESULTS_FILE: None,
+    FIGURES_DIR: {name: None for name in sorted(FIGURE_FILES)}, REPORT_FILE: None,
+    **{name: ANY for name in ("calibration", "runs", "groups", "models", "jobs")},
+    "speed.csv": None}
+
+#: How the memory limit of the grid is set (errors name it).
+_MEMORY_KEY = "config experiment.max_memory_gb"
+#: The config keys behind the options of ``aensae llm train`` (errors name them).
+_TRAIN_NAMES = {"--batch-size": "config train.batch_size", "--d-sae": "config train.d_sae",
+                "--max-memory": _MEMORY_KEY, "--cache": "cache", "--out": "--out"}
 
 #: Keys of an SAE's eval record that are not per-SAE measurements.
 _NOT_METRICS = {"path", "arch", "d_sae", "normalisation", "constant", "cost"}
@@ -113,16 +147,55 @@ def manifest(cfg: LLMGridConfig) -> dict[str, Any]:
             "aensae_version": __version__}
 
 
-def is_llm_results(folder: str | Path) -> bool:
-    """Whether ``folder/config.json`` records an LLM grid (for ``aensae figures``)."""
+def manifest_problem(folder: str | Path) -> str | None:
+    """Why ``folder/config.json`` cannot be read as a grid's manifest (missing, not JSON,
+    not an object), or ``None`` when it can."""
     path = Path(folder) / MANIFEST_FILE
     try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{type(err).__name__}: {' '.join(str(err).split())[:80]}"
+    if not isinstance(rec, dict):
+        return f"a JSON {type(rec).__name__}, not an object"
+    return None
+
+
+def is_llm_results(folder: str | Path) -> bool:
+    """Whether ``folder`` holds an LLM grid's results (for ``aensae figures``): its
+    ``config.json`` says so; when that manifest is missing or damaged, the table's
+    columns decide (the LLM grid's identifying columns, ``pass`` and ``sae`` among them,
+    are in no synthetic table)."""
+    path = Path(folder) / MANIFEST_FILE
+    if manifest_problem(folder) is None:
         return json.loads(path.read_text(encoding="utf-8")).get("kind") == "llm"
-    except (OSError, ValueError, AttributeError):
+    try:
+        with open(Path(folder) / RESULTS_FILE, newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
         return False
+    return set(LLM_ID_COLUMNS) <= set(header)
 
 
 # ----------------------------------------------------------------------------- context
+def _harvest_config(cfg: LLMGridConfig, split: str) -> Any:
+    """The :class:`~aensae.llm.cache.HarvestConfig` of the train cache or the eval cache."""
+    from aensae.llm.cache import HarvestConfig
+
+    d = cfg.data
+    tokens = d["tokens"] if split == "train" else cfg.eval["tokens"]
+    batch = d["batch_size"] if split == "train" else cfg.eval["batch_size"]
+    return HarvestConfig(model=d["model"], layer=d["layer"], tokens=tokens,
+                         hook=d["hook"], text=d["text"], ctx=d["ctx"],
+                         batch_size=batch, dtype=d["model_dtype"],
+                         device=cfg.experiment["device"], split=split,
+                         eval_fraction=d["eval_fraction"], text_column=d["text_column"],
+                         shard_windows=d["shard_windows"],
+                         shuffle_windows=d["shuffle_windows"],
+                         seed=cfg.experiment["seed"], revision=d["revision"])
+
+
 class _Run:
     """What the phases share: the config, the folder, the model (loaded on first use)."""
 
@@ -130,10 +203,14 @@ class _Run:
         self.cfg, self.out, self.progress = cfg, out, progress
         self._lm: Any = None
         self._windows: tuple[Any, Any] | None = None
-        self.times: dict[str, float] = {}
+        self.times: dict[str, Any] = {}
         path = out / TIMES_FILE
         if path.is_file():
-            self.times = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                times = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                times = None  # a damaged record of times: started afresh
+            self.times = times if isinstance(times, dict) else {}
 
     @property
     def lm(self) -> Any:
@@ -144,7 +221,7 @@ class _Run:
             t0 = _clock()
             self._lm = load_model(d["model"], dtype=d["model_dtype"],
                                   device=self.cfg.experiment["device"],
-                                  revision=d["revision"])
+                                  revision=d["revision"], quiet=not self.progress)
             wall, _ = self.record_time("model_load", t0)
             log(f"model {d['model']} loaded in {wall:.1f} s")
         return self._lm
@@ -159,19 +236,7 @@ class _Run:
         return wall, cpu
 
     def harvest_config(self, split: str) -> Any:
-        from aensae.llm.cache import HarvestConfig
-
-        d = self.cfg.data
-        tokens = d["tokens"] if split == "train" else self.cfg.eval["tokens"]
-        batch = d["batch_size"] if split == "train" else self.cfg.eval["batch_size"]
-        return HarvestConfig(model=d["model"], layer=d["layer"], tokens=tokens,
-                             hook=d["hook"], text=d["text"], ctx=d["ctx"],
-                             batch_size=batch, dtype=d["model_dtype"],
-                             device=self.cfg.experiment["device"], split=split,
-                             eval_fraction=d["eval_fraction"], text_column=d["text_column"],
-                             shard_windows=d["shard_windows"],
-                             shuffle_windows=d["shuffle_windows"],
-                             seed=self.cfg.experiment["seed"], revision=d["revision"])
+        return _harvest_config(self.cfg, split)
 
     def eval_windows(self) -> tuple[Any, Any]:
         if self._windows is None:
@@ -188,20 +253,21 @@ class _Run:
 # ----------------------------------------------------------------------------- phases
 def _harvest(run: _Run, split: str, folder: str) -> dict[str, Any]:
     """Phase 1: the train cache or the eval cache (skipped when complete)."""
-    from aensae.llm.cache import MANIFEST, harvest
+    from aensae.llm.cache import MANIFEST, harvest, read_manifest
 
     hcfg = run.harvest_config(split)
     path = run.out / folder
-    man = path / MANIFEST
-    if man.is_file():
-        saved = json.loads(man.read_text(encoding="utf-8"))
-        if saved.get("complete") and saved.get("config") == hcfg.identity():
+    if (path / MANIFEST).is_file():
+        saved = read_manifest(path, folder, f"remove {path} to harvest it again")
+        if saved["complete"] and saved["config"] == hcfg.identity():
             return saved
     log(f"harvest: {hcfg.tokens:,} {split} tokens of {hcfg.text} at {hcfg.hook} "
          f"L{hcfg.layer} -> {path}")
     lm = run.lm
     t0 = _clock()
-    result = harvest(hcfg, path, model=lm, progress=run.progress)
+    result = harvest(hcfg, path, model=lm, progress=run.progress,
+                     max_memory=run.cfg.experiment["max_memory_gb"],
+                     memory_option=_MEMORY_KEY)
     run.record_time(f"harvest_{split}", t0)
     return result
 
@@ -212,7 +278,7 @@ def _load_rows(cache: Path, tokens: bool = False) -> tuple[Any, ...]:
 
     from aensae.llm.store import ActivationStore
 
-    store = ActivationStore(cache)
+    store = ActivationStore(cache, where=cache.name)  # shards verified
     acts, pos, ids = [], [], []
     for i in range(len(store.shards)):
         shard = store.shard(i)
@@ -281,9 +347,10 @@ def _cache_stats(run: _Run) -> dict[str, Any]:
 
 
 def _cache_identity(run: _Run, folder: str) -> dict[str, Any]:
-    from aensae.llm.cache import MANIFEST
+    from aensae.llm.cache import read_manifest
 
-    man = json.loads((run.out / folder / MANIFEST).read_text(encoding="utf-8"))
+    man = read_manifest(run.out / folder, folder, f"remove {run.out / folder} to harvest it "
+                        "again")
     return {"tokens": man["tokens"], "sha256": [s["sha256"] for s in man["shards"]]}
 
 
@@ -330,7 +397,8 @@ def _train_pass(run: _Run, index: int, members: list[tuple[Any, dict[str, Any], 
         normalisation=tr["normalisation"], seed=cfg.experiment["seed"],
         checkpoint_every=tr["checkpoint_every"], device=cfg.experiment["device"],
         dtype=cfg.experiment["dtype"], progress=run.progress,
-        extra={"grid": cfg.name, "pass": index}))
+        extra={"grid": cfg.name, "pass": index},
+        max_memory=cfg.experiment["max_memory_gb"], names=_TRAIN_NAMES))
     run.record_time(f"pass_{index}", t0)
     X = _eval_activations(run)
     l0s = {}
@@ -554,9 +622,9 @@ def _eval_group(run: _Run, members: list[tuple[int, str]], keys: list[str],
 def build_rows(cfg: LLMGridConfig, out: Path, plan: list[dict[str, Any]],
                evals: dict[str, dict[str, Any]], stats: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (family, variant, target): provenance, training, evaluation."""
-    from aensae.llm.cache import MANIFEST
+    from aensae.llm.cache import read_manifest
 
-    man = json.loads((out / "cache" / MANIFEST).read_text(encoding="utf-8"))
+    man = read_manifest(out / "cache", "cache", f"remove {out / 'cache'} to harvest it again")
     tr, d = cfg.train, cfg.data
     prov = {"config_name": cfg.name, "config_hash": cfg.config_hash(),
             "aensae_version": __version__, "model": d["model"], "layer": d["layer"],
@@ -632,24 +700,82 @@ def write_llm_figures(results_dir: str | Path) -> list[Path]:
 
     results_dir = Path(results_dir)
     check_llm_table(results_dir / RESULTS_FILE)
-    with replace_together(results_dir, (FIGURES_DIR, REPORT_FILE)) as stage:
+    with folder_lock("RESULTS_DIR", results_dir), \
+            staged_report(results_dir, FIGURE_FILES) as stage:
         files = draw_llm_figures(results_dir, stage / FIGURES_DIR)
         write_llm_report(results_dir, stage / REPORT_FILE)
     return [results_dir / FIGURES_DIR / p.name for p in files] + [results_dir / REPORT_FILE]
 
 
 # ----------------------------------------------------------------------------- main
+def _largest_pass(cfg: LLMGridConfig) -> int:
+    """SAEs trained together in the largest pass: pass 0, the calibration ladders of the
+    calibrated families and every direct-k run (later passes hold at most as many)."""
+    n = 0
+    for fam in cfg.families:
+        per = len(fam.target_l0) if fam.arch in DIRECT_K else cfg.calibrate["ladder"]
+        n += len(fam.variants()) * max(1, per)
+    return max(1, n)
+
+
 def check_llm_reproduce(cfg: LLMGridConfig, out: str | Path) -> Path:
-    """Checks before any work: the model can be had here, the device, the text, ``out``."""
+    """Checks before any work: the model can be had here (and its config: layer, window
+    length), the device, the sizes against the memory limit, the text, ``out``."""
+    from aensae.llm.cache import _check_harvest_memory
+    from aensae.llm.models import check_ctx, config_shape
     from aensae.llm.text import check_not_empty, open_text
 
-    check_model_reachable(cfg)
+    shape = config_shape(check_model_reachable(cfg))
     check_device("config experiment.device", cfg.experiment["device"])
+    d, tr = cfg.data, cfg.train
+    if tr["batch_size"] > d["tokens"]:
+        raise InputError(f"config train.batch_size {tr['batch_size']} exceeds data.tokens "
+                         f"{d['tokens']}: each batch would hold some tokens twice")
+    check_ctx("config data.ctx", d["ctx"], shape, d["model"])
+    limit = cfg.experiment["max_memory_gb"]
+    for split in ("train", "eval"):
+        _check_harvest_memory(_harvest_config(cfg, split), shape, True, limit,
+                              override=_MEMORY_KEY)
+    _check_grid_train_memory(cfg, shape.d_model, limit)
     out = check_output_dir("--out", out)
-    source = open_text(cfg.data["text"], text_column=cfg.data["text_column"])
-    check_not_empty(source, "train", cfg.data["eval_fraction"])
-    check_not_empty(source, "eval", cfg.data["eval_fraction"])
+    source = open_text(d["text"], text_column=d["text_column"])
+    check_not_empty(source, "train", d["eval_fraction"])
+    check_not_empty(source, "eval", d["eval_fraction"])
     return out
+
+
+def _check_grid_train_memory(cfg: LLMGridConfig, d_in: int, limit: float | None) -> None:
+    """The largest training pass against the memory limit (the estimate of
+    :func:`aensae.llm.training.train_memory`, with a shuffle buffer of the whole
+    ``data.tokens`` at most)."""
+    from aensae._dtypes import torch_dtype
+    from aensae._validation import check_memory
+
+    tr = cfg.train
+    e = torch_dtype(cfg.experiment["dtype"]).itemsize
+    n = _largest_pass(cfg)
+    params = n * 4 * (2 * d_in * tr["d_sae"] + 4 * tr["d_sae"] + d_in) * e
+    step = (6 * tr["batch_size"] * tr["d_sae"] + 3 * tr["batch_size"] * d_in) * e
+    rows = min(cfg.data["tokens"], 2**17 + cfg.data["shard_windows"] * cfg.data["ctx"])
+    buffer = rows * (2 * d_in * 4 + 8)
+    key = "config train.d_sae" if params >= step else "config train.batch_size"
+    check_memory(f"{key} {tr['d_sae'] if params >= step else tr['batch_size']}",
+                 params + step + buffer,
+                 f"a training pass ({n} SAEs of {tr['d_sae']} latents on {d_in}-wide "
+                 f"activations, batches of {tr['batch_size']})", limit_gib=limit,
+                 override=_MEMORY_KEY)
+
+
+def _lock_subfolders(out: Path, held: ExitStack) -> None:
+    """Take the lock of every folder below ``out`` that has a lock file (a cache or a
+    training pass, which ``aensae llm harvest`` / ``llm train`` may be writing on their
+    own): ``--overwrite`` never removes a folder, or a lock file, that another process
+    holds."""
+    if not out.is_dir():
+        return
+    for folder in sorted(p.parent for p in out.glob(f"*/{LOCK_FILE}")) + sorted(
+            p.parent for p in out.glob(f"passes/*/{LOCK_FILE}")):
+        held.enter_context(folder_lock("--out", folder))
 
 
 def reproduce_llm(cfg: LLMGridConfig, out: str | Path, *, progress: bool = True,
@@ -663,16 +789,27 @@ def reproduce_llm(cfg: LLMGridConfig, out: str | Path, *, progress: bool = True,
     from aensae.experiments.llm.config import check_hub_model
 
     check_hub_model(cfg.data["model"], cfg.data["revision"])
-    import torch
 
     try:
         import aensae.llm  # noqa: F401
     except ImportError as err:
         raise InputError(f"config data.kind 'llm': {err}") from None
     out = check_llm_reproduce(cfg, out)
-    open_output(out, manifest(cfg), OUTPUT_ENTRIES, overwrite=overwrite)
-    # what a killed run left (the caches and training passes clean their own folders)
-    remove_partial_files(out / "evals")
+    with folder_lock("--out", out):  # one writer: taken after the checks, before any write
+        with ExitStack() as held:
+            if overwrite:
+                _lock_subfolders(out, held)
+            open_output(out, manifest(cfg), OUTPUT_TREE, overwrite=overwrite)
+        # what a killed run left (the caches and training passes clean their own folders)
+        remove_partial_files(out / "evals")
+        return _reproduce_locked(cfg, out, progress, draw, on_phase)
+
+
+def _reproduce_locked(cfg: LLMGridConfig, out: Path, progress: bool, draw: bool,
+                      on_phase: Callable[[str], None] | None) -> Path:
+    """The phases of :func:`reproduce_llm`, with ``out`` locked."""
+    import torch
+
     t_start = time.perf_counter()
     threads = torch.get_num_threads()
     if cfg.experiment["threads"]:
