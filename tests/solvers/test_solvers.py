@@ -658,6 +658,34 @@ def test_uncertified_codes_are_reported_and_gap_still_bounds():
     np.testing.assert_allclose(res.gap, duality_gap(D, X, res.codes, lam1), rtol=1e-6)
 
 
+def test_small_lam1_at_rho_099_certifies_optimal_codes_issue_26():
+    # issue 26, finding 6: here lam1 = 1e-4 is below the error bound of the float32
+    # screening correlations (2 (n + 2) 2^-24 ||x||: 0.9e-4 to 1.6e-4). The support's ones
+    # entered the dual scale with that error bound instead of their exact float64 value,
+    # and 197 of 200 optimal codes were reported uncertified (gap up to 7.8e-4, against
+    # tol ||x||^2 <= 4.2e-8) while the public duality gap was below 1e-11.
+    sd = spiked_dictionary(64, 256, 0.99, seed=0)
+    D = np.array(sd.D)
+    X, _ = sample_signals(sd, 200, 8, nonneg=True, seed=0)
+    lam1, tol = 1e-4, 1e-10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncertifiedWarning)
+        res = solve(D, X, lam1, nonneg=True, tol=tol)
+    sq = np.einsum("bn,bn->b", X, X)
+    assert res.all_certified, res.status
+    gap = duality_gap(D, X, res.codes, lam1, nonneg=True)
+    assert np.all(gap <= tol * sq)
+    # the internal gap is the public one, to float64 rounding of the gap itself
+    margin = 1e-14 * (np.sqrt(sq) + np.abs(res.codes).sum(axis=1)) ** 2
+    np.testing.assert_array_less(np.abs(res.gap - gap), margin)
+    # scikit-learn on every 8th signal (coordinate descent takes ~0.1 s per signal here)
+    sub = slice(None, None, 8)
+    H_sk = solve_sklearn(D, X[sub], lam1, nonneg=True, tol=1e-12).codes
+    assert_objectives_agree(objective(D, X[sub], res.codes[sub], lam1),
+                            objective(D, X[sub], H_sk, lam1), X[sub])
+    assert_kkt(D, X, res.codes, lam1, nonneg=True)
+
+
 @pytest.mark.parametrize("nonneg", [False, True])
 def test_lam1_zero_is_rejected_with_a_reason(nonneg):
     """lam1 = 0 is ridge regression: no sparsity, and the augmented-lasso certificate is

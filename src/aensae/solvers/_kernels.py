@@ -427,8 +427,10 @@ def _add_atom(Dt, G, X, b, wmat, wrow, lam1, lam2, idx, Q, c, wl, i, j):
 def _exact_pass(z, r, Dt, iw, cnw, e, mark, mu_s, lam1, nonneg, vidx, vval, grow):
     """Tight dual scale ``mu`` and exact violators (pass 2 of :func:`solve_signals`).
 
-    Atoms whose bound ``ub_j`` stays below ``max(mu_S, (1 - 1e-3) lam1)`` contribute the
-    bound; the others (outside the support) are recomputed as ``D_j^T r`` in float64.
+    The support (``mark == 2``) enters through ``mu_s`` alone, its exact float64 value.
+    Every other atom whose bound ``ub_j`` stays below ``max(mu_S, (1 - 1e-3) lam1)``
+    contributes the bound (it cannot raise ``mu`` past ``lam1``, where the gap starts to
+    depend on it); the rest are recomputed as ``D_j^T r`` in float64.
     Returns ``(mu, number of violators written to vidx/vval)``, at most the ``grow``
     largest.
     """
@@ -438,10 +440,12 @@ def _exact_pass(z, r, Dt, iw, cnw, e, mark, mu_s, lam1, nonneg, vidx, vval, grow
     mu = mu_s
     nv = 0
     for j in range(z.shape[0]):
+        if mark[j] == 2:
+            continue
         zj = z[j]
         a = zj if nonneg else abs(zj)
         ub = a * iw[j] + e * cnw[j]
-        if ub <= thresh or mark[j] == 2:
+        if ub <= thresh:
             mu = max(mu, ub)
             continue
         s = 0.0
@@ -483,9 +487,14 @@ def solve_signals(Dt, G, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam2,
     screening error; the float64 rounding of ``G``, of the update, of ``r`` and of the
     scan's own arithmetic, using ``|z_j| <= ||D_j|| (2 ||x|| + sum_a |h_a| ||D_a||)``). Hence
     ``ub_j = (|z_j| + e ||D_j||) / w_j`` bounds ``|D_j^T r| / w_j`` from above and
-    ``lb_j`` from below. The gap evaluated with ``mu = max(mu_S, max_j ub_j)`` (``mu_S``
-    exact on the support) is a rigorous upper bound. If it exceeds ``tol ||x||^2`` and some
-    atoms have ``lb_j > lam1`` (certain violators), the ``max(ws_grow, |W|)`` largest join
+    ``lb_j`` from below. The gap evaluated with ``mu = max(mu_S, max_{j not in S} ub_j)``
+    is a rigorous upper bound: ``mu_S``, the support's scale, is computed from ``D_j^T r``
+    in float64 and never from ``z`` (at the restricted optimum it equals ``lam1``, while
+    ``e ||D_j|| / w_j`` exceeds ``lam1`` once ``lam1 < err32 ||x||``: with it in ``mu``,
+    ``s = lam1 / mu`` would fall well below 1 and the gap, about
+    ``lam1 sum_j w_j |h_j| (1 - s)``, far above tol, on optimal codes). If the gap
+    exceeds ``tol ||x||^2`` and some atoms have ``lb_j > lam1`` (certain violators), the
+    ``max(ws_grow, |W|)`` largest join
     the working set (so it at most doubles per round) and the next round starts. Otherwise
     every atom whose bound could matter (``ub_j`` above ``max(mu_S, (1 - 1e-3) lam1)``) is
     recomputed as ``D_j^T r`` in float64;
@@ -572,8 +581,11 @@ def solve_signals(Dt, G, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam2,
             for d in range(n):
                 rx += r[d] * X[b, d]
                 rr += r[d] * r[d]
-            # the support's exact dual scale; its z entries are zeroed so that the scan
-            # below adds only e ||D_j|| / w_j for them (a harmless overestimate)
+            # the support's exact dual scale, in float64. The scans below skip the support
+            # (mark 2): the error bound e ||D_j|| / w_j of its z_j exceeds lam1 itself
+            # when lam1 < err32 ||x|| (small lam1, or signals far above the penalty); as
+            # a bound in mu it would set s = lam1 / mu well below 1 and the gap to about
+            # lam1 sum_j w_j |h_j| (1 - s), far above tol ||x||^2, on optimal codes
             mu_s = 0.0
             for i in range(W):
                 gi = idx[i]
@@ -582,7 +594,6 @@ def solve_signals(Dt, G, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam2,
                     mark[gi] = 1
                     continue
                 mark[gi] = 2
-                z[gi] = 0.0
                 s = 0.0
                 for d in range(n):
                     s += Dt[gi, d] * r[d]
@@ -596,6 +607,8 @@ def solve_signals(Dt, G, C32, X, sq_norm, wmat, iw0, cnw0, col_norm, lam1, lam2,
             mu = mu_s
             nv = 0
             for j in range(m):
+                if mark[j] == 2:
+                    continue  # exact in mu_s
                 zj = z[j]
                 a = zj if nonneg else abs(zj)
                 ej = e * cnw[j]

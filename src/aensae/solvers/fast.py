@@ -13,9 +13,13 @@ For each chunk of signals ``X`` (b, n) it runs
    ``D_j^T r = D_j^T x - sum_{a in S} h_a G_aj``: the float32 ``C`` updated through the
    Gram matrix (``|S| m`` flops instead of ``n m``). ``C``'s rounding error is at most
    ``2 gamma_{n+2} ||D_j|| ||x||`` (``gamma_k = k u / (1 - k u)``, ``u = 2^-24``: the
-   classical dot-product bound, valid for any summation order), so every atom gets a
-   rigorous interval for ``|D_j^T r| / w_j``; atoms whose interval cannot decide the
-   certificate are recomputed in float64. The duality gap
+   classical dot-product bound, valid for any summation order), so every atom outside
+   the support gets a rigorous interval for ``|D_j^T r| / w_j``; atoms whose interval
+   cannot decide the certificate are recomputed in float64. The support's ``D_j^T r``
+   are always computed in float64 (``|S| n`` flops): they equal ``lam1 w_j`` at the
+   restricted optimum, and the interval, wider than ``lam1`` itself when
+   ``lam1 < 2 gamma_{n+2} ||x||`` (small penalties, signals far above them), would
+   make optimal codes look uncertified. The duality gap
    (:mod:`aensae.solvers.certificate`) is then exact up to float64 rounding, or a
    rigorous upper bound of it.
 4. **Working-set growth.** A signal whose gap exceeds ``tol * ||x||^2`` gets its most
