@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
@@ -32,11 +31,12 @@ class SerialExecutor:
 class ProcessExecutor:
     """Tasks in ``workers`` spawned processes of ``threads`` threads each.
 
-    Ctrl-C belongs to the driver: the workers are spawned with SIGINT ignored (a process
-    inherits an ignored signal), so an interrupt prints one line from the driver instead
-    of a traceback from every worker, and the driver stops the workers
-    (:meth:`_stop_workers`) when the run ends on any exception. A task cut short leaves
-    temporary files that the next run removes, as after a kill.
+    Ctrl-C belongs to the driver: the workers are spawned with SIGINT blocked (a process
+    inherits its parent's signal mask), so an interrupt prints one line from the driver
+    instead of a traceback from every worker. An interrupt that arrives while they are
+    being spawned waits in the driver until the spawning is done (blocked, not lost), and
+    the driver stops the workers (:meth:`_stop_workers`) when a run ends on any exception.
+    A task cut short leaves temporary files that the next run removes, as after a kill.
     """
 
     inline = False
@@ -58,9 +58,11 @@ class ProcessExecutor:
         if not tasks:
             return
         pool = self._get_pool()
-        futures = self._submit(pool, fn, tasks)
-        pending = set(futures)
+        futures: dict[Future, int] = {}
+        pending: set[Future] = set()
         try:
+            futures = self._submit(pool, fn, tasks)
+            pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in sorted(done, key=futures.__getitem__):
@@ -75,14 +77,15 @@ class ProcessExecutor:
     @staticmethod
     def _submit(pool: ProcessPoolExecutor, fn: Callable[..., Any],
                 tasks: list[tuple[Any, ...]]) -> dict[Future, int]:
-        """Submit every task; the submits spawn the workers, with SIGINT ignored."""
-        main = threading.current_thread() is threading.main_thread()
-        before = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        """Submit every task; the submits spawn the workers, with SIGINT blocked (a Ctrl-C
+        meanwhile is delivered to this process when the block ends)."""
+        mask = getattr(signal, "pthread_sigmask", None)  # POSIX
+        before = mask(signal.SIG_BLOCK, {signal.SIGINT}) if mask else None
         try:
             return {pool.submit(fn, *t): i for i, t in enumerate(tasks)}
         finally:
-            if main:
-                signal.signal(signal.SIGINT, before)
+            if mask:
+                mask(signal.SIG_SETMASK, before)
 
     def _stop_workers(self) -> None:
         """Terminate the workers now (their running tasks resume on the next run)."""

@@ -304,28 +304,33 @@ def reproduce(grid: GridConfig, out: str | Path, *, progress: bool = True,
     if spec.remote:  # a job or Ray task may start in another working directory
         out = out.absolute()
     t_start = time.perf_counter()
-    with folder_lock("--out", out):  # one writer: taken after the checks, before any write
-        pool = make_executor(workers, threads, spec, folder=out / JOBS_DIR, name=grid.name)
-        try:
-            open_output(out, _manifest(grid), OUTPUT_TREE, overwrite=overwrite)
-            where = {"local": "process(es)", "submitit": f"submitit job(s) "
-                     f"({spec.submitit_cluster or 'slurm'})", "ray": "Ray task(s)"}[spec.kind]
-            log(f"workers: {pool.workers} {where} of {threads} thread(s)")
-            specs = _run_grid_limited(grid, out, progress=progress, on_group=on_group,
-                                      executor=pool, threads=threads,
-                                      probe=spec.here or _device_here(grid.experiment["device"]))
-        finally:
-            pool.close()
-        # outside the thread limits: the solver benchmark measures its anchors' own threading
-        _speed(grid, out)
-        rows = build_rows(grid, out, specs)
-        table = out / RESULTS_FILE
-        write_table(table, rows)
-        log(f"results: {table} ({len(rows)} rows) in {hms(time.perf_counter() - t_start)}")
-        if draw:
-            files = write_figures(out)
-            log(f"figures: {len(files) - 1} files in {out / 'figures'}; report: "
-                 f"{out / 'report.md'}")
+    # the executor first: it checks what it asks of its engine before anything is written
+    pool = make_executor(workers, threads, spec, folder=out / JOBS_DIR, name=grid.name)
+    try:
+        with folder_lock("--out", out):  # one writer: after the checks, before any write
+            try:
+                open_output(out, _manifest(grid), OUTPUT_TREE, overwrite=overwrite)
+                where = {"local": "process(es)", "submitit": f"submitit job(s) "
+                         f"({spec.submitit_cluster or 'slurm'})",
+                         "ray": "Ray task(s)"}[spec.kind]
+                log(f"workers: {pool.workers} {where} of {threads} thread(s)")
+                specs = _run_grid_limited(
+                    grid, out, progress=progress, on_group=on_group, executor=pool,
+                    threads=threads, probe=spec.here or _device_here(grid.experiment["device"]))
+            finally:
+                pool.close()
+            # outside the thread limits: the solver bench measures its anchors' threading
+            _speed(grid, out)
+            rows = build_rows(grid, out, specs)
+            table = out / RESULTS_FILE
+            write_table(table, rows)
+            log(f"results: {table} ({len(rows)} rows) in {hms(time.perf_counter() - t_start)}")
+            if draw:
+                files = write_figures(out)
+                log(f"figures: {len(files) - 1} files in {out / 'figures'}; report: "
+                    f"{out / 'report.md'}")
+    finally:
+        pool.close()  # closing twice is harmless; here for a lock that was refused
     return table
 
 
