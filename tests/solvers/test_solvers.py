@@ -980,6 +980,85 @@ def test_gram_buffer_of_a_dead_solver_serves_the_next_one_and_never_a_held_one()
     release_workspace()
 
 
+def _same_result(a, b):
+    np.testing.assert_array_equal(a.codes, b.codes)
+    np.testing.assert_array_equal(a.gap, b.gap)
+    np.testing.assert_array_equal(a.certified, b.certified)
+    np.testing.assert_array_equal(a.n_iter, b.n_iter)
+
+
+def test_reused_solver_gives_the_codes_of_separate_public_calls():
+    # the documented way to pay the Gram matrix once: one FastSolver, many batches; each
+    # batch's codes and certificates must equal those of a separate public call, and the
+    # oracle (a solver built after release_workspace, no kept setup) must agree bit for bit
+    d = spiked_dictionary(24, 60, 0.5, seed=3)
+    batches = [sample_signals(d, 40, 4, nonneg=True, seed=s)[0] for s in range(3)]
+    lam1, lam2 = 0.1, 0.05
+    release_workspace()
+    fresh = [FastSolver(d.D, lam1, lam2, True).solve(X) for X in batches[:1]]
+    solver = FastSolver(d.D, lam1, lam2, True)
+    reused = [solver.solve(X) for X in batches]
+    streamed = list(solver.solve_batches(batches, output="dense"))
+    public = [solve(d.D, X, lam1, lam2, nonneg=True) for X in batches]
+    _same_result(reused[0], fresh[0])
+    for r, st_, p in zip(reused, streamed, public, strict=True):
+        assert r.all_certified
+        _same_result(r, p)
+        _same_result(r, st_)
+    for r, c in zip(reused, solve_batches(d.D, batches, lam1, lam2, nonneg=True),
+                    strict=True):
+        np.testing.assert_array_equal(r.codes, c.codes.toarray())
+    release_workspace()
+
+
+def test_equal_dictionary_shares_the_setup_and_a_changed_one_never_gets_a_stale_gram():
+    # the kept setup is served only to a dictionary equal in shape and every value: an
+    # equal copy (another object) shares it; a dictionary modified in place (one entry,
+    # by one ulp or more) gets its own Gram matrix, bit for bit the one computed from
+    # scratch, and its codes are those of a solver built with nothing kept
+    rng = np.random.default_rng(5)
+    D = rng.standard_normal((16, 48))
+    X = rng.standard_normal((20, 16))
+    blocks = 2 * numba.get_num_threads()
+    release_workspace()
+    s1 = FastSolver(D, 0.3, 0.05)
+    s2 = FastSolver(D.copy(), 0.2)  # equal content, other penalties: shared setup
+    assert s2.G is s1.G
+    G_before = s1.G.copy()
+    for change in ("ulp", "entry"):
+        if change == "ulp":
+            D[3, 7] = np.nextafter(D[3, 7], np.inf)  # same object, new content
+        else:
+            D[5, 0] += 0.5
+        res = solve(D, X, 0.3, 0.05)
+        s3 = FastSolver(D, 0.3, 0.05)
+        assert s3.G is not s1.G
+        np.testing.assert_array_equal(s3.G, gram(D, blocks))
+        np.testing.assert_array_equal(s3.D32, D.astype(np.float32))
+        np.testing.assert_array_equal(s3.Dt, D.T)
+        expected = D.copy()
+        release_workspace()
+        _same_result(res, FastSolver(expected, 0.3, 0.05).solve(X))
+        np.testing.assert_array_equal(s1.G, G_before)  # a live solver's Gram: untouched
+    assert not np.array_equal(s3.G, G_before)
+    release_workspace()
+
+
+def test_setup_of_a_dead_solver_is_kept_only_while_its_dictionary_is_the_last():
+    # the kept setup holds one dictionary: a new one replaces it, and the replaced Gram
+    # buffer serves the new dictionary when no solver holds it
+    rng = np.random.default_rng(8)
+    D1, D2 = rng.standard_normal((10, 30)), rng.standard_normal((10, 30))
+    release_workspace()
+    s = FastSolver(D1, 0.2)
+    address = s.G.__array_interface__["data"][0]
+    del s
+    s = FastSolver(D2, 0.2)
+    assert s.G.__array_interface__["data"][0] == address  # D1's buffer, overwritten
+    np.testing.assert_allclose(s.G, D2.T @ D2, rtol=0, atol=1e-12)
+    release_workspace()
+
+
 @pytest.mark.parametrize("weights", ["ones", "population"])
 def test_float32_dictionary_and_heavy_tailed_signals_match_sklearn(weights):
     # an SAE decoder is float32 and LLM activations are heavy-tailed: the certificate
