@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_support import one_line_error, tree
 from grid_support import micro_config
 
 from aensae import cli
@@ -26,22 +27,8 @@ from aensae.experiments.spiked.config import load_config
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 TINY_TRAIN = ["--n", "6", "--m", "8", "--k", "1", "--steps", "3", "--batch-size", "8",
               "--eval-samples", "16", "--dead-window", "16", "--no-progress"]
-def one_line_error(capsys, *needles: str) -> str:
-    """stderr holds exactly one line, ``aensae ...: error: ...``, with every needle."""
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("aensae ") and ": error: " in lines[0], err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, err)
-    return lines[0]
 
 
-def tree(root: Path) -> dict[str, bytes | None]:
-    """Every path below ``root`` with its bytes (None for folders)."""
-    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes())
-            for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_support import one_line_error, tree
 from grid_support import micro_config
 from report_support import SPEED, _rows
 
@@ -27,14 +28,6 @@ TINY_TRAIN = ["--n", "6", "--m", "8", "--k", "1", "--steps", "3", "--batch-size"
               "--eval-samples", "16", "--dead-window", "16", "--no-progress"]
 
 
-def one_line_error(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("aensae ") and ": error: " in lines[0], err
-    for needle in needles:
-        assert needle in lines[0], (needle, err)
-    return lines[0]
 
 
 def final_error(capsys, *needles: str) -> str:
@@ -50,9 +43,6 @@ def final_error(capsys, *needles: str) -> str:
     return last
 
 
-def tree(root: Path) -> dict[str, bytes | None]:
-    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes())
-            for p in sorted(root.rglob("*"))}
 
 
 def _micro_run(tmp_path: Path, capsys, name: str = "micro") -> tuple[Path, Path]:
