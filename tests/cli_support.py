@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+#: Options of an ``aensae train`` run of a few steps on tiny sizes.
+TINY_TRAIN = ["--n", "6", "--m", "8", "--k", "1", "--steps", "3", "--batch-size", "8",
+              "--eval-samples", "16", "--dead-window", "16", "--no-progress"]
+
 
 def one_line_error(capsys, *needles: str) -> str:
     """stderr holds exactly one line, ``aensae ...: error: ...``, with every needle."""

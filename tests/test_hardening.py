@@ -18,15 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_support import one_line_error, tree
+from cli_support import TINY_TRAIN, one_line_error, tree
 from grid_support import micro_config
 
 from aensae import cli
 from aensae.experiments.spiked.config import load_config
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-TINY_TRAIN = ["--n", "6", "--m", "8", "--k", "1", "--steps", "3", "--batch-size", "8",
-              "--eval-samples", "16", "--dead-window", "16", "--no-progress"]
 
 
 

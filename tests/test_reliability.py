@@ -17,17 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_support import one_line_error, tree
+from cli_support import TINY_TRAIN, one_line_error, tree
 from grid_support import micro_config
 from report_support import SPEED, _rows
 
 from aensae import cli
 from aensae._validation import InputError
-
-TINY_TRAIN = ["--n", "6", "--m", "8", "--k", "1", "--steps", "3", "--batch-size", "8",
-              "--eval-samples", "16", "--dead-window", "16", "--no-progress"]
-
-
 
 
 def final_error(capsys, *needles: str) -> str:

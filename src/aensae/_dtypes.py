@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MODEL_DTYPES", "SAE_DTYPES", "dtype_name", "torch_dtype"]
+__all__ = ["MODEL_DTYPES", "SAE_DTYPES", "torch_dtype"]
 
 #: What an SAE's weights (and the activations fed to it) may be.
 SAE_DTYPES: tuple[str, ...] = ("float32", "float64")
@@ -27,8 +27,3 @@ def torch_dtype(name: str) -> Any:
         return known[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(known)}") from None
-
-
-def dtype_name(dtype: Any) -> str:
-    """The name of a ``torch.dtype`` (``torch.float32`` -> ``"float32"``)."""
-    return str(dtype).removeprefix("torch.")

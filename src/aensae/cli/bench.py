@@ -342,8 +342,6 @@ def _harvest_main(args: argparse.Namespace) -> int:
         from aensae.benches.harvest import bench_harvest
     except ImportError as err:
         raise InputError(str(err)) from None
-    from aensae._io import atomic_write_json
-
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     res = bench_harvest(args.model, args.layer, args.hook, args.tokens, args.repeats,
@@ -362,8 +360,6 @@ def _harvest_main(args: argparse.Namespace) -> int:
 
 
 def _llm_eval_main(args: argparse.Namespace) -> int:
-    from aensae._io import atomic_write_json, check_output_file
-
     with user_input():
         check_int("--k", args.k, low=1)
         check_int("--tokens", args.tokens, low=1)
