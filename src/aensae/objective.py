@@ -45,9 +45,11 @@ __all__ = [
     "blend_weights",
     "exact_objective",
     "exact_to_sae",
+    "hold_steps",
     "penalty",
     "population_weights",
     "ramp_factor",
+    "ref_count",
     "sae_loss",
     "sae_to_exact",
     "update_ema",
@@ -201,6 +203,7 @@ def population_weights(
     top_p: float = 0.01,
     w_min: float = 0.1,
     w_max: float = 10.0,
+    count: str = "floor",
 ) -> Array:
     r"""AEN-SAE population weights from the per-latent EMA of mean ``|h|``.
 
@@ -208,8 +211,11 @@ def population_weights(
     paper's reference implementation, as issue 11 quotes them; the SAEs' hyperparameters
     (:data:`aensae.saes.adaptive_lasso.ADAPTIVE_HYPER`) carry the same values.
 
-    ``ref = mean of the largest ceil(top_p * m) entries of ema`` and
-    ``w_i = clip((ref / ema_i)^gamma, w_min, w_max)``.
+    ``ref = mean of the largest K entries of ema`` and
+    ``w_i = clip((ref / ema_i)^gamma, w_min, w_max)``, with ``K = ref_count(top_p, m, count)``:
+    ``max(1, int(top_p * m))`` (``count="floor"``, the reference implementation's count:
+    2 latents at m = 256, top 1 %) or ``max(1, ceil(top_p * m))`` (``"ceil"``, aensae's
+    count before issue 24: 3 latents there).
 
     A latent with ``ema_i = 0`` (never active) gets ``w_max`` -- the limit of the formula.
     If every EMA entry is zero, ``ref = 0`` and all weights are ``w_min`` by the same
@@ -228,7 +234,7 @@ def population_weights(
     w_min = check_real("w_min", w_min, low=0.0, low_inclusive=False)
     w_max = check_real("w_max", w_max, low=w_min)
     m = ema.shape[-1]
-    k = max(1, math.ceil(top_p * m))
+    k = ref_count(top_p, m, count)
     if is_torch(ema):
         import torch
 
@@ -243,6 +249,38 @@ def population_weights(
         ratio = np.where(ema > 0, ref / np.where(ema > 0, ema, 1.0),
                          np.where(ref > 0, np.inf, 0.0))
     return np.clip(ratio ** gamma, w_min, w_max)
+
+
+#: How the reference size ``K`` is rounded (:func:`ref_count`).
+REF_COUNTS = ("floor", "ceil")
+
+
+def ref_count(top_p: float, m: int, count: str = "floor") -> int:
+    r"""Number ``K`` of largest EMA entries averaged into the reference of the weights.
+
+    ``K = max(1, int(top_p * m))`` for ``count="floor"`` (the reference implementation's
+    ``int(top_frac * d_dict)``, a truncation; the default) and ``max(1, ceil(top_p * m))``
+    for ``"ceil"``. At ``m = 256``: top 1 % gives 2 (floor) or 3 (ceil), top 5 % 12 or 13.
+    """
+    if count not in REF_COUNTS:
+        raise ValueError(f"count must be one of {', '.join(REF_COUNTS)}, got {count!r}")
+    x = top_p * m
+    return max(1, int(x) if count == "floor" else math.ceil(x))
+
+
+def hold_steps(warmup_steps: int, warmup_frac: float, run_steps: int) -> int:
+    r"""Steps of the cold-start hold (weights exactly 1): ``warmup_steps + floor(warmup_frac * T)``.
+
+    ``T`` = ``run_steps``, the length of the training run. The reference implementation's
+    spiked sweep holds the weights for 10,000 of 50,000 steps (``warmup_frac = 0.2``,
+    ``warmup_steps = 0``); aensae's earlier fixed hold is ``warmup_frac = 0``,
+    ``warmup_steps = 1000``.
+    """
+    warmup_steps = check_int("warmup_steps", warmup_steps, low=0)
+    warmup_frac = check_real("warmup_frac", warmup_frac, low=0.0, high=1.0,
+                             high_inclusive=False)
+    run_steps = check_int("run_steps", run_steps, low=0)
+    return warmup_steps + int(math.floor(warmup_frac * run_steps))
 
 
 def ramp_factor(step: int, warmup_steps: int, ramp_steps: int) -> float:

@@ -38,12 +38,14 @@ def _perturb(model: torch.nn.Module, seed: int = 1, scale: float = 0.3) -> None:
 def _relu_family(arch: str, l1: float, l2: float, ema: tuple[float, float] | None = None,
                  dtype: torch.dtype = torch.float64) -> torch.nn.Module:
     """A perturbed ReLU-family model: ``l2`` where the architecture has it, adaptive
-    weights live from step 0 with the EMA set to ``linspace(*ema)`` when given."""
+    weights live from step 0 with the EMA set to ``linspace(*ema)`` when given; the EMA
+    updated after the step (``ema_update="after"``), so the loss uses ``l1_weights()``
+    (the "before" order is tested on its own below)."""
     hyper: dict = {"l1": l1}
     if arch in ("elastic_net", "aen"):
         hyper["l2"] = l2
     if arch in ("adaptive_lasso", "aen"):
-        hyper.update(warmup_steps=0, ramp_steps=0)
+        hyper.update(warmup_steps=0, warmup_frac=0.0, ramp_steps=0, ema_update="after")
     model = create(arch, D_IN, D_SAE, dtype=dtype, **hyper)
     _perturb(model)
     if ema is not None and arch in ("adaptive_lasso", "aen"):
@@ -308,7 +310,8 @@ def test_adaptive_weights_use_the_objective_function_of_the_solvers() -> None:
 
 
 def test_no_gradient_through_adaptive_weights() -> None:
-    model = create("aen", D_IN, D_SAE, dtype=torch.float64, warmup_steps=0, ramp_steps=0)
+    model = create("aen", D_IN, D_SAE, dtype=torch.float64, warmup_steps=0, ramp_steps=0,
+                   ema_update="after")
     _perturb(model)
     with torch.no_grad():
         model.ema.copy_(torch.linspace(0.1, 1.0, D_SAE, dtype=torch.float64))
@@ -337,6 +340,126 @@ def test_ema_and_step_update_after_a_step() -> None:
     np.testing.assert_allclose(model.ema.numpy(), beta * 1.0 + (1 - beta) * np.abs(h).mean(0),
                                rtol=1e-12)
     assert int(model.step) == 1
+
+
+# ------------------------------------------------------ the reference implementation's choices
+def _reference_weights(ema: np.ndarray, gamma: float, top_p: float, w_min: float,
+                       w_max: float) -> np.ndarray:
+    """The reference's population weights written out: the mean of the ``int(top_p m)``
+    largest EMA entries (at least one) over each entry, to the power gamma, clamped."""
+    k = max(1, int(top_p * ema.size))
+    ref = np.sort(ema)[::-1][:k].mean()
+    return np.clip((ref / ema) ** gamma, w_min, w_max)
+
+
+def test_reference_count_is_the_floor_of_top_p_m() -> None:
+    # m = 256, top 1 %: int(2.56) = 2 latents (ceil would take 3); top 5 %: 12
+    ema = np.linspace(0.01, 1.0, 256) ** 2
+    ema[[-1, -2, -3]] = [9.0, 6.0, 1.5]   # the top three differ a lot: the count matters
+    for top_p, k in ((0.01, 2), (0.05, 12), (0.001, 1)):
+        ref = np.sort(ema)[::-1][:k].mean()
+        want = np.clip(ref / ema, 0.1, 10.0)
+        got = objective.population_weights(ema, 1.0, top_p, 0.1, 10.0)
+        np.testing.assert_allclose(got, want, rtol=1e-13)
+        got_t = objective.population_weights(torch.from_numpy(ema), 1.0, top_p, 0.1, 10.0)
+        np.testing.assert_allclose(got_t.numpy(), want, rtol=1e-13)
+    assert objective.ref_count(0.01, 256) == 2 and objective.ref_count(0.01, 256, "ceil") == 3
+    # set back: ceil takes 3 at m = 256, top 1 %
+    ref3 = np.sort(ema)[::-1][:3].mean()
+    np.testing.assert_allclose(objective.population_weights(ema, 1.0, 0.01, 0.1, 10.0, "ceil"),
+                               np.clip(ref3 / ema, 0.1, 10.0), rtol=1e-13)
+    model = create("aen", D_IN, 256, dtype=torch.float64, warmup_frac=0.0, ramp_steps=0)
+    with torch.no_grad():
+        model.ema.copy_(torch.from_numpy(ema))
+    np.testing.assert_allclose(model.l1_weights().numpy(),
+                               _reference_weights(ema, 1.0, 0.01, 0.1, 10.0), rtol=1e-13)
+
+
+@pytest.mark.parametrize("arch", ("adaptive_lasso", "aen"))
+def test_ema_takes_the_batch_before_the_weights(arch: str) -> None:
+    # the reference's compute_loss: ema <- beta ema + (1 - beta) mean_b |h_b| first, then
+    # w = clip((ref / ema)^gamma, ...) of the new ema; the loss written out with that w
+    beta, gamma = 0.8, 0.5
+    hyper = {"l1": 0.05, "beta": beta, "gamma": gamma, "top_p": 0.2, "w_min": 0.01,
+             "warmup_frac": 0.0, "ramp_steps": 0}
+    if arch == "aen":
+        hyper["l2"] = 0.03
+    model = create(arch, D_IN, D_SAE, dtype=torch.float64, **hyper)
+    _perturb(model)
+    ema0 = np.linspace(0.05, 2.0, D_SAE)
+    with torch.no_grad():
+        model.ema.copy_(torch.from_numpy(ema0))
+    x = _x(b=9)
+    with torch.no_grad():
+        h = torch.relu((x - model.b_dec) @ model.W_enc + model.b_enc).numpy()
+    ema1 = beta * ema0 + (1 - beta) * np.abs(h).mean(0)
+    w = torch.from_numpy(_reference_weights(ema1, gamma, 0.2, 0.01, 10.0))
+    out = model.compute_grads(x)
+    hand = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = None
+    ref = _independent_loss(model, x, w)
+    ref.backward()
+    torch.testing.assert_close(out.loss, ref.detach(), rtol=1e-12, atol=1e-14)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(hand[n], p.grad, rtol=1e-10, atol=1e-12, msg=n)
+    model.after_step(out)
+    np.testing.assert_allclose(model.ema.numpy(), ema1, rtol=1e-13)
+    assert int(model.step) == 1
+    # the autograd path (SAE.loss) uses the same weights
+    model.ema.copy_(torch.from_numpy(ema0))
+    out2 = model.loss(x)
+    torch.testing.assert_close(out2.loss.detach(), ref.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_ema_after_order_can_be_set_back() -> None:
+    model = create("aen", D_IN, D_SAE, dtype=torch.float64, ema_update="after",
+                   warmup_frac=0.0, ramp_steps=0, top_p=0.2)
+    _perturb(model)
+    ema0 = np.linspace(0.05, 2.0, D_SAE)
+    with torch.no_grad():
+        model.ema.copy_(torch.from_numpy(ema0))
+    x = _x(b=9)
+    out = model.compute_grads(x)
+    ref = _independent_loss(model, x, torch.from_numpy(_reference_weights(ema0, 1.0, 0.2,
+                                                                          0.1, 10.0)))
+    torch.testing.assert_close(out.loss, ref.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_hold_is_a_fraction_of_the_run() -> None:
+    # hold = warmup_steps + floor(warmup_frac * T): 20 % of 30,000 steps = 6,000
+    model = create("aen", D_IN, D_SAE)
+    assert model.hyper["warmup_frac"] == 0.2 and model.hyper["warmup_steps"] == 0
+    model.set_run_length(30000)
+    assert int(model.hold) == 6000
+    for step, alpha in ((5999, 0.0), (6000, 0.0), (7000, 0.5), (8000, 1.0)):
+        model.step.fill_(step)
+        assert model.ramp() == alpha
+    model.step.fill_(10)  # a model that has stepped keeps its hold
+    model.set_run_length(100)
+    assert int(model.hold) == 6000
+    old = create("aen", D_IN, D_SAE, warmup_frac=0.0, warmup_steps=1000)
+    old.set_run_length(30000)
+    assert int(old.hold) == 1000
+    mixed = create("aen", D_IN, D_SAE, warmup_frac=0.1, warmup_steps=7)
+    mixed.set_run_length(999)
+    assert int(mixed.hold) == 7 + 99
+
+
+def test_regime_reports_clamped_fractions_and_quantiles() -> None:
+    model = create("aen", D_IN, D_SAE, dtype=torch.float64, warmup_frac=0.0, ramp_steps=0,
+                   top_p=0.1, w_min=0.5, w_max=4.0)
+    ema = np.array([8.0, 4.0, 2.0, 1.0, 1.0, 1.0, 0.5, 0.1, 0.0, 8.0])
+    with torch.no_grad():
+        model.ema.copy_(torch.from_numpy(ema))
+    w = np.clip(8.0 / np.where(ema > 0, ema, 1e-300), 0.5, 4.0)  # K = 1, ref = 8
+    got = model.regime()
+    assert got["w_max_frac"] == np.mean(w >= 4.0) == 0.7  # ema <= 2: seven of ten
+    assert got["w_min_frac"] == 0.0 and got["alpha"] == 1.0
+    assert math.isclose(got["w_q50"], float(np.quantile(w, 0.5)), rel_tol=1e-12)
+    assert math.isclose(got["ema_q95"], float(np.quantile(ema, 0.95)), rel_tol=1e-12)
+    model.hold.fill_(5)  # during the hold every weight is 1: nothing is at a clamp
+    assert model.regime()["w_max_frac"] == 0.0 and model.regime()["w_q50"] == 1.0
 
 
 # ----------------------------------------------------------------------------- exact problem
@@ -521,7 +644,7 @@ def test_safetensors_use_saelens_names(tmp_path) -> None:
     save(create("aen", D_IN, D_SAE), tmp_path)
     tensors = load_file(str(tmp_path / "sae.safetensors"))
     assert tensors["W_enc"].shape == (D_IN, D_SAE) and tensors["W_dec"].shape == (D_SAE, D_IN)
-    assert set(tensors) == {"W_enc", "W_dec", "b_enc", "b_dec", "ema", "step"}
+    assert set(tensors) == {"W_enc", "W_dec", "b_enc", "b_dec", "ema", "step", "hold"}
 
 
 def test_load_missing_files_is_a_clear_error(tmp_path) -> None:

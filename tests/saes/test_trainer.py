@@ -70,6 +70,8 @@ def test_trainer_update_is_torch_adam(dtype: str) -> None:
     torch_dtype = getattr(torch, dtype)
     for name, model in _models().items():
         model.to(torch_dtype)
+        if hasattr(model, "hold"):  # the hold of a 7-step run: warmup_steps + floor(0.2 * 7)
+            model.hold.fill_(int(model.hyper["warmup_steps"]) + 1)
         optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
                                  eps=cfg.adam_eps, fused=True)
         for t, x in enumerate(data):
@@ -330,3 +332,35 @@ def test_batch_whose_sum_overflows_is_not_an_error() -> None:
     inf_batch[0, 0] = float("inf")
     with pytest.raises(FloatingPointError, match="batch at step 0 holds 1 NaN/inf"):
         train(model, [inf_batch], TrainConfig(steps=1, device="cpu"))
+
+
+def test_dead_tracker_records_trend_and_regime_per_window() -> None:
+    from aensae.saes.dead import DeadTracker
+
+    calls = iter(range(100))
+    tr = DeadTracker(4, window=6, last=3, probe=lambda: {"probe": float(next(calls))})
+    h_all = torch.tensor([[1.0, 0, 0, 0]] * 3)   # one of four latents fires: 3/4 dead
+    h_two = torch.tensor([[1.0, 1.0, 0, 0]] * 3)  # two fire: 1/2 dead
+    for h in (h_all, h_all, h_two, h_two, h_all, h_two, h_all, h_all):
+        tr.update(h)
+    s = tr.summary()
+    assert s["fractions"] == [0.75, 0.5, 0.5, 0.75]
+    assert s["trend"] == 0.75 - 0.5  # last window minus the one `last - 1` windows before
+    assert [r["samples_seen"] for r in s["regime"]] == [6, 12, 18, 24]
+    assert [r["dead"] for r in s["regime"]] == s["fractions"]
+    assert [r["probe"] for r in s["regime"]] == [0.0, 1.0, 2.0, 3.0]
+    again = DeadTracker(4, window=6, last=3)
+    again.load_state_dict(tr.state_dict())
+    assert again.summary() == s
+
+
+def test_trainer_records_the_adaptive_regime_at_each_window() -> None:
+    model = create("aen", N, M, seed=0, l1=0.01, l2=0.01, ramp_steps=2)
+    res = train({"m": model}, _stream(10), TrainConfig(steps=10, dead_window=32,
+                                                       **{k: v for k, v in CFG.items()
+                                                          if k != "dead_window"}))["m"]
+    reg = res.dead["regime"]
+    assert len(reg) == 5 and [r["step"] for r in reg] == [2, 4, 6, 8, 10]
+    assert int(model.hold) == 2  # floor(0.2 * 10)
+    assert [r["alpha"] for r in reg] == [0.0, 1.0, 1.0, 1.0, 1.0]  # (step - 2) / 2, capped
+    assert all(0.0 <= r["w_max_frac"] <= 1.0 and r["w_q05"] <= r["w_q95"] for r in reg)

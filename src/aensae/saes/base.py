@@ -278,6 +278,22 @@ class SAE(nn.Module):
         """Current per-latent l1 weights (d_sae,), detached; ``None`` means all ones."""
         return None
 
+    def step_weights(self, mean_abs: torch.Tensor) -> torch.Tensor | None:
+        """The l1 weights of a training step whose batch has ``mean_b |h_b|`` =
+        ``mean_abs`` (adaptive models may update their statistics with it first, see
+        :meth:`aensae.saes.adaptive_lasso.AdaptiveLassoSAE.step_weights`); otherwise
+        :meth:`l1_weights`."""
+        return self.l1_weights()
+
+    def loss_weights(self, h: torch.Tensor) -> torch.Tensor | None:
+        """:meth:`step_weights` of the codes ``h`` (B, d_sae) of a training batch."""
+        return self.l1_weights()
+
+    def regime(self) -> dict[str, float]:
+        """Diagnostics of the model's adaptive state (empty: none), recorded at every
+        dead-latent window of training."""
+        return {}
+
     def has_l1_objective(self) -> bool:
         """Whether the model is trained on the (weighted) l1 + l2 objective."""
         return "l1" in self.HYPER
@@ -285,7 +301,7 @@ class SAE(nn.Module):
     def loss(self, x: torch.Tensor) -> LossOutput:
         """Training loss of a batch via :func:`aensae.objective.sae_loss`."""
         x_hat, h = self(x)
-        w = self.l1_weights()
+        w = self.loss_weights(h)
         loss = sae_loss(x, x_hat, h, self.l1, self.l2, w)
         with torch.no_grad():
             diff = x - x_hat

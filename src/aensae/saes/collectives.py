@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["batch_context", "batch_world", "count_before", "global_mean", "global_top_values"]
+__all__ = ["batch_context", "batch_world", "count_before", "global_average", "global_mean",
+           "global_top_values"]
 
 _ACTIVE: Any = None
 
@@ -55,6 +56,20 @@ def global_mean(x: torch.Tensor) -> torch.Tensor:
 
     dist.all_reduce(local)
     return local.div_(world.size)
+
+
+def global_average(v: torch.Tensor) -> torch.Tensor:
+    """The average over the ranks of ``v``, a statistic each rank computed on its equal
+    share of the global batch (e.g. a row mean); ``v`` itself outside
+    :func:`batch_context` of a world. No gradient; ``v`` is not modified."""
+    world = _ACTIVE
+    if world is None:
+        return v
+    import torch.distributed as dist
+
+    out = v.detach().clone()
+    dist.all_reduce(out)
+    return out.div_(world.size)
 
 
 def global_top_values(flat: torch.Tensor, k: int) -> torch.Tensor:

@@ -5,12 +5,19 @@ window. Windows are consecutive and close at the first batch boundary at which a
 ``window`` samples have been seen; each closed window records its dead fraction and its
 exact sample count (equal to ``window`` when the batch size divides it). The tracker
 reports the final window's fraction and the median over the last ``last`` windows, since
-one window alone is volatile.
+one window alone is volatile, and ``trend``: the last window's fraction minus that of
+the window ``last - 1`` windows before it (how much the fraction still moves).
+
+With a ``probe`` (the trainer passes :meth:`aensae.saes.base.SAE.regime`), each closed
+window also records the model's state at its end (for adaptive SAEs the fractions of
+weights at ``w_max`` / ``w_min`` and quantiles of the weights and EMA) with the samples
+seen so far: ``summary()["regime"]``, one dict per window.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,16 +43,21 @@ class DeadTracker:
         Window length in samples (tokens for LLM activations).
     last : int
         Number of final windows whose median is reported.
+    probe : callable returning a dict of floats, optional
+        Called at the end of every window; its dict is recorded with the window.
     """
 
-    def __init__(self, d_sae: int, window: int, last: int = 5) -> None:
+    def __init__(self, d_sae: int, window: int, last: int = 5,
+                 probe: Callable[[], dict[str, float]] | None = None) -> None:
         self.d_sae = check_int("d_sae", d_sae, low=1)
         self.window = check_int("window", window, low=1)
         self.last = check_int("last", last, low=1)
+        self.probe = probe
         self.fired: torch.Tensor | None = None
         self.samples = 0
         self.fractions: list[float] = []
         self.window_samples: list[int] = []
+        self.regime: list[dict[str, Any]] = []
 
     def update(self, h: torch.Tensor, fired: torch.Tensor | None = None,
                samples: int | None = None) -> None:
@@ -77,16 +89,23 @@ class DeadTracker:
         """Record the full window: ``n_fired`` of ``d_sae`` latents fired in it."""
         self.fractions.append(1.0 - n_fired / self.d_sae)
         self.window_samples.append(self.samples)
+        seen = sum(self.window_samples)
+        self.regime.append({"samples_seen": seen, "dead": self.fractions[-1],
+                            **(self.probe() if self.probe is not None else {})})
         self.fired = None
         self.samples = 0
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready summary: the window, every window's fraction, final and median-of-last.
+        """JSON-ready summary: the window, every window's fraction, final, median-of-last,
+        trend over the last windows and the per-window ``regime`` records.
 
-        ``final`` and ``median_last`` are ``None`` before the first window closes.
+        ``final``, ``median_last`` and ``trend`` are ``None`` before the first window
+        closes (``trend`` is 0 with one window).
         """
         tail = self.fractions[-self.last:]
         return {
+            "trend": (tail[-1] - tail[0]) if tail else None,
+            "regime": [dict(r) for r in self.regime],
             "window_samples": self.window,
             "windows": len(self.fractions),
             "fractions": list(self.fractions),
@@ -100,7 +119,8 @@ class DeadTracker:
         """Everything needed to resume tracking exactly."""
         return {"window": self.window, "last": self.last, "samples": self.samples,
                 "fired": None if self.fired is None else self.fired.detach().cpu().clone(),
-                "fractions": list(self.fractions), "window_samples": list(self.window_samples)}
+                "fractions": list(self.fractions), "window_samples": list(self.window_samples),
+                "regime": [dict(r) for r in self.regime]}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
         """Restore a state saved by :meth:`state_dict`."""
@@ -112,3 +132,4 @@ class DeadTracker:
         self.fired = None if state["fired"] is None else state["fired"].to(device)
         self.fractions = list(state["fractions"])
         self.window_samples = list(state["window_samples"])
+        self.regime = [dict(r) for r in state.get("regime", [])]

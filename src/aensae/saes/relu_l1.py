@@ -52,7 +52,6 @@ class ReluL1SAE(SAE):
         B, n = x.shape
         # the parameters are read inside no_grad, so no graph is recorded (no detach needed)
         W_enc, W_dec, b_enc, b_dec = self.W_enc, self.W_dec, self.b_enc, self.b_dec
-        w = self.l1_weights()
         l1, l2 = self.l1, self.l2
         with torch.no_grad():
             xc = x - b_dec
@@ -62,6 +61,8 @@ class ReluL1SAE(SAE):
             flat_r = r.reshape(-1)
             mse = torch.dot(flat_r, flat_r) / (B * n)
             h_sum = h.sum(0)
+            # adaptive models: the EMA may take this batch before the weights (ema_update)
+            w = self.step_weights(h_sum / B)
             l1_term = l1 * (h_sum.sum() if w is None else torch.dot(h_sum, w)) / B
             g = r.mul_(2.0 / (B * n))
             grad_W_dec = torch.mm(h.t(), g)

@@ -68,13 +68,13 @@ threshold) is computed with ``torch.where`` on device tensors.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
+from aensae.objective import ref_count
 from aensae.saes.adaptive_lasso import AdaptiveLassoSAE
 from aensae.saes.aen import AENSAE
 from aensae.saes.base import SAE, LossOutput, check_batch
@@ -366,6 +366,8 @@ class StackedReLU(StackedGroup):
         dev, dt = self.device, self.dtype
         self.ema = self._stack_attr(ad, "ema")
         self.step = self._stack_attr(ad, "step")
+        # a view of every model's hold: a checkpoint loaded into the models updates it
+        self.hold = self._stack_attr(ad, "hold")
         self.ad_index = torch.tensor([i for i, a in enumerate(self.adaptive) if a],
                                      device=dev)
         hp = [m.hyper for m in ad]
@@ -386,15 +388,17 @@ class StackedReLU(StackedGroup):
         self.one_minus_beta = torch.tensor([1.0 - float(h["beta"]) for h in hp], dtype=dt,
                                            device=dev).unsqueeze(1)
         m = self.d_sae
-        self.k_ref = [_ref_count(float(h["top_p"]), m) for h in hp]
+        self.k_ref = [ref_count(float(h["top_p"]), m, str(h["ref_count"])) for h in hp]
         self.k_ref_max = max(self.k_ref)
         self.k_ref_uniform = _uniform(self.k_ref)
         if not self.k_ref_uniform:
             self.ref_mask = (torch.arange(self.k_ref_max, device=dev).unsqueeze(0)
                              < torch.tensor(self.k_ref, device=dev).unsqueeze(1)).to(dt)
             self.ref_count = torch.tensor(self.k_ref, dtype=dt, device=dev).unsqueeze(1)
-        self.warmup = torch.tensor([float(h["warmup_steps"]) for h in hp],
-                                   dtype=torch.float64, device=dev)
+        # models whose EMA takes the batch before the step's weights (ema_update)
+        before = [h["ema_update"] == "before" for h in hp]
+        self.ema_before: bool | torch.Tensor = (
+            before[0] if _uniform(before) else torch.tensor(before, device=dev).unsqueeze(1))
         ramp = [float(h["ramp_steps"]) for h in hp]
         self.ramp_zero = torch.tensor([r == 0 for r in ramp], device=dev)
         self.ramp_len = torch.tensor([max(r, 1.0) for r in ramp], dtype=torch.float64,
@@ -404,9 +408,15 @@ class StackedReLU(StackedGroup):
         extra = [self.ema, self.step] if self.n_adaptive else []
         return super().state_tensors() + extra
 
-    def _adaptive_weights(self) -> torch.Tensor:
-        """(G_adaptive, d_sae) l1 weights of the adaptive models, from device state only."""
-        ema = self.ema
+    def _next_ema(self, mean_abs: torch.Tensor) -> torch.Tensor:
+        """(G_adaptive, d_sae) ``beta ema + (1 - beta) mean_b |h_b|`` (all models' rows)."""
+        if self.n_adaptive != len(self.models):
+            mean_abs = mean_abs.index_select(0, self.ad_index)
+        return self.beta * self.ema + self.one_minus_beta * mean_abs
+
+    def _adaptive_weights(self, ema: torch.Tensor) -> torch.Tensor:
+        """(G_adaptive, d_sae) l1 weights of the adaptive models from ``ema`` (the EMA the
+        step's weights use), from device state only."""
         vals = torch.topk(ema, self.k_ref_max, dim=-1).values
         if self.k_ref_uniform:
             ref = vals.mean(-1, keepdim=True)
@@ -417,16 +427,27 @@ class StackedReLU(StackedGroup):
                                         torch.zeros_like(ema)))
         w_pop = (ratio ** self.gamma).clamp(self.w_min, self.w_max)
         s = self.step.to(torch.float64)
+        hold = self.hold.to(torch.float64)
         ramped = torch.where(self.ramp_zero, 1.0,
-                             ((s - self.warmup) / self.ramp_len).clamp_max(1.0))
-        alpha = torch.where(s < self.warmup, 0.0, ramped).to(self.dtype).unsqueeze(1)
+                             ((s - hold) / self.ramp_len).clamp_max(1.0))
+        alpha = torch.where(s < hold, 0.0, ramped).to(self.dtype).unsqueeze(1)
         return 1.0 + alpha * (w_pop - 1.0)
 
-    def _weights(self) -> torch.Tensor:
-        """(G, d_sae) l1 weights of every model (ones where a model has none)."""
+    def _weights(self, mean_abs: torch.Tensor) -> torch.Tensor:
+        """(G, d_sae) l1 weights of every model (ones where a model has none) for a batch
+        with ``mean_b |h_b|`` = ``mean_abs`` (G, d_sae); the EMA the adaptive models'
+        weights used is kept for :meth:`update_buffers` (``ema_update``)."""
         if not self.n_adaptive:
             return self.ones
-        w = self._adaptive_weights()
+        nxt = self._next_ema(mean_abs)
+        if self.ema_before is True:
+            ema = nxt
+        elif self.ema_before is False:
+            ema = self.ema
+        else:
+            ema = torch.where(self.ema_before, nxt, self.ema)
+        self._ema_next = nxt
+        w = self._adaptive_weights(ema)
         if self.n_adaptive == len(self.models):
             return w
         return self.ones.index_copy(0, self.ad_index, w)
@@ -434,11 +455,11 @@ class StackedReLU(StackedGroup):
     def _forward_backward(self, x: torch.Tensor, aux: bool) -> StackedOut:
         B = x.shape[0]
         W_dec = self.params["W_dec"]
-        w = self._weights()
         xc, pre = self._pre(x)
         h = pre.relu_()
         x_hat, mse, g = self._decode(x, h)
         h_sum = h.sum(1)
+        w = self._weights(h_sum / B)
         l1_term = self.l1 * (h_sum * w).sum(1) / B
         l1_vec = (w * (self.l1 / B).unsqueeze(1)).unsqueeze(1)
         dh = torch.baddbmm(l1_vec, g, W_dec.transpose(1, 2))
@@ -463,22 +484,13 @@ class StackedReLU(StackedGroup):
         models (:meth:`AdaptiveLassoSAE.after_step`), unless ``skip``."""
         if not self.n_adaptive:
             return
-        mean_abs = out.stats["mean_abs_h"]
-        if self.n_adaptive != len(self.models):
-            mean_abs = mean_abs.index_select(0, self.ad_index)
-        new = self.beta * self.ema + self.one_minus_beta * mean_abs
+        new = self._ema_next  # the EMA of this step's batch, from _weights
         if skip is None:
             self.ema.copy_(new)
             self.step.add_(1)
         else:
             self.ema.copy_(torch.where(skip, self.ema, new))
             self.step.add_((~skip).to(self.step.dtype))
-
-
-def _ref_count(top_p: float, m: int) -> int:
-    """``max(1, ceil(top_p m))``, the reference's size in
-    :func:`aensae.objective.population_weights`."""
-    return max(1, math.ceil(top_p * m))
 
 
 def _top_entries(values: torch.Tensor, k: list[int], k_t: torch.Tensor | None
