@@ -27,6 +27,7 @@ from aensae.experiments.llm.figures import LLM_FIGURES  # noqa: E402
 from aensae.experiments.results import read_table  # noqa: E402
 
 TARGETS = [3.0, 8.0]
+OUTLIER_FACTOR = 1.2
 
 
 def _config(model, corpus, name="tiny-llm", **eval_over):
@@ -69,7 +70,9 @@ def setup(tmp_path_factory, smol_tokenizer_dir):
 @pytest.fixture(scope="module")
 def finished(setup):
     root, model, corpus = setup
-    cfg = load_llm_config(_config(model, corpus))
+    # outliers at 1.2 x the median norm: a few percent of this random model's tokens, so
+    # that leaving them out is exercised (at 10 x, the default, there are none here)
+    cfg = load_llm_config(_config(model, corpus, outlier_factor=OUTLIER_FACTOR))
     out = root / "run"
     torch.set_num_threads(1)
     table = llm_grid.reproduce_llm(cfg, out, progress=False)
@@ -97,9 +100,18 @@ def test_table_schema_and_numbers(finished) -> None:
         # the CE-loss scores from the CE columns, by hand
         assert r["ce_loss_score"] == pytest.approx(
             (r["ce_zero"] - r["ce_spliced"]) / (r["ce_zero"] - r["ce_clean"]), rel=1e-9)
+        # the reference's defective splice replaces every token: every token's baseline
+        base = r["ce_mean_ablation_all_tokens"]
         assert r["ce_loss_score_unnormalised_splice_mean_ablation"] == pytest.approx(
-            (r["ce_mean_ablation"] - r["ce_unnormalised_splice"])
-            / (r["ce_mean_ablation"] - r["ce_clean"]), rel=1e-9)
+            (base - r["ce_unnormalised_splice"]) / (base - r["ce_clean"]), rel=1e-9)
+        # the headline numbers are those without the outliers; both ways are reported
+        for key in ("l0", "explained_variance", "mse", "ce_spliced", "kl_spliced",
+                    "ce_loss_score", "ce_zero", "ce_mean_ablation"):
+            assert r[key] == r[f"{key}_outliers_excluded"]
+            assert isinstance(r[f"{key}_all_tokens"], float)
+        assert r["ce_loss_score_all_tokens"] == pytest.approx(
+            (r["ce_zero_all_tokens"] - r["ce_spliced_all_tokens"])
+            / (r["ce_zero_all_tokens"] - r["ce_clean"]), rel=1e-9)
         assert r["l0_ratio"] == pytest.approx(r["l0"] / r["target_l0"])
         assert r["l0_matched"] == ("yes" if 1 / 1.5 <= r["l0_ratio"] <= 1.5 else "no")
         if r["arch"] in ("topk",):
@@ -119,20 +131,48 @@ def test_table_schema_and_numbers(finished) -> None:
                    ["shards"]])
     assert len(X) == 192
     d_in = X.shape[1]
-    assert c == pytest.approx(math.sqrt(d_in / float(
-        sum((load_file(out / "cache" / s["file"])["activations"].double() ** 2).sum()
-            for s in man["shards"]) / man["tokens"])), rel=1e-9)
+    train_x = torch.cat([load_file(out / "cache" / s["file"])["activations"].double()
+                         for s in man["shards"]])
+    assert c == pytest.approx(math.sqrt(d_in / float((train_x ** 2).sum() / man["tokens"])),
+                              rel=1e-9)
+    # the outliers by hand: norm above 1.2 x the median norm of the training cache; the
+    # SAEs are trained, normalised and measured without them
+    norms = torch.linalg.vector_norm(train_x, dim=1)
+    threshold = OUTLIER_FACTOR * float(np.median(norms.numpy()))
+    out_mask = norms > threshold
+    n_out = int(out_mask.sum())
+    assert 0 < n_out < len(norms) / 10
+    c_kept = math.sqrt(d_in / float((train_x[~out_mask] ** 2).sum() / (~out_mask).sum()))
+    kept_eval = torch.linalg.vector_norm(X.double(), dim=1) <= threshold
     for r in sae:
-        model = load(out / "passes" / f"pass-{int(r['pass'])}" / r["sae"]).eval()
+        assert r["cache_outlier_tokens"] == n_out and r["train_excluded_tokens"] == n_out
+        assert r["exclude_outliers"] is True
+        assert r["outlier_threshold"] == pytest.approx(threshold, rel=1e-12)
+        assert r["normalisation_constant"] == pytest.approx(c_kept, rel=1e-9)
+        # the eval windows hold the eval cache's 192 tokens and the rest of the last window
+        extra = r["eval_tokens"] - 192
+        assert 0 <= r["eval_excluded_tokens"] - int((~kept_eval).sum()) <= extra
+        assert r["eval_tokens_measured"] == r["eval_tokens"] - r["eval_excluded_tokens"]
+        folder = out / "passes" / f"pass-{int(r['pass'])}" / r["sae"]
+        model = load(folder).eval()
         with torch.no_grad():
-            h = model.encode(X * c)
+            h = model.encode(X[kept_eval] * c_kept)
         assert float((h != 0).sum(1).double().mean()) == pytest.approx(r["l0"], rel=0.05)
-    # the outlier statistics by hand
-    norms = torch.cat([torch.linalg.vector_norm(load_file(out / "cache" / s["file"])
-                                                ["activations"].double(), dim=1)
-                       for s in man["shards"]])
-    n_out = int((norms > 10.0 * norms.median()).sum())
-    assert all(r["cache_outlier_tokens"] == n_out for r in sae)
+        # the dead-latent windows: a tenth of the run each, as the tracker counted them
+        dead = json.loads((folder / "metrics.json").read_text())["dead"]
+        assert r["dead_window_tokens"] == 64 * 6 and r["dead_windows"] == 10
+        assert [float(v) for v in str(r["dead_fractions"]).split(";")] == pytest.approx(
+            dead["fractions"], abs=1e-6)
+        assert str(r["dead_window_ends"]) == ";".join(str(64 * 6 * i) for i in range(1, 11))
+        assert r["dead_final"] == dead["fractions"][-1]
+        if r["arch"] == "aen":  # full strength after the hold (5 + 20 % of 60) and ramp
+            steps = 5 + math.floor((r.get("hp_warmup_frac") or 0.0) * 60) + 10
+            assert r["hold_ramp_tokens"] == 64 * steps
+            assert r["dead_post_ramp_windows"] == sum(384 * i >= 64 * steps for i in range(10))
+            if dead.get("regime"):
+                assert isinstance(r["regime_w_max_frac_final"], float)
+        else:
+            assert r["hold_ramp_tokens"] is None and r["dead_post_ramp_windows"] == 10
 
 
 def test_figures_and_report(finished) -> None:
@@ -144,7 +184,8 @@ def test_figures_and_report(finished) -> None:
     for heading in ("## Setting", "## Results per SAE", "## Matched sparsity",
                     "## Beside the authors' published Pythia-70M runs",
                     "### What differs between the two settings",
-                    "## The size of the splice defect", "## Residual-stream outliers"):
+                    "## The size of the splice defect", "## Residual-stream outliers",
+                    "## Dead latents over training", "EV all | EV excl."):
         assert heading in report
     assert "AdaptiveElasticNetSAE" in report  # their classes, from the shipped table
     # redraw from the table alone: byte-identical figures and report
@@ -276,6 +317,54 @@ def test_paper_configs_stop_with_one_line_without_the_hub(name, model, tmp_path,
     assert len(err) == 1 and "Traceback" not in err[0]
     assert model in err[0] and "cannot be fetched" in err[0]
     assert not out.exists()  # nothing written before the check
+
+
+@pytest.mark.parametrize("table, key, value, message", [
+    ("data", "exclude_outliers", "yes", "must be true or false, got 'yes'"),
+    ("data", "exclude_outliers", 1, "must be true or false, got 1"),
+    ("eval", "outlier_factor", 1, "must be > 1, got 1"),
+    ("eval", "outlier_factor", 0.5, "must be > 1, got 0.5"),
+    ("eval", "outlier_factor", "10", "must be a number, got '10'"),
+    ("eval", "rare_rate", 0, "must be > 0, got 0"),
+    ("train", "dead_window", 63, "must lie between one batch (train.batch_size 64 tokens) "
+     "and the whole run (train.steps x train.batch_size = 3840 tokens), got 63"),
+    ("train", "dead_window", 3841, "must lie between one batch (train.batch_size 64 "
+     "tokens) and the whole run (train.steps x train.batch_size = 3840 tokens), got 3841"),
+])
+def test_bad_starvation_options_are_one_line_errors(setup, tmp_path, capsys, table, key,
+                                                    value, message) -> None:
+    """The outlier option, the rare rate and the dead window: one line naming the key,
+    the value and what was expected, before any work (nothing is written)."""
+    _, model, corpus = setup
+    raw = _config(model, corpus)
+    raw[table][key] = value
+    with pytest.raises(InputError) as err:
+        load_llm_config(raw)
+    assert str(err.value) == f"config {table}.{key}: {message}"
+    out = tmp_path / "o"
+    path = tmp_path / "c.toml"
+    tables: dict = {"data": {"kind": "llm", "model": "smollm2-135m"},
+                    "train": {"steps": 60, "batch_size": 64}, "eval": {}}
+    tables[table][key] = value
+    path.write_text("".join(f"[{t}]\n" + "".join(f"{k} = {json.dumps(v)}\n"
+                                                 for k, v in kv.items())
+                            for t, kv in tables.items())
+                    + '[[family]]\nname = "t"\narch = "topk"\ntarget_l0 = [4.0]\n')
+    assert cli.main(["reproduce", "--config", str(path), "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"config {table}.{key}: {message}" in lines[0], lines
+    assert not out.exists()
+
+
+def test_the_default_dead_window_is_a_tenth_of_the_run(setup) -> None:
+    _, model, corpus = setup
+    cfg = load_llm_config(_config(model, corpus))
+    assert cfg.dead_window == 64 * 6  # 60 steps: windows of 6 steps of 64 tokens
+    raw = _config(model, corpus)
+    raw["train"]["steps"] = 61  # rounded up to whole batches: 7 steps
+    assert load_llm_config(raw).dead_window == 64 * 7
+    raw["train"]["dead_window"] = 640
+    assert load_llm_config(raw).dead_window == 640
 
 
 def test_bad_llm_configs_are_one_line_errors(setup, tmp_path, capsys) -> None:

@@ -290,7 +290,7 @@ def test_named_configs_load_and_expand() -> None:
         assert (CONFIG_DIR / f"{name}.toml").is_file()
         grid = load_config(name)
         jobs = grid.calibration_jobs()
-        fake = {(f.name, v, rho): {t: 1e-3 for t in f.target_l0}
+        fake = {(f.name, v, rho): {t: 1e-3 for t in grid.run_targets(f)}
                 for f, _, v in jobs for rho in grid.rhos}
         specs = grid.runs(fake)
         assert len({s.run_id(grid) for s in specs}) == len(specs)
@@ -302,7 +302,7 @@ def test_named_configs_load_and_expand() -> None:
     assert archs == {"relu_l1", "elastic_net", "adaptive_lasso", "aen", "topk", "batchtopk",
                      "jumprelu"}
     quick = load_config("quick")  # issue 11's main job
-    assert quick.rhos == [0.0, 0.5, 0.9] and quick.seeds == [0]
+    assert quick.rhos == [0.0, 0.9] and quick.seeds == [0]
     assert (quick.data["n"], quick.data["m"], quick.d_sae, quick.data["k"]) == (64, 256, 256, 4)
     assert (quick.train["steps"], quick.train["batch_size"], quick.train["lr"]) == \
         (10000, 256, 1e-3)
@@ -314,11 +314,18 @@ def test_named_configs_load_and_expand() -> None:
                 inits[f.arch].add(h.get("init", "tied"))
         for arch in ("relu_l1", "elastic_net", "aen", "topk"):
             assert inits[arch] == {"tied", "independent"}, (name, arch)
-    claims = load_config("claims")
-    assert claims.rhos == [0.0, 0.9] and claims.seeds == [0, 1, 2]
-    assert claims.train["steps"] == 30000
-    assert {f.arch for f in claims.families} == {"relu_l1", "elastic_net", "aen", "topk",
-                                                "batchtopk"}
+    claims = load_config("claims")  # issue 24's verdict grid
+    assert claims.rhos == [0.0, 0.9] and claims.train["steps"] >= 30000
+    assert claims.selection["seed"] not in claims.seeds and len(claims.seeds) >= 4
+    assert claims.selection["init"] == "independent" and claims.selection["target_l0"] == 4.0
+    assert {f.arch for f in claims.families} == {"relu_l1", "elastic_net", "adaptive_lasso",
+                                                "aen", "topk", "batchtopk"}
+    fams = {f.name: f for f in claims.families}
+    for name in ("aen", "adaptive_lasso"):  # the reference's spiked grid, w_min 0.01
+        assert {(h["gamma"], h["beta"], h["top_p"]) for h in fams[name].variants()} == {
+            (g, b, t) for g in (0.5, 1.0) for b in (0.999, 0.9999) for t in (0.05, 0.01)}
+        assert fams[name].hyper["w_min"] == 0.01
+    assert {h["l2"] for h in fams["elastic_net"].variants()} == {1e-4, 5e-4, 1e-3}
 
 
 def _minimal() -> dict:

@@ -128,6 +128,33 @@ class Family:
         """Whether the sparsity parameter comes from a calibration pass."""
         return bool(self.target_l0) and self.arch not in DIRECT_K
 
+    def run_targets(self, frontier: float) -> tuple[float, ...]:
+        """The L0 targets the runs are calibrated to: ``target_l0`` itself when
+        ``frontier <= 1`` or the sparsity is set directly (TopK's ``k``); else, so that
+        every target lies inside each seed's frontier with room to spare, the points
+        ``t / frontier`` and ``t * frontier`` of every target ``t``, those within a factor
+        ``sqrt(frontier)`` of each other merged into their geometric mean (targets 2, 4, 8
+        with frontier sqrt 2 give 1.41, 2.83, 5.66, 11.3)."""
+        if frontier <= 1.0 or not self.calibrated:
+            return self.target_l0
+        pts = sorted({t / frontier for t in self.target_l0} | {t * frontier
+                                                                for t in self.target_l0})
+        merged: list[list[float]] = []
+        for v in pts:
+            if merged and v / merged[-1][0] < math.sqrt(frontier):
+                merged[-1].append(v)
+            else:
+                merged.append([v])
+        return tuple(float(round(math.exp(sum(math.log(x) for x in g) / len(g)), 6))
+                     for g in merged)
+
+    def defaults(self) -> dict[str, Any]:
+        """The architecture's default hyperparameters (part of every run's identity, so
+        that a change of a default changes the run ids and the config hash)."""
+        from aensae.saes import ARCHITECTURES
+
+        return {k: h.default for k, h in ARCHITECTURES[self.arch].HYPER.items()}
+
     def variants(self) -> list[dict[str, Any]]:
         """Fixed hyperparameters combined with every point of the sweep (sorted keys)."""
         names = sorted(self.sweep)

@@ -44,7 +44,7 @@ NUMERIC_COLUMNS = tuple(c for c in REQUIRED_COLUMNS if c not in (
     "calibration_extrapolated", "variant", "config_name", "config_hash", "aensae_version",
     "l0_matched"))
 #: Values of the ``kind`` column.
-KINDS = ("sae", "exact", "unreachable")
+KINDS = ("sae", "exact", "theorem", "unreachable")
 
 
 def column_order(rows: Iterable[dict[str, Any]], first: tuple[str, ...] = ID_COLUMNS,

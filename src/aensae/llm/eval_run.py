@@ -7,6 +7,11 @@ fraction, explained variance, MSE, the CE of the clean, spliced, zero- and mean-
 passes, ``ce_loss_score`` (both baselines), KL and ``kl_score``, the reference's
 defective splice, and for l1-family SAEs exact certified codes with their geometry
 (:func:`aensae.llm.splice.evaluate_saes`).
+
+SAEs trained with outlier tokens left out (``cfg.json`` ``llm.outliers``, see
+:mod:`aensae.llm.training`) are evaluated with the same threshold: the outlier tokens are
+passed through unchanged and every metric is reported both ways (``..._all_tokens``,
+``..._outliers_excluded``; the keys without a suffix are the latter).
 """
 
 from __future__ import annotations
@@ -30,7 +35,12 @@ from aensae.llm.models import (
     load_model,
     resolve_model,
 )
-from aensae.llm.splice import eval_windows, evaluate_saes, load_spliced_sae
+from aensae.llm.splice import (
+    eval_windows,
+    evaluate_saes,
+    load_spliced_sae,
+    outlier_threshold_of,
+)
 from aensae.llm.text import check_not_empty, open_text
 
 __all__ = ["EvalRun", "run_eval", "sae_folders"]
@@ -97,6 +107,7 @@ def run_eval(run: EvalRun) -> dict[str, Any]:
     if len(set(names)) != len(names):
         for i, s in enumerate(saes):  # same folder names from different runs
             s.name = f"{i}:{s.name}"
+    threshold = outlier_threshold_of(saes)
     source = open_text(run.text, text_column=run.text_column)
     check_not_empty(source, "eval", run.eval_fraction)
     msource = resolve_model(run.model, run.revision)
@@ -137,7 +148,7 @@ def run_eval(run: EvalRun) -> dict[str, Any]:
     res = evaluate_saes(lm, saes, ids, keep, layer, hook, batch_size=run.batch_size,
                         force=run.force, progress=run.progress,
                         exact_tokens=run.exact_tokens, exact_tol=run.exact_tol,
-                        geometry_tokens=run.geometry_tokens)
+                        geometry_tokens=run.geometry_tokens, outlier_threshold=threshold)
     res = {**res, "model": lm.describe(), "text": run.text, "seed": run.seed,
            "eval_fraction": run.eval_fraction, "aensae_version": __version__,
            "device": str(lm.device)}

@@ -20,6 +20,12 @@ space goes back into the model in the model's own scale: ``unnormalise(sae(xn), 
 A token of norm 0 keeps norm 0 under ``"per_token"`` (its norm is floored at the
 smallest normal number of its dtype, so its scale is finite).
 
+Outlier tokens (:func:`outlier_threshold`, :func:`token_norms`): a token whose activation
+norm exceeds ``factor`` times the median norm of a cache (default 10, dictionary_learning's
+convention) is an outlier; :class:`~aensae.llm.store.ActivationStore` can leave such
+tokens out of training batches, and the scalar constant is then estimated on the tokens
+kept (:func:`scalar_constant` of their norms).
+
 A scalar constant read back from a file (a cache manifest, an SAE's ``cfg.json``) must
 lie in :data:`CONSTANT_RANGE` (:func:`check_constant`). Since :math:`c = \sqrt{d_{in}} /
 \mathrm{RMS}\lVert x\rVert`, :math:`1/c` is the root-mean-square size of one
@@ -35,17 +41,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from aensae._validation import InputError
 
-__all__ = ["CONSTANT_RANGE", "NORMALISATIONS", "check_constant", "normalise",
-           "scalar_constant", "unnormalise"]
+__all__ = ["CONSTANT_RANGE", "NORMALISATIONS", "OUTLIER_FACTOR", "check_constant",
+           "check_outlier_factor", "normalise", "outlier_threshold", "scalar_constant",
+           "token_norms", "unnormalise"]
 
 #: The normalisation kinds, default first.
 NORMALISATIONS: tuple[str, ...] = ("scalar", "per_token", "none")
 #: Accepted scalar constants read from files (see the module docstring for why).
 CONSTANT_RANGE: tuple[float, float] = (1e-8, 1e8)
+#: Default outlier multiple of the median token norm (dictionary_learning's convention).
+OUTLIER_FACTOR = 10.0
 
 
 def check_constant(where: str, value: Any) -> float:
@@ -131,3 +141,34 @@ def unnormalise(x_normalised: torch.Tensor, scale: torch.Tensor | Any) -> torch.
     if not isinstance(scale, torch.Tensor):
         scale = torch.as_tensor(scale, dtype=x_normalised.dtype, device=x_normalised.device)
     return x_normalised / scale
+
+
+def check_outlier_factor(where: str, value: Any) -> float:
+    """An outlier multiple: a finite number > 1, else an :class:`InputError` naming
+    ``where`` and the value (a multiple of 1 or less would call the median token an
+    outlier)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{where}: must be a number > 1 (a multiple of the median token "
+                         f"norm), got {value!r}")
+    f = float(value)
+    if not (math.isfinite(f) and f > 1.0):
+        raise InputError(f"{where}: must be a finite number > 1 (a multiple of the median "
+                         f"token norm), got {value!r}")
+    return f
+
+
+def token_norms(x: torch.Tensor) -> torch.Tensor:
+    """The Euclidean norm of each row of ``x`` (n, d), in float64 (the precision in which
+    norms are compared with an outlier threshold everywhere)."""
+    return torch.linalg.vector_norm(x.to(torch.float64), dim=-1)
+
+
+def outlier_threshold(norms: torch.Tensor, factor: float) -> tuple[float, float]:
+    """``(median, factor * median)`` of token ``norms``: a token of norm above the second
+    is an outlier. The median is the usual one (the mean of the two middle values for an
+    even count), over every token given, outliers included (the median is robust to
+    them)."""
+    if norms.numel() == 0:
+        raise ValueError("no token norms to take the median of")
+    median = float(np.median(norms.detach().cpu().to(torch.float64).numpy()))
+    return median, float(factor) * median

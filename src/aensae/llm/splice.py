@@ -36,17 +36,31 @@ the mean ablation (:math:`x_t \to \bar x`, the mean over the eval tokens). Then
 p^{spliced}_{tv})` (log-softmax on both sides, never a log of a softmax) and
 ``kl_score`` = :math:`(KL_{zero} - KL_{spliced}) / KL_{zero}`.
 
+Outlier tokens (``outlier_threshold``, a norm): a data token whose activation norm
+exceeds it is measured both ways, each metric under a suffix: ``_all_tokens`` (as above)
+and ``_outliers_excluded``, where the outlier tokens are passed through unchanged (their
+activation is not replaced, in the spliced and in the ablated passes) and left out of L0,
+the dead and rare fractions, EV, MSE and the mean of the mean ablation; CE and KL are
+still taken over every scored position, since the model runs on every token. The keys
+without a suffix are one of the two ways (``exclude_outliers``), and ``excluded_tokens``
+counts the tokens passed through. ``rare_fraction`` is the share of latents whose firing
+rate over the measured tokens is below ``rare_rate`` (1e-5 by default, the paper's
+criterion for a dead latent; it needs more than 100,000 eval tokens to differ from the
+dead fraction).
+
 The reference implementation's defective splice feeds the *raw* activation to the SAE and
 puts its output back *without* undoing the normalisation,
 :math:`\tilde x_t = \mathrm{dec}(\mathrm{enc}(x_t))`; its scores are reported as
 ``ce_unnormalised_splice``, ``kl_unnormalised_splice`` and
-``ce_loss_score_unnormalised_splice``.
+``ce_loss_score_unnormalised_splice``, always on every data token.
 
 Cost: the layers below the hook run once per batch (:meth:`LanguageModel.run_below`, kept
 for the second pass, since the mean ablation needs the mean over all eval tokens first);
 the layers above run (:meth:`LanguageModel.run_above`) once for the clean pass, once per
-ablation and twice per SAE (its splice and the defective one). Memory: the kept
-``run_below`` state, about two activations per eval token.
+ablation and twice per SAE (its splice and the defective one); with an outlier threshold,
+once more for the mean ablation and, on a batch that holds an outlier, once more for the
+zero ablation and per SAE. Memory: the kept ``run_below`` state, about two activations
+per eval token.
 
 Exact certified codes (``exact_tokens``): see :mod:`aensae.llm.exact`.
 """
@@ -54,6 +68,7 @@ Exact certified codes (``exact_tokens``): see :mod:`aensae.llm.exact`.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -68,7 +83,9 @@ from aensae.llm.models import HOOKS, Below, LanguageModel
 from aensae.llm.normalise import NORMALISATIONS, check_constant, normalise, unnormalise
 from aensae.llm.text import WindowStream, check_not_empty, open_text
 
-__all__ = ["SAELensSAE", "SplicedSAE", "eval_windows", "evaluate_saes", "load_spliced_sae"]
+__all__ = ["BOTH_WAYS", "COMMON_BOTH_WAYS", "RARE_RATE", "WAY_SUFFIX", "SAELensSAE",
+           "SplicedSAE", "eval_windows", "evaluate_saes", "load_spliced_sae",
+           "outlier_threshold_of"]
 
 
 @dataclass
@@ -292,6 +309,32 @@ def load_spliced_sae(path: str | Path) -> SplicedSAE:
     return SplicedSAE(folder.name, sae.eval(), kind, constant, llm, str(folder), origin)
 
 
+def outlier_threshold_of(saes: list[SplicedSAE]) -> float | None:
+    """The outlier threshold the SAEs were trained with (``cfg.json`` ``llm.outliers``,
+    written by ``aensae llm train`` when it left outlier tokens out), so that their
+    evaluation passes the same tokens through; ``None`` when none of them left any out.
+    SAEs trained with different thresholds (or some with and some without) are an
+    :class:`InputError`: they are evaluated separately."""
+    found: dict[str, list[str]] = {}
+    for s in saes:
+        rec = (s.llm or {}).get("outliers")
+        threshold = rec.get("threshold") if isinstance(rec, dict) else None
+        if threshold is not None and (isinstance(threshold, bool)
+                                      or not isinstance(threshold, (int, float))
+                                      or not math.isfinite(threshold) or threshold <= 0):
+            raise InputError(f"--sae {s.path or s.name}: cfg.json llm.outliers.threshold must "
+                             f"be a positive number, got {threshold!r}")
+        found.setdefault(repr(threshold), []).append(s.path or s.name)
+    if len(found) > 1:
+        listed = "; ".join(f"{k}: {', '.join(v[:2])}{' ...' if len(v) > 2 else ''}"
+                           for k, v in sorted(found.items()))
+        raise InputError("--sae: these SAEs were trained with different outlier thresholds "
+                         f"(cfg.json llm.outliers.threshold {listed}); evaluate each set "
+                         "separately")
+    value = next(iter(found), "None")
+    return None if value == "None" else float(value)
+
+
 def eval_windows(lm: LanguageModel, text: str, tokens: int, *, ctx: int = 128,
                  eval_fraction: float = 0.05, seed: int = 0, text_column: str = "text",
                  prepend_bos: bool = True, keep_special: bool = False,
@@ -409,21 +452,49 @@ def _check_finite_metrics(lm: LanguageModel, layer: int, hook: str, common: dict
                                  "normalisation constant damaged?); nothing is reported")
 
 
+#: Per-SAE metrics measured both ways when an outlier threshold is given.
+BOTH_WAYS = ("l0", "dead_fraction", "rare_fraction", "explained_variance", "mse",
+             "ce_spliced", "kl_spliced", "ce_loss_score", "ce_loss_score_mean_ablation",
+             "kl_score")
+#: Shared baselines measured both ways when an outlier threshold is given.
+COMMON_BOTH_WAYS = ("ce_zero", "ce_mean_ablation", "kl_zero", "kl_mean_ablation")
+#: Key suffix of each way: every data token, or the outlier tokens left out.
+WAY_SUFFIX = {"all": "_all_tokens", "kept": "_outliers_excluded"}
+#: Default firing rate below which a latent counts as rare (the paper's dead criterion).
+RARE_RATE = 1e-5
+
+
 def evaluate_saes(lm: LanguageModel, saes: list[SplicedSAE], ids: np.ndarray,
                   keep: np.ndarray, layer: int, hook: str = "resid_post", *,
                   batch_size: int = 8, force: bool = False, progress: bool = False,
                   exact_tokens: int = 0, exact_tol: float = 1e-10,
-                  geometry_tokens: int | None = None) -> dict[str, Any]:
+                  geometry_tokens: int | None = None,
+                  outlier_threshold: float | None = None, exclude_outliers: bool = True,
+                  rare_rate: float = RARE_RATE) -> dict[str, Any]:
     """Evaluate ``saes`` spliced at ``(layer, hook)`` on windows ``ids`` with data mask
     ``keep`` (both (W, T)); see the module docstring for every quantity.
 
     With ``exact_tokens > 0``, each l1-family SAE is also compared with exact certified
-    codes on the first ``exact_tokens`` data tokens (:mod:`aensae.llm.exact`), under
-    ``"exact"`` in its results (``None`` for the other architectures), and the geometry of
-    its dictionary is summarised on the first ``geometry_tokens`` of them (``None``:
-    :data:`aensae.llm.exact.DEFAULT_GEOMETRY_TOKENS`, or all exact tokens when fewer;
-    0: none) under the SAE's own keys ``lip_exact_*``, ``hoffman_*``, ``geometry_*``
-    (NaN with the reason in ``geometry_note`` where they do not apply).
+    codes on the first ``exact_tokens`` measured data tokens (:mod:`aensae.llm.exact`),
+    under ``"exact"`` in its results (``None`` for the other architectures), and the
+    geometry of its dictionary is summarised on the first ``geometry_tokens`` of them
+    (``None``: :data:`aensae.llm.exact.DEFAULT_GEOMETRY_TOKENS`, or all exact tokens when
+    fewer; 0: none) under the SAE's own keys ``lip_exact_*``, ``hoffman_*``,
+    ``geometry_*`` (NaN with the reason in ``geometry_note`` where they do not apply).
+
+    ``outlier_threshold`` (a norm in the model's scale, e.g. 10 x the training cache's
+    median token norm): a data token whose activation norm exceeds it is an outlier. The
+    metrics are then measured both ways, under the suffixes of :data:`WAY_SUFFIX`:
+    ``_all_tokens`` (every data token spliced and measured) and ``_outliers_excluded``
+    (outliers passed through unchanged in the spliced and ablated passes, and left out of
+    L0, dead and rare fractions, EV, MSE and the mean of the mean ablation; CE and KL
+    still over every scored position). The keys without a suffix are the second way when
+    ``exclude_outliers``, else the first; ``excluded_tokens`` counts the outliers. The
+    reference's defective splice is always measured on every data token.
+
+    ``rare_fraction``: the share of latents whose firing rate over the measured tokens is
+    below ``rare_rate`` (with fewer than ``1 / rare_rate`` tokens, the latents that never
+    fired: the dead fraction).
     """
     from tqdm.auto import tqdm
 
@@ -433,27 +504,56 @@ def evaluate_saes(lm: LanguageModel, saes: list[SplicedSAE], ids: np.ndarray,
         geometry_report,
         no_geometry_reason,
     )
+    from aensae.llm.normalise import token_norms
 
     lm.check_hook(layer, hook)
     if not saes:
         raise InputError("--sae: give at least one SAE")
+    if outlier_threshold is not None and (
+            isinstance(outlier_threshold, bool) or not isinstance(outlier_threshold, (int, float))
+            or not math.isfinite(outlier_threshold) or outlier_threshold <= 0):
+        raise InputError(f"outlier_threshold must be a positive finite norm or None, got "
+                         f"{outlier_threshold!r}")
+    if isinstance(rare_rate, bool) or not isinstance(rare_rate, (int, float)) or not (
+            0 < rare_rate < 1):
+        raise InputError(f"rare_rate must be a number in (0, 1), got {rare_rate!r}")
     _check_saes(lm, saes, layer, hook, force)
     t0 = time.perf_counter()
     ids_t = torch.from_numpy(np.asarray(ids, dtype=np.int64))
     keep_t = torch.from_numpy(np.asarray(keep, dtype=bool))
     starts = range(0, len(ids_t), batch_size)
     belows: list[Below] = []
-    rows = []
+    outlier_masks: list[torch.Tensor] = []
+    rows, row_outliers = [], []
     for s in tqdm(starts, disable=not progress, desc="eval: layers below", dynamic_ncols=True):
         below = lm.run_below(ids_t[s:s + batch_size], layer, hook)
         belows.append(below)
-        rows.append(below.activation[keep_t[s:s + batch_size].to(below.activation.device)]
-                    .double().cpu())
+        m = keep_t[s:s + batch_size].to(below.activation.device)
+        out_m = torch.zeros_like(m)
+        if outlier_threshold is not None:
+            out_m = m & (token_norms(below.activation) > outlier_threshold)
+        outlier_masks.append(out_m)
+        rows.append(below.activation[m].double().cpu())
+        row_outliers.append(out_m[m].cpu())
     X = torch.cat(rows)
+    is_out = torch.cat(row_outliers)
     n, d = X.shape
-    mean = X.mean(0)
-    total_var = float(((X - mean) ** 2).sum())
-    X_exact = X[:exact_tokens].clone() if exact_tokens > 0 else None
+    n_out = int(is_out.sum())
+    ways = ["all"] if outlier_threshold is None else ["all", "kept"]
+    headline = "kept" if outlier_threshold is not None and exclude_outliers else "all"
+    measured = {"all": torch.ones(n, dtype=torch.bool), "kept": ~is_out}
+    n_way, mean, total_var = {}, {}, {}
+    for way in ways:
+        Xw = X[measured[way]]
+        n_way[way] = int(Xw.shape[0])
+        if n_way[way] == 0:
+            raise InputError(f"every one of the {n} eval tokens has an activation norm above "
+                             f"the outlier threshold {outlier_threshold:g}: nothing is left "
+                             "to measure with outliers excluded")
+        mean[way] = Xw.mean(0)
+        total_var[way] = float(((Xw - mean[way]) ** 2).sum())
+        del Xw
+    X_exact = X[measured[headline]][:exact_tokens].clone() if exact_tokens > 0 else None
     n_exact = 0 if X_exact is None else int(X_exact.shape[0])
     if geometry_tokens is None:
         geometry_tokens = min(DEFAULT_GEOMETRY_TOKENS, n_exact)
@@ -464,10 +564,12 @@ def evaluate_saes(lm: LanguageModel, saes: list[SplicedSAE], ids: np.ndarray,
     del rows, X
     t_below = time.perf_counter() - t0
 
-    names = ["clean", "zero", "mean"]
-    sums = {k: [0.0, 0.0] for k in names}
-    per = {s.name: {"ce": 0.0, "kl": 0.0, "ce_bad": 0.0, "kl_bad": 0.0, "l0": 0.0, "sse": 0.0,
-                    "fired": torch.zeros(s.sae.d_sae, dtype=torch.bool)} for s in saes}
+    base = {(kind, way): [0.0, 0.0] for kind in ("zero", "mean") for way in ways}
+    ce_clean_sum = 0.0
+    per = {s.name: {"ce_bad": 0.0, "kl_bad": 0.0, **{
+        way: {"ce": 0.0, "kl": 0.0, "l0": 0.0, "sse": 0.0,
+              "count": torch.zeros(s.sae.d_sae, dtype=torch.int64)} for way in ways}}
+        for s in saes}
     n_pred = 0
     above_calls = 0
     for bi, below in enumerate(tqdm(belows, disable=not progress, desc="eval: layers above",
@@ -475,6 +577,10 @@ def evaluate_saes(lm: LanguageModel, saes: list[SplicedSAE], ids: np.ndarray,
         s0 = bi * batch_size
         b_ids = ids_t[s0:s0 + batch_size]
         m = keep_t[s0:s0 + batch_size].to(below.activation.device)
+        out_m = outlier_masks[bi]
+        has_out = bool(out_m.any())
+        where = {"all": m, "kept": m & ~out_m}
+        kept_rows = ~out_m[m]  # the rows of act[m] that are no outlier
         pred = m[:, :-1] & m[:, 1:]
         targets = b_ids[:, 1:].to(below.activation.device)
         n_pred += int(pred.sum())
@@ -486,15 +592,30 @@ def evaluate_saes(lm: LanguageModel, saes: list[SplicedSAE], ids: np.ndarray,
             return lm.run_above(below, replacement)
 
         lp_clean = torch.log_softmax(above(None)[:, :-1].float(), dim=-1)[pred]
-        ce = -lp_clean.gather(1, targets[pred].unsqueeze(1)).double().sum()
-        sums["clean"][0] += float(ce)
-        for key, value in (("zero", torch.zeros((), dtype=act.dtype)),
-                           ("mean", mean.to(act.dtype))):
+
+        def spliced(way: str, value: torch.Tensor, act: torch.Tensor = act,
+                    where: dict[str, torch.Tensor] = where, targets: torch.Tensor = targets,
+                    pred: torch.Tensor = pred, lp_clean: torch.Tensor = lp_clean
+                    ) -> tuple[float, float]:
+            """CE and KL sums with ``value`` at the positions ``where[way]`` (one value,
+            or one row per position), every other position as it is."""
             rep = act.clone()
-            rep[m] = value.to(act.device)
-            c, k = _ce_kl(above(rep), targets, pred, lp_clean)
-            sums[key][0] += c
-            sums[key][1] += k
+            rep[where[way]] = value.to(act.dtype).to(act.device)
+            return _ce_kl(above(rep), targets, pred, lp_clean)
+
+        ce = -lp_clean.gather(1, targets[pred].unsqueeze(1)).double().sum()
+        ce_clean_sum += float(ce)
+        for kind in ("zero", "mean"):
+            first: tuple[float, float] = (0.0, 0.0)
+            for way in ways:
+                if way == "kept" and not (has_out if kind == "zero" else n_out):
+                    got = first  # the same replacement at the same positions
+                else:
+                    got = spliced(way, torch.zeros((), dtype=act.dtype) if kind == "zero"
+                                  else mean[way])
+                base[(kind, way)][0] += got[0]
+                base[(kind, way)][1] += got[1]
+                first = got
         x = act[m]
         for s in saes:
             p = per[s.name]
@@ -503,43 +624,61 @@ def evaluate_saes(lm: LanguageModel, saes: list[SplicedSAE], ids: np.ndarray,
                 x_hat, h = s.reconstruct(xs)
                 x_bad = s.reconstruct_defective(xs)
             nz = h != 0
-            p["l0"] += float(nz.sum())
-            p["fired"] |= nz.any(0).cpu()
-            p["sse"] += float(((xs.double() - x_hat.double()) ** 2).sum())
-            for out, key in ((x_hat, ""), (x_bad, "_bad")):
-                rep = act.clone()
-                rep[m] = out.to(act.dtype).to(act.device)
-                c, k = _ce_kl(above(rep), targets, pred, lp_clean)
-                p["ce" + key] += c
-                p["kl" + key] += k
+            err = ((xs.double() - x_hat.double()) ** 2).sum(1)
+            got = (0.0, 0.0)
+            for way in ways:
+                r = slice(None) if way == "all" else kept_rows.to(nz.device)
+                q = p[way]
+                q["l0"] += float(nz[r].sum())
+                q["count"] += nz[r].sum(0).cpu()
+                q["sse"] += float(err[r].sum())
+                if way == "all" or has_out:  # else: the first way's splice, the same one
+                    got = spliced(way, x_hat[r])
+                q["ce"] += got[0]
+                q["kl"] += got[1]
+            c, k = spliced("all", x_bad)
+            p["ce_bad"] += c
+            p["kl_bad"] += k
     if n_pred == 0:
         raise InputError("--tokens: the eval windows hold no pair of consecutive data tokens "
                          "to score; ask for more tokens or a larger --ctx")
-    ce_clean = sums["clean"][0] / n_pred
-    ce_zero, kl_zero = sums["zero"][0] / n_pred, sums["zero"][1] / n_pred
-    ce_mean, kl_mean = sums["mean"][0] / n_pred, sums["mean"][1] / n_pred
+    ce_clean = ce_clean_sum / n_pred
+    common_way = {way: {"ce_zero": base[("zero", way)][0] / n_pred,
+                        "kl_zero": base[("zero", way)][1] / n_pred,
+                        "ce_mean_ablation": base[("mean", way)][0] / n_pred,
+                        "kl_mean_ablation": base[("mean", way)][1] / n_pred} for way in ways}
 
-    def score(base: float, value: float) -> float:
-        return (base - value) / (base - ce_clean) if base != ce_clean else float("nan")
+    def score(base_ce: float, value: float) -> float:
+        return (base_ce - value) / (base_ce - ce_clean) if base_ce != ce_clean else float("nan")
+
+    def way_metrics(q: dict[str, Any], way: str) -> dict[str, float]:
+        nw, cw = n_way[way], common_way[way]
+        ce, kl = q["ce"] / n_pred, q["kl"] / n_pred
+        count = q["count"].double()
+        return {
+            "l0": q["l0"] / nw, "dead_fraction": float((count == 0).double().mean()),
+            "rare_fraction": float((count / nw < rare_rate).double().mean()),
+            "explained_variance": (1.0 - q["sse"] / total_var[way] if total_var[way] > 0
+                                   else float("nan")),
+            "mse": q["sse"] / (nw * d), "ce_spliced": ce, "kl_spliced": kl,
+            "ce_loss_score": score(cw["ce_zero"], ce),
+            "ce_loss_score_mean_ablation": score(cw["ce_mean_ablation"], ce),
+            "kl_score": ((cw["kl_zero"] - kl) / cw["kl_zero"] if cw["kl_zero"] > 0
+                         else float("nan"))}
 
     results = {}
     for s in saes:
         p = per[s.name]
-        ce, kl = p["ce"] / n_pred, p["kl"] / n_pred
         ce_bad, kl_bad = p["ce_bad"] / n_pred, p["kl_bad"] / n_pred
-        results[s.name] = {
-            "path": s.path, "arch": s.sae.arch, "d_sae": s.sae.d_sae,
-            "normalisation": {"kind": s.normalisation, "constant": s.constant},
-            "l0": p["l0"] / n, "dead_fraction": 1.0 - float(p["fired"].double().mean()),
-            "explained_variance": 1.0 - p["sse"] / total_var if total_var > 0 else float("nan"),
-            "mse": p["sse"] / (n * d),
-            "ce_spliced": ce, "kl_spliced": kl,
-            "ce_loss_score": score(ce_zero, ce),
-            "ce_loss_score_mean_ablation": score(ce_mean, ce),
-            "kl_score": (kl_zero - kl) / kl_zero if kl_zero > 0 else float("nan"),
-            "ce_unnormalised_splice": ce_bad, "kl_unnormalised_splice": kl_bad,
-            "ce_loss_score_unnormalised_splice": score(ce_zero, ce_bad),
-        }
+        r = {"path": s.path, "arch": s.sae.arch, "d_sae": s.sae.d_sae,
+             "normalisation": {"kind": s.normalisation, "constant": s.constant},
+             **way_metrics(p[headline], headline), "rare_rate": float(rare_rate),
+             "ce_unnormalised_splice": ce_bad, "kl_unnormalised_splice": kl_bad,
+             "ce_loss_score_unnormalised_splice": score(common_way["all"]["ce_zero"], ce_bad)}
+        if len(ways) > 1:
+            for way in ways:
+                r.update({k + WAY_SUFFIX[way]: v for k, v in way_metrics(p[way], way).items()})
+        results[s.name] = r
         if X_exact is not None:
             ex = exact_code_report(s, X_exact, tol=exact_tol, geometry_tokens=geometry_tokens)
             results[s.name]["exact"] = ex
@@ -548,14 +687,18 @@ def evaluate_saes(lm: LanguageModel, saes: list[SplicedSAE], ids: np.ndarray,
         else:
             geometry = geometry_report("not computed: no exact codes (exact tokens 0)")
         results[s.name].update(geometry)
-    _check_finite_metrics(lm, layer, hook, {
-        "ce_clean": ce_clean, "ce_zero": ce_zero, "ce_mean_ablation": ce_mean,
-        "kl_zero": kl_zero, "kl_mean_ablation": kl_mean}, saes, results)
+    common = {"ce_clean": ce_clean, **common_way[headline]}
+    if len(ways) > 1:
+        for way in ways:
+            common.update({k + WAY_SUFFIX[way]: v for k, v in common_way[way].items()})
+    _check_finite_metrics(lm, layer, hook, common, saes, results)
     return {
-        "tokens": n, "scored_positions": n_pred, "windows": int(len(ids_t)),
+        "tokens": n, "tokens_measured": n_way[headline], "excluded_tokens": n_out,
+        "outlier_threshold": outlier_threshold,
+        "exclude_outliers": bool(outlier_threshold is not None and exclude_outliers),
+        "scored_positions": n_pred, "windows": int(len(ids_t)),
         "ctx": int(ids_t.shape[1]), "layer": layer, "hook": hook, "d_in": d,
-        "ce_clean": ce_clean, "ce_zero": ce_zero, "ce_mean_ablation": ce_mean,
-        "kl_zero": kl_zero, "kl_mean_ablation": kl_mean,
+        **common,
         "saes": results,
         "cost": {"below_calls": len(belows), "above_calls": above_calls,
                  "seconds_below": t_below, "seconds": time.perf_counter() - t0},

@@ -19,7 +19,15 @@ when the cache was written, so a buffer of a few shards mixes the whole text. Me
 one buffer plus one batch.
 
 Normalisation (``normalisation=``, default ``"scalar"``, see :mod:`aensae.llm.normalise`)
-is applied per batch with the cache's own constant; ``"none"`` gives the raw activations.
+is applied per batch with the cache's own constant (or ``constant=``); ``"none"`` gives
+the raw activations.
+
+Outlier tokens (``exclude_above=THRESHOLD``): rows whose norm (float64) exceeds the
+threshold are dropped from every buffer before it is shuffled, so an epoch is every kept
+row once and the batches are a pure function of ``(seed, start)`` as before, over the
+kept rows. :meth:`ActivationStore.outliers` gives the threshold of a multiple of the
+cache's median token norm and the scalar constant of the kept rows; the norms are read
+once per store (:meth:`ActivationStore.token_norms`).
 
 Data-parallel ranks (:mod:`aensae.saes.training.distributed`) read ``rows=(lo, hi)``: rows
 ``lo:hi`` of every batch, the same numbers, gathered from the buffer alone (each rank
@@ -29,6 +37,7 @@ still loads the buffer's shards).
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +48,14 @@ import torch
 from aensae._dtypes import SAE_DTYPES, torch_dtype
 from aensae._validation import InputError
 from aensae.llm.cache import MANIFEST, harvest_command, read_manifest
-from aensae.llm.normalise import NORMALISATIONS, check_constant, normalise
+from aensae.llm.normalise import (
+    NORMALISATIONS,
+    check_constant,
+    normalise,
+    outlier_threshold,
+    scalar_constant,
+    token_norms,
+)
 
 __all__ = ["ActivationStore"]
 
@@ -98,6 +114,7 @@ class ActivationStore:
             if not (self.path / s["file"]).is_file():
                 raise InputError(f"{where} {self.path}: {s['file']} is missing (the manifest "
                                  f"lists it); rebuild the cache: {self.rebuild}")
+        self._norms: list[torch.Tensor] | None = None
         if verify:
             self.verify()
 
@@ -147,6 +164,30 @@ class ActivationStore:
                              f"rebuild the cache: {self.rebuild}")
         return tensors
 
+    def token_norms(self) -> list[torch.Tensor]:
+        """Each shard's token norms (float64, in the shard's row order), read once per
+        store."""
+        if self._norms is None:
+            self._norms = [token_norms(self.shard(i)["activations"])
+                           for i in range(len(self.shards))]
+        return self._norms
+
+    def outliers(self, factor: float) -> dict[str, Any]:
+        """The tokens of this cache whose norm exceeds ``factor`` times its median token
+        norm (:func:`aensae.llm.normalise.outlier_threshold`), as a JSON-ready record:
+        ``factor``, ``median_norm``, ``threshold``, ``cache_tokens``, ``excluded_tokens``,
+        ``kept_tokens`` and ``scalar_constant``, the scalar normalisation constant
+        estimated on the kept tokens alone."""
+        norms = torch.cat(self.token_norms())
+        median, threshold = outlier_threshold(norms, factor)
+        kept = norms <= threshold
+        n_kept = int(kept.sum())
+        constant = (scalar_constant(float(norms[kept].pow(2).sum()), n_kept, self.d_in)
+                    if n_kept else None)
+        return {"factor": float(factor), "median_norm": median, "threshold": threshold,
+                "cache_tokens": self.n_tokens, "excluded_tokens": self.n_tokens - n_kept,
+                "kept_tokens": n_kept, "scalar_constant": constant}
+
     def verify(self) -> None:
         """Check every shard file against the SHA-256 the manifest records for it."""
         for s in self.shards:
@@ -175,13 +216,16 @@ class ActivationStore:
     def batches(self, batch_size: int, seed: int = 0, start: int = 0, *,
                 normalisation: str = "scalar", dtype: str = "float32",
                 buffer_tokens: int = 2**17, device: str | torch.device = "cpu",
-                rows: tuple[int, int] | None = None) -> Iterator[torch.Tensor]:
+                rows: tuple[int, int] | None = None, exclude_above: float | None = None,
+                constant: float | None = None) -> Iterator[torch.Tensor]:
         """Endless shuffled batches (batch_size, d_in), from batch index ``start`` on.
 
         ``normalisation``: ``"scalar"`` (default), ``"per_token"`` or ``"none"``;
         ``dtype``: ``"float32"`` or ``"float64"``; ``buffer_tokens``: rows held in the
         shuffle buffer (rounded to whole shards, at least one); ``rows = (lo, hi)``:
-        rows ``lo:hi`` of each batch alone, shape (hi - lo, d_in).
+        rows ``lo:hi`` of each batch alone, shape (hi - lo, d_in); ``exclude_above``:
+        leave out every row of norm above it (the module docstring); ``constant``: the
+        scalar constant to use instead of the manifest's (``"scalar"`` only).
         """
         for name, value, low in (("batch_size", batch_size, 1), ("seed", seed, 0),
                                  ("start", start, 0), ("buffer_tokens", buffer_tokens, 1)):
@@ -192,16 +236,35 @@ class ActivationStore:
                              f"got {normalisation!r}")
         if dtype not in SAE_DTYPES:
             raise InputError(f"dtype must be one of {', '.join(SAE_DTYPES)}; got {dtype!r}")
+        for name, value in (("exclude_above", exclude_above), ("constant", constant)):
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value <= 0):
+                raise InputError(f"{name} must be a positive finite number or None; got "
+                                 f"{value!r}")
         if batch_size > self.n_tokens:
             raise InputError(f"batch_size {batch_size} exceeds the {self.n_tokens} tokens of "
                              f"the cache {self.path}: a batch would hold some tokens twice")
+        sizes = self.sizes
+        if exclude_above is not None:
+            sizes = np.array([int((n <= exclude_above).sum()) for n in self.token_norms()],
+                             dtype=np.int64)
+            if batch_size > int(sizes.sum()):
+                raise InputError(f"batch_size {batch_size} exceeds the {int(sizes.sum())} "
+                                 f"tokens of the cache {self.path} of norm <= "
+                                 f"{exclude_above:g} (outliers left out): a batch would "
+                                 "hold some tokens twice")
         lo, hi = (0, int(batch_size)) if rows is None else rows
         if not 0 <= lo < hi <= batch_size:
             raise InputError(f"rows must be (lo, hi) with 0 <= lo < hi <= batch_size "
                              f"{batch_size}; got {rows!r}")
+        if normalisation == "scalar":
+            constant = self.scalar_constant if constant is None else float(constant)
         return self._batches(int(batch_size), int(seed), int(start), normalisation,
                              torch_dtype(dtype), self._buffer_shards(buffer_tokens),
-                             torch.device(device), int(lo), int(hi))
+                             torch.device(device), int(lo), int(hi), sizes,
+                             None if exclude_above is None else float(exclude_above),
+                             constant if normalisation == "scalar" else None)
 
     def batch_source(self, batch_size: int, seed: int = 0, **kwargs: Any
                      ) -> Callable[[int], Iterator[torch.Tensor]]:
@@ -214,13 +277,15 @@ class ActivationStore:
         return source
 
     def _batches(self, B: int, seed: int, start: int, normalisation: str,
-                 dtype: torch.dtype, G: int, device: torch.device, lo: int, hi: int
-                 ) -> Iterator[torch.Tensor]:
-        """Batches of ``B`` rows, of which rows ``lo:hi`` are gathered and yielded."""
-        constant = self.scalar_constant if normalisation == "scalar" else None
-        epoch, offset = divmod(start * B, self.n_tokens)
+                 dtype: torch.dtype, G: int, device: torch.device, lo: int, hi: int,
+                 shard_sizes: np.ndarray, exclude_above: float | None,
+                 constant: float | None) -> Iterator[torch.Tensor]:
+        """Batches of ``B`` rows, of which rows ``lo:hi`` are gathered and yielded;
+        ``shard_sizes``: the rows of each shard that are read (all, or those of norm <=
+        ``exclude_above``)."""
+        epoch, offset = divmod(start * B, int(shard_sizes.sum()))
         groups = self._groups(seed, epoch, G)
-        sizes = np.array([self.sizes[g].sum() for g in groups])
+        sizes = np.array([shard_sizes[g].sum() for g in groups])
         ends = np.cumsum(sizes)
         gi = int(np.searchsorted(ends, offset, side="right"))
         offset -= int(ends[gi] - sizes[gi])
@@ -228,6 +293,9 @@ class ActivationStore:
         have = 0
         while True:
             X = torch.cat([self.shard(int(i))["activations"] for i in groups[gi]])
+            if exclude_above is not None:
+                norms = self.token_norms()
+                X = X[torch.cat([norms[int(i)] <= exclude_above for i in groups[gi]])]
             perm = torch.from_numpy(
                 np.random.default_rng([seed, 1, epoch, gi]).permutation(len(X)))
             i = offset

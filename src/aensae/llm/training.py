@@ -8,7 +8,17 @@ one pass (each with its own Adam moments, so each gets the weights it would get 
 
 Dead latents: a latent is dead in a window of :math:`W` tokens when it fired on none of
 them; the window is counted in tokens, ``W = min(10^7, steps * batch_size)`` by default
-(the whole run when it is shorter than 10M tokens), and recorded with the result.
+(the whole run when it is shorter than 10M tokens), and recorded with the result. Each
+SAE's ``metrics.json`` holds the tracker's summary (:class:`aensae.saes.dead.DeadTracker`):
+the dead fraction of every window and, for adaptive SAEs, the weight regime at the end of
+each window; :func:`window_columns` turns it into the columns of a results table.
+
+Outlier tokens (``outlier_factor``, off by default): tokens of the cache whose activation
+norm exceeds that multiple of the cache's median token norm are left out of every batch
+(:meth:`aensae.llm.store.ActivationStore.outliers`), and the scalar normalisation
+constant is estimated on the tokens kept. The SAE's ``cfg.json`` records the constant it
+was trained with and, under ``llm.outliers``, the factor, the median norm, the threshold
+and the tokens excluded, so that a spliced evaluation passes the same tokens through.
 
 Output folder ``OUT``::
 
@@ -37,6 +47,8 @@ of every batch of the store, and rank 0 alone writes the folder.
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -49,13 +61,14 @@ from aensae._dtypes import torch_dtype
 from aensae._io import atomic_write_json, check_resumable, replace_together
 from aensae._validation import InputError, check_memory
 from aensae.llm.cache import owned_folder
+from aensae.llm.normalise import check_outlier_factor
 from aensae.llm.store import ActivationStore
 
 if TYPE_CHECKING:
     from aensae.saes.training.distributed import World
 
-__all__ = ["DEAD_WINDOW_TOKENS", "LLM_KEY", "SAESpec", "TrainRun", "sae_name", "train_memory",
-           "train_on_cache"]
+__all__ = ["DEAD_WINDOW_TOKENS", "LLM_KEY", "SAESpec", "TrainRun", "hold_ramp_steps",
+           "sae_name", "train_memory", "train_on_cache", "window_columns"]
 
 #: Default dead-latent window, in tokens (shortened to the run when the run is shorter).
 DEAD_WINDOW_TOKENS = 10_000_000
@@ -106,8 +119,13 @@ class TrainRun:
     #: (``None``: the memory available on this machine).
     max_memory: float | None = None
     #: How errors name the settings the user gave: ``--batch-size``, ``--d-sae``,
-    #: ``--max-memory``, ``--cache``, ``--out`` (a grid names its config keys).
+    #: ``--max-memory``, ``--cache``, ``--out``, ``--outlier-factor`` (a grid names its
+    #: config keys).
     names: dict[str, str] = field(default_factory=dict)
+    #: Leave out of training the cache's tokens of norm above this multiple of its median
+    #: token norm (``None``: keep every token); the scalar constant is then estimated
+    #: without them.
+    outlier_factor: float | None = None
 
     def name(self, option: str) -> str:
         """The user's name of command-line ``option`` for this run."""
@@ -120,14 +138,95 @@ class TrainRun:
         return min(DEAD_WINDOW_TOKENS, self.steps * self.batch_size)
 
 
-def _provenance(store: ActivationStore, normalisation: str) -> dict[str, Any]:
+def hold_ramp_steps(hyper: dict[str, Any], steps: int) -> int | None:
+    """Optimizer steps until an adaptive SAE's weights reach full strength: its hold,
+    ``warmup_steps + floor(warmup_frac * steps)`` (``warmup_frac`` 0 where the
+    architecture has none), plus ``ramp_steps``; ``None`` for an architecture without a
+    hold and ramp (no ``ramp_steps`` hyperparameter)."""
+    if "ramp_steps" not in hyper:
+        return None
+    hold = int(hyper.get("warmup_steps", 0)) + math.floor(
+        float(hyper.get("warmup_frac", 0.0)) * steps)
+    return hold + int(hyper["ramp_steps"])
+
+
+def _joined(values: list[Any]) -> str:
+    """Numbers joined by ``;`` (one results-table cell): integers as they are, others
+    with 6 significant digits; a missing value is left empty."""
+    return ";".join("" if v is None else str(v) if isinstance(v, int) else format(v, ".6g")
+                    for v in values)
+
+
+def window_columns(dead: dict[str, Any], batch_size: int, hold_ramp: int | None
+                   ) -> dict[str, Any]:
+    """Results-table columns of the dead-latent windows of one SAE, from the tracker's
+    summary ``dead`` (an SAE's ``metrics.json`` ``"dead"``; see
+    :meth:`aensae.saes.dead.DeadTracker.summary`):
+
+    - ``dead_windows`` (closed windows), ``dead_final`` (the last one's dead fraction),
+      ``dead_median_last`` (median of the last ``last`` windows), ``dead_trend`` (the
+      last window's fraction minus that of the window ``last - 1`` windows before it);
+    - ``hold_ramp_tokens``: tokens seen before the weights of an adaptive SAE reach full
+      strength (``hold_ramp`` steps of ``batch_size``; empty for other architectures);
+    - ``dead_post_ramp_windows``: windows that start at or after that point (every window
+      for other architectures), ``dead_post_ramp_median_last`` and
+      ``dead_post_ramp_trend``: the median and the trend over the last ``last`` of them;
+    - the time course: ``dead_fractions`` (every window's dead fraction) and
+      ``dead_window_ends`` (tokens seen at each window's end), ``;``-joined;
+    - for each key of the per-window ``regime`` records but ``samples_seen``, ``dead``
+      and ``step`` (adaptive SAEs: ``w_max_frac``, ``w_min_frac``, ``w_qXX``,
+      ``ema_qXX``, ``alpha``): ``regime_<key>_final`` (the last window) and
+      ``regime_<key>_windows`` (every window, ``;``-joined).
+    """
+    fractions = [float(f) for f in dead.get("fractions") or []]
+    per = [int(n) for n in dead.get("samples_per_window") or []]
+    ends = [sum(per[:i + 1]) for i in range(len(per))]
+    last = int(dead.get("last") or 5)
+    cut = 0 if hold_ramp is None else int(hold_ramp) * int(batch_size)
+    post = [f for f, end, n in zip(fractions, ends, per, strict=False) if end - n >= cut]
+    tail, post_tail = fractions[-last:], post[-last:]
+    trend = dead.get("trend", tail[-1] - tail[0] if tail else None)
+    out: dict[str, Any] = {
+        "dead_windows": len(fractions),
+        "dead_final": fractions[-1] if fractions else None,
+        "dead_median_last": dead.get("median_last"),
+        "dead_trend": trend,
+        "hold_ramp_tokens": None if hold_ramp is None else cut,
+        "dead_post_ramp_windows": len(post),
+        "dead_post_ramp_median_last": statistics.median(post_tail) if post_tail else None,
+        "dead_post_ramp_trend": post_tail[-1] - post_tail[0] if post_tail else None,
+        "dead_fractions": _joined(fractions),
+        "dead_window_ends": _joined(ends),
+    }
+    regime = [r for r in dead.get("regime") or [] if isinstance(r, dict)]
+    keys = sorted({k for r in regime for k, v in r.items()
+                   if k not in ("samples_seen", "dead", "step")
+                   and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    for key in keys:
+        values = [r.get(key) for r in regime]
+        out[f"regime_{key}_final"] = values[-1]
+        out[f"regime_{key}_windows"] = _joined(values)
+    return out
+
+
+def _provenance(store: ActivationStore, normalisation: str,
+                outliers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``llm`` record of an SAE's ``cfg.json``: the hook point, the normalisation it
+    was trained with (the constant of the kept tokens when outliers are left out) and the
+    cache; ``outliers`` (only when tokens were left out): :meth:`ActivationStore.outliers`."""
     man = store.manifest
-    constant = store.scalar_constant if normalisation == "scalar" else None
-    return {"model": man["model"], "hook": man["hook"], "layer": man["layer"],
+    constant = None
+    if normalisation == "scalar":
+        constant = (store.scalar_constant if outliers is None
+                    else outliers["scalar_constant"])
+    prov = {"model": man["model"], "hook": man["hook"], "layer": man["layer"],
             "d_in": store.d_in, "normalisation": {"kind": normalisation, "constant": constant},
             "cache": {"path": str(store.path.resolve()), "tokens": store.n_tokens,
                       "split": man.get("split"), "text": man.get("text", {}).get("spec"),
                       "special_tokens": man.get("special_tokens"), "ctx": man.get("ctx")}}
+    if outliers is not None:
+        prov["outliers"] = dict(outliers)
+    return prov
 
 
 def train_memory(store: ActivationStore, n_saes: int, d_sae: int, batch_size: int,
@@ -189,7 +288,8 @@ def _train_on_cache(run: TrainRun, world: World | None) -> dict[str, Any]:
     from aensae.saes import TrainConfig
 
     store = ActivationStore(run.cache, verify=False, where=run.name("--cache"))
-    prov = _provenance(store, run.normalisation)
+    if run.outlier_factor is not None:
+        check_outlier_factor(run.name("--outlier-factor"), run.outlier_factor)
     for spec in run.specs:
         for key in ("k_top", "aux_k"):
             if spec.hyper.get(key, 0) > run.d_sae:
@@ -202,6 +302,16 @@ def _train_on_cache(run: TrainRun, world: World | None) -> dict[str, Any]:
                          f"{store.n_tokens}, or harvest more tokens")
     _check_train_memory(run, store)
     store.verify()  # every shard is the one the harvest wrote, before any work
+    outliers = None
+    if run.outlier_factor is not None:
+        outliers = store.outliers(run.outlier_factor)
+        if run.batch_size > outliers["kept_tokens"]:
+            raise InputError(f"{run.name('--batch-size')} {run.batch_size} exceeds the "
+                             f"{outliers['kept_tokens']} tokens of the cache {store.path} "
+                             f"left once its {outliers['excluded_tokens']} outlier tokens "
+                             f"(norm > {run.outlier_factor:g} x the median) are left out; "
+                             "choose a smaller batch")
+    prov = _provenance(store, run.normalisation, outliers)
     window = run.window()
     cfg = TrainConfig(steps=run.steps, lr=run.lr, lr_warmup_steps=run.lr_warmup_steps,
                       grad_clip=run.grad_clip, dead_window=window,
@@ -213,6 +323,9 @@ def _train_on_cache(run: TrainRun, world: World | None) -> dict[str, Any]:
         "cache": prov["cache"], "dead_window_tokens": window,
         "train": {k: v for k, v in cfg.to_dict().items() if k != "progress"}, **run.extra,
     }
+    if outliers is not None:  # absent otherwise: a run without it resumes as before
+        config["outliers"] = {k: outliers[k] for k in ("factor", "threshold",
+                                                       "excluded_tokens", "scalar_constant")}
     config = json.loads(json.dumps(config))
     out = run.out
     rows = None if world is None else world.rows(run.batch_size)  # this rank's share
@@ -242,8 +355,11 @@ def _train_locked(run: TrainRun, world: World | None, store: ActivationStore,
     dtype = torch_dtype(run.dtype)
     models = {s.name: create(s.arch, store.d_in, run.d_sae, seed=run.seed, dtype=dtype,
                              **s.hyper) for s in run.specs}
-    data = store.batch_source(run.batch_size, seed=run.seed, normalisation=run.normalisation,
-                              dtype=run.dtype, rows=rows)
+    outliers = prov.get("outliers")
+    data = store.batch_source(
+        run.batch_size, seed=run.seed, normalisation=run.normalisation, dtype=run.dtype,
+        rows=rows, exclude_above=None if outliers is None else outliers["threshold"],
+        constant=prov["normalisation"]["constant"])
     t0 = time.perf_counter()
     if main:
         out.mkdir(parents=True, exist_ok=True)

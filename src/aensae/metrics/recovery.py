@@ -14,7 +14,19 @@ from scipy.optimize import linear_sum_assignment
 from aensae._validation import check_int, check_real
 from aensae.metrics._convert import as_batch, as_float64, check_same_shape
 
-__all__ = ["dictionary_recovery", "support_recovery", "support_recovery_per_sample"]
+__all__ = [
+    "RECOVERED_COS",
+    "dictionary_recovery",
+    "hungarian_match",
+    "recovered_atom_recovery",
+    "support_recovery",
+    "support_recovery_per_sample",
+    "true_positive_code_bias",
+]
+
+#: A true atom counts as recovered when its Hungarian-matched learned atom has
+#: ``|cos| >= RECOVERED_COS`` (see :func:`recovered_atom_recovery`).
+RECOVERED_COS: float = 0.9
 
 _DEFLATED_ZERO = 1e-8  # a unit atom whose deflated norm is below this lies in the shared span
 _ORTHONORMAL_TOL = 1e-8
@@ -95,6 +107,130 @@ def support_recovery(codes: Any, ref_codes: Any, *, threshold: float = 0.0) -> d
     per = support_recovery_per_sample(codes, ref_codes, threshold=threshold)
     out = {key: float(np.mean(value)) for key, value in per.items()}
     out["threshold"] = float(threshold)
+    return out
+
+
+# ----------------------------------------------------------------------------- recovered atoms
+def true_positive_code_bias(
+    codes: Any, ref_codes: Any, *, threshold: float = 0.0
+) -> tuple[float, int]:
+    r"""Mean ratio ``h / r`` over the true-positive entries, and their number.
+
+    With ``T = {(b, i) : r_bi != 0 and |h_bi| > threshold}`` (``h = codes``,
+    ``r = ref_codes``)::
+
+        bias = 1/|T| sum_{(b, i) in T} h_bi / r_bi
+
+    Unlike :func:`aensae.metrics.code_bias` (per-sample ratio of sums over the whole
+    reference support, a missed entry counting as 0), a missed entry (``r != 0``,
+    ``h = 0``) and a false positive (``r = 0``, ``h != 0``) do not enter: this is the
+    shrinkage of the codes that fire where they should. An entry of the wrong sign gives
+    a negative ratio.
+
+    Returns
+    -------
+    (bias, n_tp) : (float, int)
+        ``bias`` is NaN when ``T`` is empty.
+    """
+    threshold = check_real("threshold", threshold, low=0.0)
+    H = as_batch("codes", codes)
+    R = as_batch("ref_codes", ref_codes)
+    check_same_shape("codes", H, "ref_codes", R)
+    tp = (R != 0.0) & (np.abs(H) > threshold)
+    n_tp = int(np.count_nonzero(tp))
+    if n_tp == 0:
+        return float("nan"), 0
+    return float(np.mean(H[tp] / R[tp])), n_tp
+
+
+def hungarian_match(learned: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
+    r"""One-to-one matching of true atoms to learned atoms on ``|cos|``.
+
+    ``learned`` (n, m_L) and ``true`` (n, m_T) have atoms as columns;
+    ``C_ij = cos(l_i, t_j)`` (columns normalised; a zero column has cosine 0). The
+    matching ``pi`` maximises ``sum_j |C_{pi(j) j}|``
+    (:func:`scipy.optimize.linear_sum_assignment`).
+
+    Returns
+    -------
+    match : ndarray (m_T,), int64
+        ``pi(j)``, the learned atom matched to true atom ``j``; -1 when ``j`` is left
+        unmatched (``m_L < m_T``).
+    cos : ndarray (m_T,), float64
+        The signed cosine ``C_{pi(j) j}`` of each match; 0 when unmatched.
+    """
+    L = as_float64("learned", learned, ndim=2)
+    T = as_float64("true", true, ndim=2)
+    if L.shape[0] != T.shape[0]:
+        raise ValueError(
+            f"learned and true must have the same number of rows n (atoms are columns), got "
+            f"shapes {L.shape} and {T.shape}"
+        )
+    tiny = np.finfo(np.float64).tiny
+    Ln = L / np.maximum(np.linalg.norm(L, axis=0), tiny)
+    Tn = T / np.maximum(np.linalg.norm(T, axis=0), tiny)
+    C = Ln.T @ Tn
+    rows, cols = linear_sum_assignment(np.abs(C), maximize=True)
+    match = np.full(T.shape[1], -1, dtype=np.int64)
+    cos = np.zeros(T.shape[1])
+    match[cols] = rows
+    cos[cols] = C[rows, cols]
+    return match, cos
+
+
+def recovered_atom_recovery(
+    codes: Any, ref_codes: Any, match_cos: Any, *, min_cos: float = RECOVERED_COS
+) -> dict[str, float]:
+    r"""Code bias and support recovery restricted to the recovered true atoms.
+
+    ``codes`` (B, m_T) are a model's codes aligned onto the true atoms (column ``j`` is
+    ``sign(c_j) h_{pi(j)}``, the code of the latent matched to true atom ``j`` with its
+    sign made to agree, as :func:`aensae.saes.evaluate.align_codes` builds them; no
+    rescaling, as in :func:`aensae.metrics.code_bias`: both dictionaries have unit atoms);
+    ``ref_codes`` (B, m_T) the true codes ``r``; ``match_cos`` (m_T,) the cosine ``c_j``
+    of each true atom's match (0 when unmatched; only ``|c_j|`` is used, see
+    :func:`hungarian_match`). With ``J = {j : |c_j| >= min_cos}`` (the recovered atoms)
+    and ``T = {(b, j) : j in J, r_bj != 0, h_bj != 0}`` (true positives)::
+
+        atoms_frac = |J| / m_T
+        code_bias  = 1/|T| sum_{(b, j) in T} h_bj / r_bj          (NaN if T is empty)
+        supp_*     = support_recovery(codes[:, J], ref_codes[:, J])
+
+    i.e. per-sample ``P_b = {j in J : h_bj != 0}``, ``R_b = {j in J : r_bj != 0}``,
+    precision ``|P_b ∩ R_b| / |P_b|``, recall ``|P_b ∩ R_b| / |R_b|``, F1
+    ``2 |P_b ∩ R_b| / (|P_b| + |R_b|)`` (1 when both are empty, 0 when one is), averaged
+    over samples as :func:`support_recovery` does. Latents matched to unrecovered atoms
+    and unmatched latents do not enter at all: what they encode cannot be told apart
+    from shrinkage of a learned atom. When ``J`` is empty the support scores are NaN.
+
+    Returns
+    -------
+    dict of float
+        ``atoms_frac``, ``n_atoms`` (``|J|``), ``code_bias``, ``n_tp`` (``|T|``),
+        ``supp_precision``, ``supp_recall``, ``supp_f1``, ``min_cos``.
+    """
+    min_cos = check_real("min_cos", min_cos, low=0.0)
+    H = as_batch("codes", codes)
+    R = as_batch("ref_codes", ref_codes)
+    check_same_shape("codes", H, "ref_codes", R)
+    c = as_float64("match_cos", match_cos, ndim=1)
+    if c.shape[0] != R.shape[1]:
+        raise ValueError(
+            f"match_cos must have one entry per true atom ({R.shape[1]}), got {c.shape[0]}"
+        )
+    J = np.flatnonzero(np.abs(c) >= min_cos)
+    nan = float("nan")
+    out = {"atoms_frac": float(J.size / c.size) if c.size else nan, "n_atoms": float(J.size)}
+    if J.size == 0:
+        out.update({"code_bias": nan, "n_tp": 0.0, "supp_precision": nan,
+                    "supp_recall": nan, "supp_f1": nan})
+    else:
+        bias, n_tp = true_positive_code_bias(H[:, J], R[:, J])
+        supp = support_recovery(H[:, J], R[:, J])
+        out.update({"code_bias": bias, "n_tp": float(n_tp),
+                    "supp_precision": supp["precision"], "supp_recall": supp["recall"],
+                    "supp_f1": supp["f1"]})
+    out["min_cos"] = min_cos
     return out
 
 

@@ -7,11 +7,16 @@ MMCS both ways, shares above 0.9 / 0.99, deflated by the generator's shared dire
 chance level). When the true codes are known as well: per-sample support recovery and
 code bias against them, after aligning latents with true atoms by the Hungarian matching
 of ``|cos|`` (a learned atom matched with a negative cosine has its code negated; latents
-left unmatched keep their own columns, so their activity counts as false positives).
+left unmatched keep their own columns, so their activity counts as false positives); and
+the same restricted to the recovered atoms (matched ``|cos| >= 0.9``,
+:func:`aensae.metrics.recovered_atom_recovery`), which separates shrinkage and missed
+support of learned atoms from atoms never learned. Codes other than the encoder's on the
+same decoder (exact codes) can be scored alongside with the same matching.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -23,26 +28,43 @@ from aensae.saes.base import SAE
 __all__ = ["align_codes", "evaluate"]
 
 
-def align_codes(codes: np.ndarray, learned: np.ndarray, true: np.ndarray) -> np.ndarray:
+def align_codes(
+    codes: np.ndarray,
+    learned: np.ndarray,
+    true: np.ndarray,
+    *,
+    matching: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
     r"""Codes (B, m_L) re-indexed onto true atoms (B, m_T + unmatched).
 
     ``learned`` (n, m_L) and ``true`` (n, m_T) have atoms as columns. Matching ``pi``
-    maximises ``sum_j |cos(l_pi(j), t_j)|`` (:func:`scipy.optimize.linear_sum_assignment`);
-    column ``j < m_T`` of the result is ``sign(cos) * codes[:, pi(j)]`` (zero when atom
-    ``j`` is unmatched) and the learned latents left unmatched are appended after them.
+    maximises ``sum_j |cos(l_pi(j), t_j)|`` (:func:`aensae.metrics.hungarian_match`;
+    pass its result as ``matching`` to reuse it); column ``j < m_T`` of the result is
+    ``sign(cos) * codes[:, pi(j)]`` (zero when atom ``j`` is unmatched) and the learned
+    latents left unmatched are appended after them.
     """
-    from scipy.optimize import linear_sum_assignment
-
-    Ln = learned / np.maximum(np.linalg.norm(learned, axis=0), np.finfo(float).tiny)
-    Tn = true / np.maximum(np.linalg.norm(true, axis=0), np.finfo(float).tiny)
-    C = Ln.T @ Tn
-    rows, cols = linear_sum_assignment(np.abs(C), maximize=True)
-    m_true = true.shape[1]
-    unmatched = np.setdiff1d(np.arange(learned.shape[1]), rows)
+    match, cos = metrics.hungarian_match(learned, true) if matching is None else matching
+    m_true = match.shape[0]
+    hit = np.flatnonzero(match >= 0)
+    unmatched = np.setdiff1d(np.arange(learned.shape[1]), match[hit])
     out = np.zeros((codes.shape[0], m_true + unmatched.size))
-    out[:, cols] = codes[:, rows] * np.sign(C[rows, cols])
+    out[:, hit] = codes[:, match[hit]] * np.sign(cos[hit])
     out[:, m_true:] = codes[:, unmatched]
     return out
+
+
+def _code_scores(codes: np.ndarray, Ht: np.ndarray, learned: np.ndarray, D: np.ndarray,
+                 matching: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """``support``, ``code_bias`` and ``recovered`` of ``codes`` (B, m_L) against ``Ht``."""
+    aligned = align_codes(codes, learned, D, matching=matching)
+    ref = np.zeros_like(aligned)
+    ref[:, :Ht.shape[1]] = Ht
+    return {
+        "support": metrics.support_recovery(aligned, ref),
+        "code_bias": metrics.code_bias(aligned, ref),
+        "recovered": metrics.recovered_atom_recovery(aligned[:, :Ht.shape[1]], Ht,
+                                                     matching[1]),
+    }
 
 
 @torch.no_grad()
@@ -54,6 +76,7 @@ def evaluate(
     D_true: np.ndarray | None = None,
     shared: np.ndarray | None = None,
     chunk: int = 4096,
+    other_codes: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on the evaluation set ``X`` (N, d_in), in eval mode.
 
@@ -70,13 +93,19 @@ def evaluate(
         The generator's shared directions (deflated dictionary recovery).
     chunk : int
         Samples encoded at once.
+    other_codes : mapping name -> array (N, d_sae), optional
+        Other codes of ``X`` on the model's own decoder (e.g. the exact codes of its
+        exact problem); with ``D_true`` and ``H_true`` each is scored like the encoder's
+        codes, with the same Hungarian matching, under ``other_codes[name]``.
 
     Returns
     -------
     dict
         ``l0``, ``mse``, ``explained_variance``, ``explained_variance_centred``,
         ``shrinkage``, ``dead_eval``; ``dictionary`` (dict) with ``D_true``; ``support``
-        (dict) and ``code_bias`` with ``D_true`` and ``H_true``.
+        (dict), ``code_bias`` and ``recovered`` (dict,
+        :func:`aensae.metrics.recovered_atom_recovery`) with ``D_true`` and ``H_true``;
+        ``other_codes`` (dict name -> dict with those three keys) with ``other_codes``.
     """
     p = model.W_dec
     was_training = model.training
@@ -108,9 +137,12 @@ def evaluate(
         if H_true is not None:
             Ht = (H_true.detach().to("cpu", torch.float64).numpy()
                   if isinstance(H_true, torch.Tensor) else np.asarray(H_true, dtype=np.float64))
-            aligned = align_codes(H, learned, np.asarray(D_true, dtype=np.float64))
-            ref = np.zeros_like(aligned)
-            ref[:, :Ht.shape[1]] = Ht
-            out["support"] = metrics.support_recovery(aligned, ref)
-            out["code_bias"] = metrics.code_bias(aligned, ref)
+            D = np.asarray(D_true, dtype=np.float64)
+            matching = metrics.hungarian_match(learned, D)  # solved once, reused below
+            out.update(_code_scores(H, Ht, learned, D, matching))
+            if other_codes is not None:
+                out["other_codes"] = {
+                    name: _code_scores(np.asarray(c, dtype=np.float64), Ht, learned, D,
+                                       matching)
+                    for name, c in other_codes.items()}
     return out

@@ -16,17 +16,27 @@ Tables (every key checked; unknown keys are errors listing the allowed ones):
   ``revision``, ``layer``, ``hook``, ``text`` (``python-docs``, ``hf:...``, a file or
   folder), ``text_column``, ``tokens`` (harvested for training), ``ctx``,
   ``batch_size`` (windows per forward pass of the harvest), ``model_dtype``,
-  ``eval_fraction``, ``shard_windows``, ``shuffle_windows``;
+  ``eval_fraction``, ``shard_windows``, ``shuffle_windows``, ``exclude_outliers``
+  (``true`` by default: the outlier tokens, see ``eval.outlier_factor``, are left out of
+  SAE training, the scalar normalisation constant is estimated without them, and the
+  headline EV, MSE, L0 and dead fractions are measured without them while the spliced
+  CE/KL passes them through unchanged; every metric is also reported the other way,
+  under ``..._all_tokens`` / ``..._outliers_excluded``);
 - ``[train]``: ``d_sae``, ``steps``, ``batch_size`` (tokens per step), ``lr``,
-  ``lr_warmup_steps``, ``normalisation`` (``scalar``, ``per_token``, ``none``),
-  ``dead_window`` (tokens; absent: 10M or the whole run), ``checkpoint_every``;
+  ``lr_warmup_steps``, ``normalisation`` (``scalar``: one constant for the cache;
+  ``per_token``: each token scaled to norm ``sqrt(d_in)``, the reference
+  implementation's; ``none``), ``dead_window`` (tokens per dead-latent window, between
+  one batch and the whole run; absent: a tenth of the run, rounded up to whole batches),
+  ``checkpoint_every``;
 - ``[eval]``: ``tokens`` (held-out eval tokens: spliced CE/KL, EV, L0, and the
   calibration's L0), ``batch_size`` (windows per forward pass), ``exact_tokens``
   (exact certified codes per l1-family SAE), ``exact_tol``, ``group_size`` (SAEs spliced
   in one evaluation: the clean and ablated passes are shared by a group; a group is the
-  unit of resume), ``outlier_factor`` (a token whose activation norm exceeds this
-  multiple of the cache's median norm is an outlier, counted and left out of
-  ``explained_variance_no_outliers``);
+  unit of resume), ``outlier_factor`` (> 1, default 10, dictionary_learning's
+  convention: a token whose activation norm exceeds this multiple of the training
+  cache's median token norm is an outlier), ``rare_rate`` (a latent whose firing rate on
+  the measured eval tokens is below it counts in ``rare_fraction``; default 1e-5, the
+  paper's dead criterion);
 - ``[calibrate]``: ``ladder``, ``rounds``, ``tolerance`` (as the synthetic grid's;
   every pass is a full-length run, so a calibration model within the tolerance of its
   target is the run of that target), ``max_passes`` (training passes the search may
@@ -57,7 +67,7 @@ from aensae.experiments.config import (
     validate_family,
 )
 
-__all__ = ["LLM_DEFAULTS", "LLMGridConfig", "load_llm_config"]
+__all__ = ["DEAD_WINDOWS", "LLM_DEFAULTS", "LLMGridConfig", "load_llm_config"]
 
 LLM_DEFAULTS: dict[str, dict[str, Any]] = {
     "experiment": {"name": "llm", "seed": 0, "device": "auto", "dtype": "float32",
@@ -65,14 +75,17 @@ LLM_DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"kind": "llm", "model": "smollm2-135m", "revision": None, "layer": 15,
              "hook": "resid_post", "text": "python-docs", "text_column": "text",
              "tokens": 200_000, "ctx": 128, "batch_size": 32, "model_dtype": "float32",
-             "eval_fraction": 0.05, "shard_windows": 256, "shuffle_windows": 1024},
+             "eval_fraction": 0.05, "shard_windows": 256, "shuffle_windows": 1024,
+             "exclude_outliers": True},
     "train": {"d_sae": 4096, "steps": 1000, "batch_size": 4096, "lr": 1e-3,
               "lr_warmup_steps": 0, "normalisation": "scalar", "dead_window": None,
               "checkpoint_every": 200},
     "eval": {"tokens": 8192, "batch_size": 8, "exact_tokens": 4096, "exact_tol": 1e-10,
-             "group_size": 8, "outlier_factor": 10.0},
+             "group_size": 8, "outlier_factor": 10.0, "rare_rate": 1e-5},
     "calibrate": {"ladder": 3, "rounds": 1, "tolerance": 1.3, "max_passes": 8},
 }
+#: Dead-latent windows of a run whose ``train.dead_window`` is not set.
+DEAD_WINDOWS = 10
 _HOOKS = ("resid_post", "mlp_out", "attn_out")
 _NORMALISATIONS = ("scalar", "per_token", "none")
 
@@ -101,6 +114,15 @@ class LLMGridConfig:
     @property
     def d_sae(self) -> int:
         return int(self.train["d_sae"])
+
+    @property
+    def dead_window(self) -> int:
+        """Tokens per dead-latent window: ``train.dead_window``, or a tenth of the run
+        (:data:`DEAD_WINDOWS`) rounded up to whole batches."""
+        tr = self.train
+        if tr["dead_window"] is not None:
+            return int(tr["dead_window"])
+        return int(tr["batch_size"]) * -(-int(tr["steps"]) // DEAD_WINDOWS)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready normalised config."""
@@ -167,7 +189,13 @@ def _validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                  low=0)
     _string("train.normalisation", tr["normalisation"], _NORMALISATIONS)
     if tr["dead_window"] is not None:
+        run = tr["steps"] * tr["batch_size"]
         tr["dead_window"] = check_number("train.dead_window", tr["dead_window"], kind=int, low=1)
+        if not tr["batch_size"] <= tr["dead_window"] <= run:
+            raise config_error("train.dead_window", f"must lie between one batch "
+                               f"(train.batch_size {tr['batch_size']} tokens) and the whole "
+                               f"run (train.steps x train.batch_size = {run} tokens), got "
+                               f"{tr['dead_window']!r}")
     tr["checkpoint_every"] = check_number("train.checkpoint_every", tr["checkpoint_every"],
                                   kind=int, low=0)
     ev["tokens"] = check_number("eval.tokens", ev["tokens"], kind=int, low=2)
@@ -178,6 +206,11 @@ def _validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ev["group_size"] = check_number("eval.group_size", ev["group_size"], kind=int, low=1)
     ev["outlier_factor"] = check_number("eval.outlier_factor", ev["outlier_factor"], low=1.0,
                                 low_open=True)
+    ev["rare_rate"] = check_number("eval.rare_rate", ev["rare_rate"], low=0.0, high=1.0,
+                                   low_open=True, high_open=True)
+    if not isinstance(d["exclude_outliers"], bool):
+        raise config_error("data.exclude_outliers", f"must be true or false, got "
+                           f"{d['exclude_outliers']!r}")
     c["ladder"] = check_number("calibrate.ladder", c["ladder"], kind=int, low=2)
     c["rounds"] = check_number("calibrate.rounds", c["rounds"], kind=int, low=1)
     c["tolerance"] = check_number("calibrate.tolerance", c["tolerance"], low=1.0, low_open=True)

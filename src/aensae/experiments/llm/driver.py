@@ -15,7 +15,10 @@ Pipeline (each phase resumable, every file written atomically):
    constant with and without them;
 3. **training passes** ``OUT/passes/pass-<i>``: each pass trains several SAEs on the
    same batches (:func:`aensae.llm.training.train_on_cache`: one fused Adam, exact
-   checkpoint resume), all at the full length ``train.steps``. Pass 0 holds the
+   checkpoint resume), all at the full length ``train.steps``, with dead latents counted
+   in windows of ``train.dead_window`` tokens (a tenth of the run by default) and, with
+   ``data.exclude_outliers`` (the default), the outlier tokens left out of the batches
+   and of the scalar constant. Pass 0 holds the
    calibration ladders of the calibrated families (l1 coefficient of the l1 family,
    ``l0`` coefficient of JumpReLU) and every TopK / BatchTopK run (``k_top`` = the
    target, no calibration); later passes hold the penalties the bracketing search of
@@ -33,9 +36,15 @@ Pipeline (each phase resumable, every file written atomically):
    a time, spliced into the model by :func:`aensae.llm.splice.evaluate_saes` (what
    ``aensae llm eval`` does: CE/KL with the normalisation undone, zero and mean
    ablations, the reference's defective splice, exact certified codes for l1-family
-   SAEs), plus the EV without the outlier tokens and the centred EV on the eval cache;
+   SAEs), plus the EV without the outlier tokens and the centred EV on the eval cache.
+   Every metric is measured both ways (``..._all_tokens``, ``..._outliers_excluded``:
+   the outlier tokens passed through the spliced and ablated passes unchanged, and left
+   out of L0, EV, MSE and the dead fractions); the columns without a suffix follow
+   ``data.exclude_outliers``. L0 for the calibration is measured on the same tokens as
+   the headline L0;
 5. **table, figures, report**: ``OUT/results.csv`` (one row per (family, variant,
-   target); ``kind = unreachable`` for targets no penalty reached), ``OUT/figures/``
+   target); ``kind = unreachable`` for targets no penalty reached; the dead-latent
+   windows as columns, :func:`aensae.llm.training.window_columns`), ``OUT/figures/``
    and ``OUT/report.md`` (:mod:`aensae.experiments.llm.figures`,
    :mod:`aensae.experiments.llm.report`), swapped in together.
 
@@ -128,7 +137,8 @@ OUTPUT_TREE: dict[str, Any] = {
 _MEMORY_KEY = "config experiment.max_memory_gb"
 #: The config keys behind the options of ``aensae llm train`` (errors name them).
 _TRAIN_NAMES = {"--batch-size": "config train.batch_size", "--d-sae": "config train.d_sae",
-                "--max-memory": _MEMORY_KEY, "--cache": "cache", "--out": "--out"}
+                "--max-memory": _MEMORY_KEY, "--cache": "cache", "--out": "--out",
+                "--outlier-factor": "config eval.outlier_factor"}
 
 #: Keys of an SAE's eval record that are not per-SAE measurements.
 _NOT_METRICS = {"path", "arch", "d_sae", "normalisation", "constant", "cost"}
@@ -292,23 +302,21 @@ def _load_rows(cache: Path, tokens: bool = False) -> tuple[Any, ...]:
 
 def _cache_stats(run: _Run) -> dict[str, Any]:
     """Phase 2: token norms, outliers and what they do to the scalar constant."""
-    import torch
 
-    from aensae.llm.normalise import scalar_constant
+    from aensae.llm.normalise import outlier_threshold, scalar_constant, token_norms
 
     path = run.out / STATS_FILE
     ident = {"cache": _cache_identity(run, "cache"),
              "eval": _cache_identity(run, "eval-cache"),
-             "outlier_factor": run.cfg.eval["outlier_factor"], "stats": 2}
+             "outlier_factor": run.cfg.eval["outlier_factor"], "stats": 3}
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved.get("identity") == ident:
             return saved
     factor = run.cfg.eval["outlier_factor"]
     X, pos, ids = _load_rows(run.out / "cache", tokens=True)
-    norms = torch.linalg.vector_norm(X, dim=1)
-    median = float(norms.median())
-    threshold = factor * median
+    norms = token_norms(X)
+    median, threshold = outlier_threshold(norms, factor)
     out_mask = norms > threshold
     sq = norms ** 2
     d_in = X.shape[1]
@@ -337,7 +345,7 @@ def _cache_stats(run: _Run) -> dict[str, Any]:
                                                         d_in) if rest else None),
     }
     E, _ = _load_rows(run.out / "eval-cache")
-    e_norms = torch.linalg.vector_norm(E, dim=1)
+    e_norms = token_norms(E)
     stats["eval_tokens"] = int(E.shape[0])
     stats["eval_outlier_tokens"] = int((e_norms > threshold).sum())
     stats["eval_outlier_sum_sq_share"] = float(
@@ -393,14 +401,16 @@ def _train_pass(run: _Run, index: int, members: list[tuple[Any, dict[str, Any], 
     train_on_cache(TrainRun(
         cache=run.out / "cache", specs=specs, d_sae=tr["d_sae"], steps=tr["steps"],
         batch_size=tr["batch_size"], out=folder, lr=tr["lr"],
-        lr_warmup_steps=tr["lr_warmup_steps"], dead_window=tr["dead_window"],
+        lr_warmup_steps=tr["lr_warmup_steps"], dead_window=cfg.dead_window,
         normalisation=tr["normalisation"], seed=cfg.experiment["seed"],
         checkpoint_every=tr["checkpoint_every"], device=cfg.experiment["device"],
         dtype=cfg.experiment["dtype"], progress=run.progress,
         extra={"grid": cfg.name, "pass": index},
-        max_memory=cfg.experiment["max_memory_gb"], names=_TRAIN_NAMES))
+        max_memory=cfg.experiment["max_memory_gb"], names=_TRAIN_NAMES,
+        outlier_factor=(cfg.eval["outlier_factor"] if cfg.data["exclude_outliers"]
+                        else None)))
     run.record_time(f"pass_{index}", t0)
-    X = _eval_activations(run)
+    X = _measured_eval_activations(run)
     l0s = {}
     for name in names:
         import torch
@@ -417,6 +427,19 @@ def _eval_activations(run: _Run) -> Any:
     if not hasattr(run, "_eval_x"):
         run._eval_x = _load_rows(run.out / "eval-cache")[0]  # type: ignore[attr-defined]
     return run._eval_x  # type: ignore[attr-defined]
+
+
+def _measured_eval_activations(run: _Run) -> Any:
+    """The eval cache's activations on which L0 is measured: all of them, or, with
+    ``data.exclude_outliers``, those of norm at most the outlier threshold (the
+    evaluation's headline L0 is measured on the same tokens)."""
+    X = _eval_activations(run)
+    if not run.cfg.data["exclude_outliers"]:
+        return X
+    from aensae.llm.normalise import token_norms
+
+    stats = _cache_stats(run)
+    return X[token_norms(X) <= stats["outlier_threshold"]]
 
 
 def _calibrate_and_train(run: _Run, on_phase: Callable[[str], None] | None
@@ -575,7 +598,13 @@ def _eval_group(run: _Run, members: list[tuple[int, str]], keys: list[str],
                 stats: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from aensae.llm.splice import evaluate_saes, load_spliced_sae
+    from aensae.llm.normalise import token_norms
+    from aensae.llm.splice import (
+        COMMON_BOTH_WAYS,
+        WAY_SUFFIX,
+        evaluate_saes,
+        load_spliced_sae,
+    )
     from aensae.metrics import explained_variance, explained_variance_centred
 
     cfg = run.cfg
@@ -588,14 +617,20 @@ def _eval_group(run: _Run, members: list[tuple[int, str]], keys: list[str],
          f"{cfg.eval['tokens']:,} eval tokens")
     t0 = time.perf_counter()
     ids, keep = run.eval_windows()
+    exclude = bool(cfg.data["exclude_outliers"])
     res = evaluate_saes(run.lm, spliced, ids, keep, cfg.data["layer"], cfg.data["hook"],
                         batch_size=cfg.eval["batch_size"], progress=run.progress,
                         exact_tokens=cfg.eval["exact_tokens"],
-                        exact_tol=cfg.eval["exact_tol"])
+                        exact_tol=cfg.eval["exact_tol"],
+                        outlier_threshold=stats["outlier_threshold"],
+                        exclude_outliers=exclude, rare_rate=cfg.eval["rare_rate"])
     X = _eval_activations(run)
-    norms = torch.linalg.vector_norm(X, dim=1)
+    norms = token_norms(X)
     inlier = (norms <= stats["outlier_threshold"]).numpy()
     Xn = X.numpy()
+    # the reference's defective splice is measured on every token: its mean-ablation
+    # baseline is every token's too
+    ce_mean_all = res.get("ce_mean_ablation_all_tokens", res["ce_mean_ablation"])
     saes = {}
     for s in spliced:
         r = dict(res["saes"][s.name])
@@ -603,16 +638,23 @@ def _eval_group(run: _Run, members: list[tuple[int, str]], keys: list[str],
             x_hat, _ = s.reconstruct(X.to(s.sae.W_dec.dtype))
         xh = x_hat.to(torch.float64).numpy()
         r["explained_variance_no_outliers"] = explained_variance(Xn[inlier], xh[inlier])
-        r["explained_variance_centred"] = explained_variance_centred(Xn, xh)
+        centred = {"all": explained_variance_centred(Xn, xh),
+                   "kept": explained_variance_centred(Xn[inlier], xh[inlier])}
+        r["explained_variance_centred"] = centred["kept" if exclude else "all"]
+        for way, value in centred.items():
+            r[f"explained_variance_centred{WAY_SUFFIX[way]}"] = value
         r["explained_variance_eval_cache"] = explained_variance(Xn, xh)
-        base = res["ce_mean_ablation"] - res["ce_clean"]
+        base = ce_mean_all - res["ce_clean"]
         r["ce_loss_score_unnormalised_splice_mean_ablation"] = (
-            (res["ce_mean_ablation"] - r["ce_unnormalised_splice"]) / base
-            if base != 0 else math.nan)
+            (ce_mean_all - r["ce_unnormalised_splice"]) / base if base != 0 else math.nan)
         saes[s.name] = r
     common = {k: res[k] for k in ("tokens", "scored_positions", "windows", "ctx", "d_in",
                                   "ce_clean", "ce_zero", "ce_mean_ablation", "kl_zero",
                                   "kl_mean_ablation")}
+    common.update({k + suffix: res[k + suffix] for k in COMMON_BOTH_WAYS
+                   for suffix in WAY_SUFFIX.values() if k + suffix in res})
+    common["eval_excluded_tokens"] = res.get("excluded_tokens", 0) if exclude else 0
+    common["eval_tokens_measured"] = res.get("tokens_measured", res["tokens"])
     common["eval_outlier_tokens"] = int((~inlier).sum())
     return {"members": keys, "common": common, "saes": saes, "cost": res["cost"],
             "seconds": time.perf_counter() - t0, "device": str(run.lm.device)}
@@ -623,6 +665,7 @@ def build_rows(cfg: LLMGridConfig, out: Path, plan: list[dict[str, Any]],
                evals: dict[str, dict[str, Any]], stats: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (family, variant, target): provenance, training, evaluation."""
     from aensae.llm.cache import read_manifest
+    from aensae.llm.training import hold_ramp_steps, window_columns
 
     man = read_manifest(out / "cache", "cache", f"remove {out / 'cache'} to harvest it again")
     tr, d = cfg.train, cfg.data
@@ -636,6 +679,11 @@ def build_rows(cfg: LLMGridConfig, out: Path, plan: list[dict[str, Any]],
                                        if tr["normalisation"] == "scalar" else None),
             "seed": cfg.experiment["seed"],
             "outlier_factor": stats["outlier_factor"], "exact_tokens": cfg.eval["exact_tokens"],
+            "exclude_outliers": cfg.data["exclude_outliers"],
+            "outlier_threshold": stats["outlier_threshold"],
+            "train_excluded_tokens": (stats["outlier_tokens"] if cfg.data["exclude_outliers"]
+                                      else 0),
+            "rare_rate": cfg.eval["rare_rate"],
             "cache_median_norm": stats["median_norm"], "cache_max_norm": stats["max_norm"],
             "cache_outlier_tokens": stats["outlier_tokens"],
             "cache_outlier_position1": stats["outlier_positions"].get("1", 0),
@@ -668,20 +716,25 @@ def build_rows(cfg: LLMGridConfig, out: Path, plan: list[dict[str, Any]],
         ev = dict(evals[key])
         common = ev.pop("_common")
         seconds = ev.pop("_seconds")
+        hyper = cfg_json.get("hyper", {})
+        llm_rec = cfg_json.get("llm") or {}
+        used = (llm_rec.get("normalisation") or {}).get("constant")
         row = {**base, "kind": "sae", "run_id": f"{fam.name}-{e['variant']}-t{e['target']:g}",
                "pass": e["pass"], "sae": e["sae"], "calibrated_value": e["value"],
                "calibration_extrapolated": e["extrapolated"],
-               **{f"hp_{k}": v for k, v in cfg_json.get("hyper", {}).items()
-                  if isinstance(v, (int, float, str))},
+               **{f"hp_{k}": v for k, v in hyper.items() if isinstance(v, (int, float, str))},
                "dead_window_tokens": metrics["dead_window_tokens"],
-               "dead_final": metrics["dead"].get("final"),
-               "dead_median_last": metrics["dead"].get("median_last"),
+               **window_columns(metrics["dead"], tr["batch_size"],
+                                hold_ramp_steps(hyper, tr["steps"])),
                "train_loss_last": metrics.get("train_loss_last"),
                "train_seconds": metrics.get("seconds"), "device": metrics.get("device"),
                "eval_seconds": seconds, "eval_tokens": common["tokens"],
                "eval_outlier_tokens": common["eval_outlier_tokens"],
-               **{k: common[k] for k in ("ce_clean", "ce_zero", "ce_mean_ablation",
-                                         "kl_zero", "kl_mean_ablation")}}
+               "eval_excluded_tokens": common.get("eval_excluded_tokens", 0),
+               "eval_tokens_measured": common.get("eval_tokens_measured", common["tokens"]),
+               **{k: v for k, v in common.items() if k.startswith(("ce_", "kl_"))}}
+        if used is not None:  # the constant the SAE was trained and spliced with
+            row["normalisation_constant"] = used
         row.update(_flatten(ev))
         l0 = row.get("l0")
         ratio = l0 / e["target"] if isinstance(l0, float) and e["target"] > 0 else None

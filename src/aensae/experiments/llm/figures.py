@@ -2,7 +2,7 @@ r"""Figures of the LLM grid, drawn from ``results.csv`` alone (and the authors' 
 
 ``draw_llm_figures(RESULTS_DIR)`` writes ``figures/<name>.png`` and ``.svg``:
 
-1. ``llm1_dead_ev_ce_vs_l0`` (the paper's Pythia figure): dead-latent % over the
+1. ``llm1_dead_ev_ce_vs_l0`` (the paper's Pythia figure): dead-latent % in the last
    training window, explained variance and CE-loss score
    :math:`(CE_{zero} - CE_{spliced}) / (CE_{zero} - CE_{clean})` against the eval L0, one
    curve per architecture (line style per init); a hollow X marks a point whose EV is
@@ -16,7 +16,15 @@ r"""Figures of the LLM grid, drawn from ``results.csv`` alone (and the authors' 
 3. ``llm3_exact_codes``: for the l1-family SAEs, against exact certified codes on the
    same tokens and dictionary: the relative amortization gap (median over tokens),
    support F1 of the encoder, and explained variance of exact codes beside the
-   encoder's.
+   encoder's;
+4. ``llm4_dead_over_training``: the time course of starvation, from the per-window
+   columns (``dead_fractions`` against ``dead_window_ends``): dead % in each window of
+   ``dead_window_tokens`` tokens against the tokens seen, one curve per SAE (colour per
+   family, line style per target L0; a thin vertical line where an adaptive family's
+   weights reach full strength, ``hold_ramp_tokens``), and for the adaptive SAEs the
+   fractions of latents whose weight is pinned at ``w_max`` (filled) and at ``w_min``
+   (hollow) at each window's end (``regime_w_max_frac_windows``,
+   ``regime_w_min_frac_windows``). A table without those columns gets a panel saying so.
 
 Byte-identical for the same tables (:func:`aensae.experiments.plotting.render`).
 """
@@ -31,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from aensae.experiments.llm.schema import window_values
 from aensae.experiments.plotting import (
     AUTHORS_CLASS,
     family_colors,
@@ -46,7 +55,8 @@ from aensae.experiments.results import read_table
 
 __all__ = ["AUTHORS_PYTHIA_CSV", "LLM_FIGURES", "authors_pythia_runs", "draw_llm_figures"]
 
-LLM_FIGURES = ("llm1_dead_ev_ce_vs_l0", "llm2_authors_pythia", "llm3_exact_codes")
+LLM_FIGURES = ("llm1_dead_ev_ce_vs_l0", "llm2_authors_pythia", "llm3_exact_codes",
+               "llm4_dead_over_training")
 AUTHORS_PYTHIA_CSV = "authors_pythia70m_runs.csv"
 _STYLE = {"tied": "-", "independent": "--"}
 #: Architectures with an exact problem (``SAE.exact_problem()`` is not None).
@@ -144,7 +154,7 @@ def _setting(rows: list[dict[str, Any]]) -> str:
 
 def _fig1(fig: Any, rows: list[dict[str, Any]], extra: Any) -> None:
     _panels(fig, rows, [
-        ("dead latents (%, training window)", lambda r: 100.0 * num(r.get("dead_final")),
+        ("dead latents (%, last training window)", lambda r: 100.0 * num(r.get("dead_final")),
          (-2.0, 102.0)),
         ("explained variance (1 = perfect)", lambda r: num(r.get("explained_variance")),
          None),
@@ -204,9 +214,83 @@ def _fig3(fig: Any, rows: list[dict[str, Any]], extra: Any) -> None:
     axes[0].set_yscale("log")
 
 
+def _window_xy(r: dict[str, Any], column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens seen at each window's end, values of ``column`` per window) of one row."""
+    ys = np.array(window_values(r.get(column)), dtype=float)
+    xs = np.array(window_values(r.get("dead_window_ends")), dtype=float)
+    if len(xs) != len(ys):  # no ends recorded: whole windows of dead_window_tokens
+        xs = np.arange(1, len(ys) + 1) * num(r.get("dead_window_tokens"))
+    return xs, ys
+
+
+def _fig4(fig: Any, rows: list[dict[str, Any]], extra: Any) -> None:
+    sae = [r for r in _sae(rows) if window_values(r.get("dead_fractions"))]
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    if not sae:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no per-window dead fractions in this table\n(written before "
+                    "the dead-latent windows were recorded)", ha="center", va="center")
+            ax.set_axis_off()
+        return
+    sae = sorted(sae, key=lambda r: (str(r["family"]), init_of(r), num(r.get("target_l0"))))
+    fams = family_list(sae)
+    col = family_colors(fams)
+    inits = run_inits(sae)
+    targets = sorted({num(r.get("target_l0")) for r in sae})
+    styles = ("-", "--", ":", "-.")
+
+    def label(r: dict[str, Any]) -> str:
+        init = f", {init_of(r)}" if len(inits) > 1 else ""
+        return f"{r['family']}{init}, L0 {num(r.get('target_l0')):g}"
+
+    ax = axes[0]
+    drawn: set[tuple[str, float]] = set()
+    for r in sae:
+        xs, ys = _window_xy(r, "dead_fractions")
+        ls = styles[targets.index(num(r.get("target_l0"))) % len(styles)]
+        ax.plot(xs, 100.0 * ys, marker="o", ms=3, lw=1.2, ls=ls, color=col[r["family"]],
+                label=label(r))
+        hr = num(r.get("hold_ramp_tokens"))
+        if math.isfinite(hr) and (r["family"], hr) not in drawn:
+            drawn.add((r["family"], hr))
+            ax.axvline(hr, color=col[r["family"]], lw=0.7, alpha=0.5)
+    ax.set_ylim(-2.0, 102.0)
+    ax.set_xlabel("tokens seen (end of each window)")
+    ax.set_ylabel("dead latents (% of latents, per window)")
+    ax.grid(True, alpha=0.25)
+    ax.legend(fontsize=6, ncol=2)
+    ax = axes[1]
+    adaptive = [r for r in sae if window_values(r.get("regime_w_max_frac_windows"))]
+    for r in adaptive:
+        xs, ys = _window_xy(r, "regime_w_max_frac_windows")
+        ls = styles[targets.index(num(r.get("target_l0"))) % len(styles)]
+        ax.plot(xs, 100.0 * ys, marker="o", ms=3, lw=1.2, ls=ls, color=col[r["family"]],
+                label=f"{label(r)}: at w_max")
+        xs, ys = _window_xy(r, "regime_w_min_frac_windows")
+        if len(ys):
+            ax.plot(xs, 100.0 * ys, marker="o", ms=4, lw=0.8, ls=ls, mfc="white",
+                    color=col[r["family"]], label=f"{label(r)}: at w_min")
+    if adaptive:
+        ax.set_xlabel("tokens seen (end of each window)")
+        ax.set_ylabel("latents whose adaptive weight is pinned (%)")
+        ax.set_ylim(-2.0, 102.0)
+        ax.grid(True, alpha=0.25)
+        ax.legend(fontsize=6)
+    else:
+        ax.text(0.5, 0.5, "no adaptive SAE with weight-regime diagnostics in this table",
+                ha="center", va="center")
+        ax.set_axis_off()
+    window = num(sae[0].get("dead_window_tokens"))
+    fig.suptitle(f"Dead latents per window of {window:,.0f} tokens during training (left; "
+                 "vertical lines: an adaptive family's weights at full strength, after the "
+                 "hold and ramp) and the adaptive weights pinned at their clamps (right)\n"
+                 + _setting(rows), fontsize=9)
+
+
 _DRAW = {"llm1_dead_ev_ce_vs_l0": (_fig1, (14, 4.8)),
          "llm2_authors_pythia": (_fig2, (14, 5.8)),
-         "llm3_exact_codes": (_fig3, (14, 4.8))}
+         "llm3_exact_codes": (_fig3, (14, 4.8)),
+         "llm4_dead_over_training": (_fig4, (14, 5.2))}
 
 
 def draw_llm_figures(results_dir: str | Path, out_dir: str | Path | None = None

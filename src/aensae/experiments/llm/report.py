@@ -2,10 +2,12 @@ r"""``report.md`` of the LLM grid, from ``results.csv`` (and ``phases.json`` whe
 
 Sections: the setting; one row per SAE (L0, dead %, EV, CE-loss scores with both
 baselines, KL, the defective splice's score, the amortization gap against exact codes);
+dead latents over training (the windows, the last ones after the adaptive hold and
+ramp, the trend, the rare fraction on the eval tokens, the adaptive weights' regime);
 matched sparsity; our numbers beside the authors' published Pythia-70M runs at the
 nearest L0, with what differs between the two settings; the size of the splice defect;
-the residual-stream outliers and what they do to EV; extra per-SAE columns passed
-through from ``aensae llm eval``.
+the residual-stream outliers and the main numbers with and without them; extra per-SAE
+columns passed through from ``aensae llm eval``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ import numpy as np
 
 from aensae._io import atomic_write_text
 from aensae.experiments.llm.figures import LLM_FIGURES, authors_pythia_runs
-from aensae.experiments.llm.schema import KNOWN_EXTRA, LLM_REQUIRED_COLUMNS
+from aensae.experiments.llm.schema import (
+    KNOWN_EXTRA,
+    KNOWN_PREFIXES,
+    KNOWN_SUFFIXES,
+    LLM_REQUIRED_COLUMNS,
+    window_values,
+)
 from aensae.experiments.results import read_table
 
 __all__ = ["write_llm_report"]
@@ -71,7 +79,18 @@ def _setting(r: dict[str, Any], phases: dict[str, float] | None) -> list[str]:
            + (f", c = {_f(r['normalisation_constant'], '.4g')}"
               if math.isfinite(_n(r.get("normalisation_constant"))) else "")
            + "; spliced back with the normalisation undone |",
-           f"| dead-latent window | {_f(r['dead_window_tokens'], ',.0f')} tokens |",
+           f"| dead-latent window | {_f(r['dead_window_tokens'], ',.0f')} tokens"
+           + (f" ({_f(r.get('dead_windows'), '.0f')} windows in the run)"
+              if math.isfinite(_n(r.get("dead_windows"))) else "") + " |",
+           f"| outlier tokens | norm > {_f(r.get('outlier_factor'), 'g')} x the cache's median "
+           f"token norm ({_f(r.get('outlier_threshold'), '.4g')}): "
+           + (f"left out of training ({_f(r.get('train_excluded_tokens'), ',.0f')} cache "
+              "tokens) and of EV, MSE, L0 and dead fractions, passed through the spliced "
+              f"CE/KL unchanged ({_f(r.get('eval_excluded_tokens'), ',.0f')} eval tokens) |"
+              if r.get("exclude_outliers") is True else
+              "kept everywhere (`data.exclude_outliers = false`) |"
+              if r.get("exclude_outliers") is False else
+              "kept everywhere (a table from before the option existed) |"),
            f"| device | {r.get('device')} |",
            f"| config | {r['config_name']} (hash {r['config_hash']}), aensae "
            f"{r['aensae_version']} |", ""]
@@ -92,8 +111,10 @@ def _per_sae(sae: list[dict[str, Any]]) -> list[str]:
            "CE-loss score = (CE_zero - CE_spliced) / (CE_zero - CE_clean) (SAELens, "
            "SAEBench); `mean abl.` uses the eval-set mean activation as the baseline; "
            "`defective` is the reference implementation's splice (raw activations in, "
-           "normalisation not undone), zero baseline. Dead % over the training window; "
-           "EV with the mean predictor scoring 0, in the model's scale. Amortization gap: "
+           "normalisation not undone), zero baseline. Dead % in the last training window; "
+           "EV with the mean predictor scoring 0, in the model's scale. L0, EV and the "
+           "CE/KL numbers are those of the config's outlier option (see the setting; both "
+           "ways under \"Residual-stream outliers\"). Amortization gap: "
            "median over tokens of (F(h_enc) - F(h_exact)) / F(h_exact) against exact "
            "certified codes (l1 family only).", "",
            "| family | init | target L0 | L0 | matched | dead % | EV | EV w/o outliers | "
@@ -193,7 +214,10 @@ def _authors(sae: list[dict[str, Any]]) -> list[str]:
             "| EV | centred (1 - sum Var(x - x_hat) / sum Var(x)), one batch | mean "
             "predictor = 0 over the eval tokens; the centred one for this comparison |",
             f"| dead window | 10,000 steps (82M tokens) | {_f(r['dead_window_tokens'], ',.0f')}"
-            " tokens (the whole run) |",
+            " tokens |",
+            "| outlier tokens | kept | "
+            + ("left out of training and EV/MSE, passed through the splice |"
+               if r.get("exclude_outliers") is True else "kept |"),
             "| initialisation | independent (nn.Linear) | per the config's `init` |",
             "| sparsity | swept penalties | matched L0 targets (calibrated) |", ""]
     return out
@@ -212,10 +236,87 @@ def _defect(sae: list[dict[str, Any]]) -> list[str]:
             " for the correct one.", ""]
 
 
+def _dead_over_training(sae: list[dict[str, Any]]) -> list[str]:
+    if not any(window_values(r.get("dead_fractions")) for r in sae):
+        return []
+    r0 = sae[0]
+    out = ["## Dead latents over training", "",
+           f"A latent is dead in a window of {_f(r0['dead_window_tokens'], ',.0f')} training "
+           "tokens when it fired on none of them (the paper's measure, over windows inside "
+           "the run). `final`: the last window; `median last` and `trend`: the median over "
+           "the last windows and the last minus the first of them (how much the fraction "
+           "still moves); `after ramp`: the windows that start once an adaptive SAE's "
+           "weights are at full strength (after the hold and the ramp; every window for the "
+           "other architectures), their number and the median of the last of them. `rare "
+           "%`: latents whose firing rate on the measured eval tokens is below "
+           f"{_f(r0.get('rare_rate'), 'g')}"
+           + (f" (with {_f(r0.get('eval_tokens_measured'), ',.0f')} eval tokens a rate that "
+              "low means no firing at all: the dead fraction on the eval tokens)"
+              if _n(r0.get("eval_tokens_measured")) * _n(r0.get("rare_rate")) < 1 else "")
+           + ". Adaptive SAEs: the fractions of latents whose weight sits at w_max and at "
+           "w_min, and the median weight, at the end of the last window. The time course "
+           "per window is in `figures/llm4_dead_over_training.png` and the columns "
+           "`dead_fractions`, `regime_*_windows`.", "",
+           "| family | init | target L0 | windows | dead % final | median last | trend | "
+           "after ramp: windows | after ramp: median % | rare % (eval) | at w_max % | "
+           "at w_min % | median weight |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sae:
+        out.append(
+            f"| {r['family']} | {r['init']} | {_f(r['target_l0'], 'g')} | "
+            f"{_f(r.get('dead_windows'), '.0f')} | {_pct(r.get('dead_final'))} | "
+            f"{_pct(r.get('dead_median_last'))} | {_pct(r.get('dead_trend'))} | "
+            f"{_f(r.get('dead_post_ramp_windows'), '.0f')} | "
+            f"{_pct(r.get('dead_post_ramp_median_last'))} | {_pct(r.get('rare_fraction'))} | "
+            f"{_pct(r.get('regime_w_max_frac_final'))} | "
+            f"{_pct(r.get('regime_w_min_frac_final'))} | {_f(r.get('regime_w_q50_final'))} |")
+    return out + [""]
+
+
+#: The main numbers reported with and without the outlier tokens.
+_BOTH = (("L0", "l0", _f), ("EV", "explained_variance", _f), ("MSE", "mse", _f),
+         ("dead % (eval)", "dead_fraction", _pct), ("CE score", "ce_loss_score", _f),
+         ("CE score (mean abl.)", "ce_loss_score_mean_ablation", _f),
+         ("KL", "kl_spliced", _f))
+
+
+def _both_ways(sae: list[dict[str, Any]]) -> list[str]:
+    if not any(f"l0{KNOWN_SUFFIXES[1]}" in r for r in sae):
+        return []
+    out = ["The main numbers both ways, on the same SAEs and eval tokens: `all` splices "
+           "and measures every data token; `excl.` passes the outlier tokens through "
+           "unchanged (their activation is not replaced, in the spliced and the ablated "
+           "passes) and leaves them out of L0, EV, MSE, the dead fraction and the mean "
+           "ablation's mean; the CE and KL are over every scored position both ways.", "",
+           "| family | init | target L0 | "
+           + " | ".join(f"{name} all | {name} excl." for name, _, _ in _BOTH) + " |",
+           "|---|---|---|" + "---|---|" * len(_BOTH)]
+    for r in sae:
+        cells = " | ".join(f"{fmt(r.get(key + KNOWN_SUFFIXES[0]))} | "
+                           f"{fmt(r.get(key + KNOWN_SUFFIXES[1]))}" for _, key, fmt in _BOTH)
+        out.append(f"| {r['family']} | {r['init']} | {_f(r['target_l0'], 'g')} | {cells} |")
+    return out + [""]
+
+
 def _outliers(rows: list[dict[str, Any]], sae: list[dict[str, Any]]) -> list[str]:
     r = sae[0]
     diffs = [_n(x["explained_variance_no_outliers"]) - _n(x["explained_variance"])
              for x in sae]
+    if r.get("exclude_outliers") is True:
+        policy = (f"With `data.exclude_outliers` (the default) they are left out of SAE "
+                  f"training ({_f(r.get('train_excluded_tokens'), ',.0f')} cache tokens), "
+                  "the scalar constant is estimated without them, and the headline L0, EV, "
+                  "MSE and dead fraction are measured without them; the spliced CE/KL still "
+                  "runs the model on every token, passing the "
+                  f"{_f(r.get('eval_excluded_tokens'), ',.0f')} outlier eval tokens through "
+                  "unchanged.")
+    else:
+        policy = ("`data.exclude_outliers = false`: training and the headline numbers keep "
+                  "every token; the SAEs see the outliers through the normalisation.")
+    if r.get("exclude_outliers") is None:  # a table written before the option existed
+        policy = ("Training and the splice keep every token (no option excludes them); the "
+                  "SAEs see them through the normalisation, and the CE/KL numbers include "
+                  "them.")
     return ["## Residual-stream outliers", "",
             f"A token whose activation norm exceeds {_f(r.get('outlier_factor'), 'g')} times "
             f"the cache's median norm ({_f(r.get('cache_median_norm'), '.4g')}) counts as an "
@@ -234,14 +335,15 @@ def _outliers(rows: list[dict[str, Any]], sae: list[dict[str, Any]]) -> list[str
             f"The eval tokens hold {_f(r.get('eval_outlier_tokens'), '.0f')}.", "",
             "EV is a ratio of sums of squares, so a handful of such tokens can set it: "
             "`EV w/o outliers` (table above) recomputes it on the eval tokens without them. "
-            f"Median change (without minus with): {_f(_median(diffs))}. Training and the "
-            "splice keep every token (no option excludes them); the SAEs see them through "
-            "the normalisation, and the CE/KL numbers include them.", ""]
+            f"Median change (without minus with the outliers' reconstruction): "
+            f"{_f(_median(diffs))}. {policy}", "", *_both_ways(sae)]
 
 
 def _extra_columns(cols: list[str]) -> list[str]:
     known = set(LLM_REQUIRED_COLUMNS) | set(KNOWN_EXTRA)
-    extra = [c for c in cols if c not in known and not c.startswith(("hp_", "cache_"))]
+    extra = [c for c in cols if c not in known
+             and not c.startswith(("hp_", "cache_", *KNOWN_PREFIXES))
+             and not c.endswith(KNOWN_SUFFIXES)]
     if not extra:
         return []
     return ["## Extra per-SAE columns from `aensae llm eval`", "",
@@ -273,6 +375,7 @@ def write_llm_report(results_dir: str | Path, out: str | Path | None = None) -> 
     else:
         lines += _setting(sae[0], phases)
         lines += _per_sae(sae)
+        lines += _dead_over_training(sae)
         lines += _matched(rows, sae)
         lines += _authors(sae)
         lines += _defect(sae)

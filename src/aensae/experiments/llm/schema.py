@@ -11,7 +11,8 @@ from typing import Any
 
 from aensae.experiments.results import check_table
 
-__all__ = ["KNOWN_EXTRA", "LLM_ID_COLUMNS", "LLM_REQUIRED_COLUMNS", "check_llm_table"]
+__all__ = ["KNOWN_EXTRA", "KNOWN_PREFIXES", "KNOWN_SUFFIXES", "LLM_ID_COLUMNS",
+           "LLM_REQUIRED_COLUMNS", "WINDOW_COLUMNS", "check_llm_table", "window_values"]
 
 #: Identifying columns, first in the table.
 LLM_ID_COLUMNS = ("run_id", "kind", "family", "arch", "init", "target_l0", "calibrated",
@@ -49,7 +50,21 @@ KNOWN_EXTRA = ("dead_median_last", "train_loss_last", "outlier_factor", "exact_t
                "kl_zero", "kl_mean_ablation", "l0_seen_min", "l0_seen_max",
                "penalty_searched_min", "penalty_searched_max", "explained_variance_eval_cache",
                "lam1", "lam2", "exact_seconds", "amort_gap_mean", "amort_support_precision",
-               "amort_support_recall", "exact_tokens")
+               "amort_support_recall", "exact_tokens",
+               # outlier exclusion (data.exclude_outliers) and its counts
+               "exclude_outliers", "outlier_threshold", "train_excluded_tokens",
+               "eval_excluded_tokens", "eval_tokens_measured", "tokens_measured",
+               "excluded_tokens",
+               # the dead-latent windows (aensae.llm.training.window_columns)
+               "dead_windows", "dead_trend", "hold_ramp_tokens", "dead_post_ramp_windows",
+               "dead_post_ramp_median_last", "dead_post_ramp_trend", "dead_fractions",
+               "dead_window_ends", "rare_fraction", "rare_rate")
+#: Column-name suffixes and prefixes this module writes (each metric both ways; the
+#: adaptive weights' regime per window): not extra columns either.
+KNOWN_SUFFIXES = ("_all_tokens", "_outliers_excluded")
+KNOWN_PREFIXES = ("regime_",)
+#: Columns holding ``;``-joined numbers (one per dead-latent window).
+WINDOW_COLUMNS = ("dead_fractions", "dead_window_ends")
 
 
 def check_llm_table(path: str | Path) -> list[dict[str, Any]]:
@@ -58,3 +73,20 @@ def check_llm_table(path: str | Path) -> list[dict[str, Any]]:
     :func:`~aensae.experiments.results.check_table`); return its rows."""
     numeric = [c for c in LLM_REQUIRED_COLUMNS if c not in _TEXT_COLUMNS]
     return check_table(path, LLM_REQUIRED_COLUMNS, numeric, _KINDS)
+
+
+def window_values(cell: Any) -> list[float]:
+    """The numbers of a ``;``-joined cell (:data:`WINDOW_COLUMNS`, ``regime_*_windows``)
+    as floats (an empty part: NaN); a cell read back as one number (one window) is that
+    number; an empty cell is no window."""
+    if cell is None or cell == "":
+        return []
+    if isinstance(cell, (int, float)) and not isinstance(cell, bool):
+        return [float(cell)]
+    out = []
+    for part in str(cell).split(";"):
+        try:
+            out.append(float(part) if part else float("nan"))
+        except ValueError:
+            out.append(float("nan"))
+    return out

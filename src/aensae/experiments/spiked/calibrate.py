@@ -117,10 +117,10 @@ def _identity(grid: GridConfig, rho: float, fam: Any, hyper: dict[str, Any]) -> 
     return canonical_hash({
         "data": grid.data_record(), "train": grid.train_record(),
         "calibrate": grid.calibrate, "eval_samples": grid.eval["samples"],
-        "span": list(SPAN), "widen": WIDEN, "search": 4, "seed": grid.seeds[0],
+        "span": list(SPAN), "widen": WIDEN, "search": 4, "seed": grid.calibration_seed,
         "d_sae": grid.d_sae,
         "dtype": grid.experiment["dtype"], "rho": rho,
-        "job": [fam.name, fam.arch, hyper, list(fam.target_l0),
+        "job": [fam.name, fam.arch, hyper, list(grid.run_targets(fam)),
                 list(fam.calibrate_range or ())]})
 
 
@@ -141,22 +141,25 @@ def _load_unit(grid: GridConfig, out_dir: Path, rho: float, fam: Any, hyper: dic
     return _restore(saved["record"])
 
 
-def load_rho(grid: GridConfig, out_dir: Path, rho: float) -> list[dict[str, Any]] | None:
-    """The saved records of every variant at ``rho`` (``None`` if any is missing)."""
+def load_rho(grid: GridConfig, out_dir: Path, rho: float) -> list[dict[str, Any]]:
+    """The saved records of the variants at ``rho`` that have one (under a selection,
+    the variants not chosen for some init are never calibrated)."""
     out = []
     for fam, hyper, variant in grid.calibration_jobs():
         rec = _load_unit(grid, out_dir, rho, fam, hyper, variant)
-        if rec is None:
-            return None
-        out.append(rec)
+        if rec is not None:
+            out.append(rec)
     return out
 
 
-def missing_units(grid: GridConfig, out_dir: Path) -> list[tuple[float, str, str]]:
-    """``(rho, family, variant)`` whose calibration is not on disk yet."""
+def missing_units(grid: GridConfig, out_dir: Path, keep: Any = None
+                  ) -> list[tuple[float, str, str]]:
+    """``(rho, family, variant)`` whose calibration is not on disk yet (those for which
+    ``keep(family, hyper, rho)`` holds, when given)."""
     return [(rho, fam.name, variant) for rho in grid.rhos
             for fam, hyper, variant in grid.calibration_jobs()
-            if _load_unit(grid, out_dir, rho, fam, hyper, variant) is None]
+            if (keep is None or keep(fam, hyper, rho))
+            and _load_unit(grid, out_dir, rho, fam, hyper, variant) is None]
 
 
 def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool = False,
@@ -175,13 +178,14 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
         remove_partial_files(Path(out_dir) / "calibration",
                              [calibration_path(out_dir, rho, f.name, v).name
                               for f, _, v in jobs])
-    seed = grid.seeds[0]
+    seed = grid.calibration_seed
     c = grid.calibrate
     states, todo = {}, {}
     tol = c["tolerance"] if full_length(grid) else None
     for fam, hyper, variant in jobs:
         bounds = tuple(fam.calibrate_range)  # type: ignore[arg-type]
-        states[(fam.name, variant)] = (fam, hyper, new_state(bounds, list(fam.target_l0)))
+        states[(fam.name, variant)] = (fam, hyper, new_state(bounds,
+                                                             list(grid.run_targets(fam))))
         todo[(fam.name, variant)] = initial_ladder(bounds, c["ladder"])
     point = data_point(grid, rho, seed) if todo else None
     while todo:
@@ -230,8 +234,10 @@ def check_reachable(records: list[dict[str, Any]]) -> None:
 
 
 def calibrate(grid: GridConfig, out_dir: Path, *, progress: bool = False,
-              on_models: Any = None) -> dict[tuple[str, str, float], dict[str, Any]]:
-    """Calibrate every ``(family, variant, rho)`` in turn (see :func:`calibrate_rho`).
+              on_models: Any = None, keep: Any = None
+              ) -> dict[tuple[str, str, float], dict[str, Any]]:
+    """Calibrate every ``(family, variant, rho)`` in turn (see :func:`calibrate_rho`);
+    only those for which ``keep(family, hyper, rho)`` holds, when given.
 
     Returns
     -------
@@ -248,7 +254,10 @@ def calibrate(grid: GridConfig, out_dir: Path, *, progress: bool = False,
     if not grid.calibration_jobs():
         return result
     for rho in grid.rhos:
-        records = calibrate_rho(grid, out_dir, rho, progress=progress, on_models=on_models)
+        only = (None if keep is None else
+                [(f.name, v) for f, h, v in grid.calibration_jobs() if keep(f, h, rho)])
+        records = calibrate_rho(grid, out_dir, rho, progress=progress, on_models=on_models,
+                                only=only)
         check_reachable(records)
         for rec in records:
             result[(rec["family"], rec["variant"], rho)] = rec

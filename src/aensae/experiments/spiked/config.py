@@ -28,8 +28,22 @@ used). The tables:
 - ``[eval]``: ``samples`` (held-out signals), ``encoder_samples`` (Jacobians, jumps),
   ``hoffman_samples``, ``tol`` (certificate: gap <= tol ||x||^2);
 - ``[calibrate]``: ``steps``, ``ladder`` (first penalties per family and rho), ``rounds``
-  (refinement passes inside the bracket), ``tolerance`` (a run is matched when its L0 is
-  within a factor ``tolerance`` of its target);
+  (refinement passes inside the bracket), ``tolerance`` (a penalty is taken as measured
+  when its L0 is within a factor ``tolerance`` of its run target), ``frontier`` (> 1: the
+  runs of a calibrated family are calibrated to ``t / frontier`` and ``t * frontier`` for
+  every target ``t`` (:meth:`~aensae.experiments.config.Family.run_targets`), so that each
+  seed's metrics can be interpolated to the targets themselves along its own frontier;
+  1: runs at the targets);
+- ``[selection]`` (optional): a selection seed that picks each family's configuration
+  among its sweep before any test seed runs (:mod:`aensae.experiments.spiked.selection`):
+  ``seed`` (used for nothing else; also the calibration's seed), ``target_l0`` (the
+  primary target), ``init`` (the initialisation the selection is made on; its choice is
+  used for every init of the family), ``metric`` (a results column, minimised or
+  maximised as :data:`~aensae.experiments.spiked.selection.SELECTION_METRICS` says),
+  ``ev_within`` (candidates: explained variance within this of the family's best);
+  ``experiment.seeds`` are then the test seeds (at least
+  :data:`~aensae.experiments.spiked.selection.MIN_TEST_SEEDS`, the selection seed not
+  among them);
 - ``[reference]``: exact codes on the true dictionary, ``ladder`` points of ``lam1`` in
   ``[fraction_min, fraction_max] * lam_max`` and the ridge ``l2`` (SAE scaling);
 - ``[speed]``: ``run`` (call ``aensae bench solvers``), ``quick``, ``signals``, ``rho``;
@@ -91,7 +105,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
               "dead_last": 5, "checkpoint_every": 1000, "progress": True, "stack": False,
               "graph": "auto"},
     "eval": {"samples": 1024, "encoder_samples": 128, "hoffman_samples": 256, "tol": 1e-10},
-    "calibrate": {"steps": 500, "ladder": 5, "rounds": 1, "tolerance": 1.5},
+    "calibrate": {"steps": 500, "ladder": 5, "rounds": 1, "tolerance": 1.5, "frontier": 1.0},
     "reference": {"ladder": 6, "fraction_min": 0.01, "fraction_max": 0.5, "l2": 1e-3},
     "speed": {"run": False, "quick": True, "signals": 1000, "rho": [0.0, 0.9], "json": None},
 }
@@ -111,8 +125,13 @@ class RunSpec:
     variant: str
 
     def record(self, grid: GridConfig) -> dict[str, Any]:
-        """Everything that determines the run's result (hashed into its id)."""
+        """Everything that determines the run's result (hashed into its id), the
+        architecture's defaults included."""
+        from aensae.saes import ARCHITECTURES
+
+        defaults = {k: h.default for k, h in ARCHITECTURES[self.arch].HYPER.items()}
         return {"family": self.family, "arch": self.arch, "hyper": self.hyper,
+                "defaults": defaults,
                 "rho": self.rho, "seed": self.seed, "target_l0": self.target_l0,
                 "calibrated": self.calibrated, "variant": self.variant,
                 "data": grid.data_record(), "train": grid.train_record(),
@@ -141,6 +160,8 @@ class GridConfig:
     #: The ``[executor]`` table (:func:`~aensae.experiments.executors.parse_executor_table`):
     #: where the tasks run, so not part of :meth:`to_dict` or the config hash.
     executor: dict[str, Any] = field(default_factory=dict)
+    #: The ``[selection]`` table (``None``: every variant runs on every seed).
+    selection: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -148,7 +169,18 @@ class GridConfig:
 
     @property
     def seeds(self) -> list[int]:
+        """The seeds whose runs the verdicts use (the test seeds under a selection)."""
         return list(self.experiment["seeds"])
+
+    @property
+    def calibration_seed(self) -> int:
+        """The seed the calibration trains on: the selection seed, else the first seed."""
+        return int(self.selection["seed"]) if self.selection else self.seeds[0]
+
+    @property
+    def all_seeds(self) -> list[int]:
+        """The selection seed (if any), then the test seeds."""
+        return ([self.calibration_seed] if self.selection else []) + self.seeds
 
     @property
     def rhos(self) -> list[float]:
@@ -175,14 +207,18 @@ class GridConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready normalised config (defaults filled)."""
-        return {"experiment": self.experiment, "data": self.data, "train": self.train,
-                "eval": self.eval, "calibrate": self.calibrate, "reference": self.reference,
-                "speed": self.speed,
-                "family": [{"name": f.name, "arch": f.arch, "hyper": f.hyper,
-                            "sweep": f.sweep, "target_l0": list(f.target_l0),
-                            "calibrate_range": (None if f.calibrate_range is None
-                                                else list(f.calibrate_range))}
-                           for f in self.families]}
+        out = {"experiment": self.experiment, "data": self.data, "train": self.train,
+               "eval": self.eval, "calibrate": self.calibrate, "reference": self.reference,
+               "speed": self.speed,
+               "family": [{"name": f.name, "arch": f.arch, "hyper": f.hyper,
+                           "defaults": f.defaults(),
+                           "sweep": f.sweep, "target_l0": list(f.target_l0),
+                           "calibrate_range": (None if f.calibrate_range is None
+                                               else list(f.calibrate_range))}
+                          for f in self.families]}
+        if self.selection is not None:
+            out["selection"] = self.selection
+        return out
 
     def config_hash(self) -> str:
         """Hash of the normalised config (progress, checkpoint cadence and the memory
@@ -192,26 +228,30 @@ class GridConfig:
         d["experiment"] = {k: v for k, v in self.experiment.items() if k != "max_memory_gb"}
         return canonical_hash(d)
 
-    def runs(self, penalties: dict[tuple[str, str, float], dict[float, float]] | None = None
-             ) -> list[RunSpec]:
+    def runs(self, penalties: dict[tuple[str, str, float], dict[float, float]] | None = None,
+             *, seeds: list[int] | None = None, keep: Any = None) -> list[RunSpec]:
         """Every SAE run of the grid, in a stable order.
 
         ``penalties[(family, variant, rho)][target]`` gives the calibrated sparsity value
         for families with ``target_l0``; it is required for those (see
         :func:`aensae.experiments.spiked.calibrate.calibrate`). A target missing from it is
-        unreachable and has no run.
+        unreachable and has no run. ``seeds`` (default :attr:`seeds`) and
+        ``keep(family, hyper, rho)`` (default: every variant) restrict the runs.
         """
         out = []
+        frontier = float(self.calibrate["frontier"])
         for rho in self.rhos:
-            for seed in self.seeds:
+            for seed in (self.seeds if seeds is None else seeds):
                 for fam in self.families:
                     for hyper in fam.variants():
+                        if keep is not None and not keep(fam, hyper, rho):
+                            continue
                         variant = "v" + canonical_hash(hyper, 8)
                         if not fam.target_l0:
                             out.append(RunSpec(fam.name, fam.arch, hyper, rho, seed, None,
                                                False, variant))
                             continue
-                        for target in fam.target_l0:
+                        for target in fam.run_targets(frontier):
                             h = dict(hyper)
                             if fam.arch in DIRECT_K:
                                 h[fam.sparsity_param] = max(1, int(round(target)))
@@ -231,6 +271,10 @@ class GridConfig:
         """(family, hyper without the sparsity parameter, variant hash) to calibrate."""
         return [(f, h, "v" + canonical_hash(h, 8)) for f in self.families if f.calibrated
                 for h in f.variants()]
+
+    def run_targets(self, fam: Family) -> tuple[float, ...]:
+        """The L0 targets ``fam``'s runs are calibrated to (:meth:`Family.run_targets`)."""
+        return fam.run_targets(float(self.calibrate["frontier"]))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -291,6 +335,7 @@ def _validate_tables(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     c["ladder"] = check_number("calibrate.ladder", c["ladder"], kind=int, low=2)
     c["rounds"] = check_number("calibrate.rounds", c["rounds"], kind=int, low=1)
     c["tolerance"] = check_number("calibrate.tolerance", c["tolerance"], low=1.0, low_open=True)
+    c["frontier"] = check_number("calibrate.frontier", c["frontier"], low=1.0)
     r["ladder"] = check_number("reference.ladder", r["ladder"], kind=int, low=2)
     r["fraction_min"] = check_number("reference.fraction_min", r["fraction_min"], low=0.0,
                              low_open=True, high=1.0)
@@ -312,7 +357,7 @@ def load_config(config: str | Path | dict[str, Any] | ConfigText) -> GridConfig:
     """Read and validate a config: a name (``quick``, ``paper``, ``tiny``), a path, a dict
     or one :func:`~aensae.experiments.config.read_config` already read."""
     raw, source = read_config(config)
-    check_keys("(top level)", raw, {*DEFAULTS, "family", "executor"})
+    check_keys("(top level)", raw, {*DEFAULTS, "family", "executor", "selection"})
     if "data" not in raw:
         raise config_error("[data]", "the table is required (it states the experiment's data: "
                                      "n, m, k, rho; omitted keys take their defaults); every "
@@ -327,6 +372,10 @@ def load_config(config: str | Path | dict[str, Any] | ConfigText) -> GridConfig:
     if len(set(names)) != len(names):
         raise config_error("[[family]]", f"family names must be unique, got {names}")
     from aensae.experiments.executors import parse_executor_table
+    from aensae.experiments.spiked.selection import validate_selection
 
     executor = parse_executor_table(raw.get("executor", {}))
-    return GridConfig(**t, families=families, source=source, raw=raw, executor=executor)
+    selection = (validate_selection(raw["selection"], t["experiment"]["seeds"], families)
+                 if "selection" in raw else None)
+    return GridConfig(**t, families=families, source=source, raw=raw, executor=executor,
+                      selection=selection)

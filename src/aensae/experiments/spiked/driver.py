@@ -70,7 +70,8 @@ from aensae.experiments.spiked.data import (
     train_models,
 )
 from aensae.experiments.spiked.figures import FIGURES
-from aensae.experiments.spiked.rows import build_rows
+from aensae.experiments.spiked.rows import WINDOWS_FILE, build_rows, window_rows
+from aensae.experiments.spiked.selection import SELECTION_FILE
 from aensae.experiments.spiked.tasks import (
     calibrate_task,
     exact_dir,
@@ -92,6 +93,7 @@ JOBS_DIR = "jobs"
 #: Everything ``reproduce`` writes into its output folder (plus ``.aensae-stage-*``
 #: staging folders a killed swap leaves): what ``overwrite=True`` may remove.
 OUTPUT_ENTRIES = (MANIFEST_FILE, "calibration", "runs", "groups", CACHE_DIR, RESULTS_FILE,
+                  WINDOWS_FILE, SELECTION_FILE,
                   SPEED_FILE, FIGURES_DIR, REPORT_FILE, JOBS_DIR)
 #: The files of a run folder (:mod:`aensae.experiments.spiked.tasks`) and of a cached
 #: model (:mod:`aensae.experiments.spiked.data`).
@@ -102,6 +104,7 @@ _MODEL_FILES = {name: None for name in ("sae.safetensors", "cfg.json", "result.j
 #: foreign_entries`): ``--overwrite`` refuses a folder holding anything else.
 OUTPUT_TREE: dict[str, Any] = {
     MANIFEST_FILE: None, RESULTS_FILE: None, SPEED_FILE: None, REPORT_FILE: None,
+    WINDOWS_FILE: None, SELECTION_FILE: None,
     "calibration": {"rho*.json": None}, "runs": {"*": _RUN_FILES},
     "groups": {"*": {CHECKPOINT_FILE: None}}, CACHE_DIR: {"*": _MODEL_FILES},
     FIGURES_DIR: {f"{name}.{ext}": None for name in FIGURES for ext in FORMATS},
@@ -200,7 +203,8 @@ def _probe_rate(grid: GridConfig, point: DataPoint, specs: list[RunSpec]) -> flo
     return (time.perf_counter() - t0) / (steps * len(models))
 
 
-def _estimate(grid: GridConfig, out: Path, cal_steps: int, workers: int) -> None:
+def _estimate(grid: GridConfig, out: Path, cal_steps: int, workers: int, *,
+              keep: Any = None, seeds: list[int] | None = None) -> None:
     """Print the ETA of the remaining calibration and training before any of it runs.
 
     The rate comes from :func:`_probe_rate` on one data point's runs (penalties of
@@ -211,23 +215,26 @@ def _estimate(grid: GridConfig, out: Path, cal_steps: int, workers: int) -> None
 
     from aensae.saes.training.trainer import resolve_device
 
-    jobs = grid.calibration_jobs()
+    jobs = [(f, h, v) for f, h, v in grid.calibration_jobs()
+            if keep is None or any(keep(f, h, rho) for rho in grid.rhos)]
     mid = {(f.name, v, rho): {t: math.sqrt(f.calibrate_range[0] * f.calibrate_range[1])
-                              for t in f.target_l0}
-           for f, _, v in jobs for rho in grid.rhos}
+                              for t in grid.run_targets(f)}
+           for f, _, v in grid.calibration_jobs() for rho in grid.rhos}
     from aensae.experiments.spiked.calibrate import full_length
 
-    specs = grid.runs(mid)
+    specs = grid.runs(mid, seeds=seeds, keep=keep)
+    if not specs:
+        return
     todo = len(specs)
     reuse = full_length(grid)
     if cal_steps == 0:
         todo = sum(not (run_folder(out, grid, s) / "trained.json").is_file()
-                   for s in runs_after_calibration(grid, out))
+                   for s in runs_after_calibration(grid, out, keep=keep, seeds=seeds))
     elif reuse:
-        # full-length calibration: first-seed runs of calibrated families come from it;
-        # count one refinement run per target on top of the ladders
-        todo = sum(not (s.calibrated and s.seed == grid.seeds[0]) for s in specs)
-        cal_steps += sum(len(f.target_l0) for f, _, _ in jobs) * len(grid.rhos) \
+        # full-length calibration: the calibration seed's runs of calibrated families come
+        # from it; count one refinement run per target on top of the ladders
+        todo = sum(not (s.calibrated and s.seed == grid.calibration_seed) for s in specs)
+        cal_steps += sum(len(grid.run_targets(f)) for f, _, _ in jobs) * len(grid.rhos) \
             * grid.calibrate["steps"]
     main = todo * grid.train["steps"]
     if main + cal_steps == 0:
@@ -243,12 +250,14 @@ def _estimate(grid: GridConfig, out: Path, cal_steps: int, workers: int) -> None
          "threads), plus evaluation")
 
 
-def runs_after_calibration(grid: GridConfig, out: Path) -> list[RunSpec]:
+def runs_after_calibration(grid: GridConfig, out: Path, *, keep: Any = None,
+                           seeds: list[int] | None = None) -> list[RunSpec]:
     """The grid's runs with the penalties of a finished calibration in ``out``."""
     from aensae.experiments.spiked.calibrate import calibrate
 
-    calib = calibrate(grid, out)
-    return grid.runs({key: rec["penalties"] for key, rec in calib.items()})
+    calib = calibrate(grid, out, keep=keep)
+    return grid.runs({key: rec["penalties"] for key, rec in calib.items()}, seeds=seeds,
+                     keep=keep)
 
 
 def reproduce(grid: GridConfig, out: str | Path, *, progress: bool = True,
@@ -324,6 +333,8 @@ def reproduce(grid: GridConfig, out: str | Path, *, progress: bool = True,
             rows = build_rows(grid, out, specs)
             table = out / RESULTS_FILE
             write_table(table, rows)
+            write_table(out / WINDOWS_FILE, window_rows(grid, out, specs),
+                        first=("run_id", "window"), required=())
             log(f"results: {table} ({len(rows)} rows) in {hms(time.perf_counter() - t_start)}")
             if draw:
                 files = write_figures(out)
@@ -387,48 +398,105 @@ def write_figures(results_dir: str | Path) -> list[Path]:
 def _run_grid(grid: GridConfig, out: Path, *, progress: bool,
               on_group: Callable[[int], None] | None, executor: Any,
               probe: bool = True) -> list[RunSpec]:
-    """Exact reference, calibration and every SAE run; returns the planned runs."""
+    """Exact reference, calibration and every SAE run; returns the planned runs.
+
+    With a ``[selection]``: first the selection seed's runs of every variant of the
+    selection's init (:mod:`aensae.experiments.spiked.selection`), then the choice
+    (``OUT/selection.json``), then the chosen variants on every seed and init.
+    """
+    log(f"aensae reproduce: config {grid.name!r} ({grid.source}) -> {out}")
+    counter = [0]
+    if grid.selection is None:
+        return _run_phase(grid, out, None, grid.seeds, progress=progress, on_group=on_group,
+                          executor=executor, probe=probe, counter=counter, label="")
+    from aensae.experiments.spiked.selection import strip_init
+
+    sel = grid.selection
+
+    def primary(fam: Any, hyper: dict[str, Any], rho: float) -> bool:
+        return hyper.get("init", "tied") == sel["init"] or not any(
+            h.get("init", "tied") == sel["init"] for h in fam.variants())
+
+    first = _run_phase(grid, out, primary, [sel["seed"]], progress=progress,
+                       on_group=on_group, executor=executor, probe=probe, counter=counter,
+                       label="selection: ")
+    choice = _select(grid, out, first)
+    chosen = {(c["family"], c["rho"]): c["hyper"] for c in choice["choices"]}
+
+    def kept(fam: Any, hyper: dict[str, Any], rho: float) -> bool:
+        return strip_init(hyper) == chosen[(fam.name, rho)]
+
+    rest = _run_phase(grid, out, kept, grid.all_seeds, progress=progress, on_group=on_group,
+                      executor=executor, probe=probe, counter=counter, label="test: ")
+    ids = {s.run_id(grid) for s in rest}
+    return [s for s in first if s.run_id(grid) not in ids] + rest
+
+
+def _select(grid: GridConfig, out: Path, specs: list[RunSpec]) -> dict[str, Any]:
+    """The selection from the selection seed's finished runs, written to
+    ``OUT/selection.json`` (read back when it exists and the runs are the same)."""
+    from aensae._io import atomic_write_json
+    from aensae.experiments.spiked.selection import SELECTION_FILE, choose, read_selection
+
+    rows = build_rows(grid, out, specs)
+    choice = choose(grid.families, grid.rhos, grid.selection, rows)
+    saved = read_selection(out)
+    if saved is not None and saved["choices"] != json.loads(json.dumps(choice["choices"])):
+        log("selection: the saved choice differs from the selection seed's runs; "
+            "rewriting it")
+    atomic_write_json(out / SELECTION_FILE, choice)
+    for c in choice["choices"]:
+        log(f"selection: {c['family']} rho={c['rho']:g}: {c['hyper']} ({c['reason']})")
+    return choice
+
+
+def _run_phase(grid: GridConfig, out: Path, keep: Any, seeds: list[int], *, progress: bool,
+               on_group: Callable[[int], None] | None, executor: Any, probe: bool,
+               counter: list[int], label: str) -> list[RunSpec]:
+    """Calibration, exact references and the runs of ``seeds`` whose variants ``keep``
+    (``None``: all) holds for; returns the planned runs."""
     from tqdm.auto import tqdm
 
     from aensae.experiments.spiked.calibrate import calibrate, missing_units
 
     table = out / RESULTS_FILE
     steps = grid.train["steps"]
-    log(f"aensae reproduce: config {grid.name!r} ({grid.source}) -> {out}")
-    units = missing_units(grid, out)
+    units = missing_units(grid, out, keep)
     n_cal = len(units) * grid.calibrate["ladder"]
     cal_steps = n_cal * grid.calibrate["steps"]
     if probe:
-        _estimate(grid, out, cal_steps, executor.workers)
+        _estimate(grid, out, cal_steps, executor.workers, keep=keep, seeds=seeds)
     else:
         log(f"ETA: not estimated (device {grid.experiment['device']!r} is not on this "
              "machine, only on the executor's nodes)")
     # phase 1, in parallel: calibration per (rho, variant), the groups of families that
     # need no calibration, exact references per (rho, seed); the longest first
-    direct = _plan_groups(grid, out, [s for s in grid.runs(_no_penalties(grid))
+    direct = _plan_groups(grid, out, [s for s in grid.runs(_no_penalties(grid), seeds=seeds,
+                                                           keep=keep)
                                       if not s.calibrated], None, progress, executor)
     first = [(calibrate_task, (grid, out, rho, [(fam, var)])) for rho, fam, var in units]
     first += direct[0]
     first += [(exact_task, (grid, out, rho, seed)) for rho in grid.rhos
               for seed in grid.seeds if not (out / exact_dir(grid, rho, seed)[0]
                                             / "metrics.json").is_file()]
-    bar = tqdm(total=max(len(first), 1), unit="task", desc="calibrate + direct",
+    bar = tqdm(total=max(len(first), 1), unit="task", desc=f"{label}calibrate + direct",
                disable=not progress, dynamic_ncols=True, position=0)
     if units:
-        log(f"calibration: {len(units)} (rho, variant) unit(s), ladders of "
+        log(f"{label}calibration: {len(units)} (rho, variant) unit(s), ladders of "
              f"{grid.calibrate['ladder']} x {grid.calibrate['steps']} steps, widened until "
              "each target is bracketed, then refined")
-    done_groups = 0
     for _, res in executor.run(_call, first):
         bar.update(1)
         if res == "group":
-            write_table(table, build_rows(grid, out, grid.runs(_no_penalties(grid))))
+            write_table(table, build_rows(grid, out, grid.runs(_no_penalties(grid),
+                                                               seeds=seeds, keep=keep)))
             if on_group is not None:
-                on_group(done_groups)
-            done_groups += 1
-    calib = calibrate(grid, out)  # every unit is on disk now; raises if all unreachable
+                on_group(counter[0])
+            counter[0] += 1
+    # every unit is on disk now; raises if all unreachable
+    calib = calibrate(grid, out, keep=keep)
     penalties = {key: rec["penalties"] for key, rec in calib.items()}
-    specs = grid.runs(penalties)
+    specs = grid.runs(penalties, seeds=seeds, keep=keep)
     ids = [s.run_id(grid) for s in specs]
     if len(set(ids)) != len(ids):
         raise InputError("config [[family]]: the grid expands to duplicate runs (two "
@@ -437,18 +505,18 @@ def _run_grid(grid: GridConfig, out: Path, *, progress: bool,
     to_train = [s for s in specs if not (run_folder(out, grid, s) / "trained.json").is_file()]
     total = len(to_train) * steps
     n_groups = len({(s.rho, s.seed, s.family) for s in specs})
-    log(f"plan: {len(specs)} SAE runs in {n_groups} groups; {len(finished)} finished, "
+    log(f"{label}plan: {len(specs)} SAE runs in {n_groups} groups; {len(finished)} finished, "
          f"{len(to_train)} to train ({total:,} model-steps; runs the calibration trained "
          "are taken from it)")
-    bar.set_description("train")
+    bar.set_description(f"{label}train")
     bar.reset(total=max(total, 1))
     tasks, costs = _plan_groups(grid, out, specs, calib, progress, executor)
     for i, _ in executor.run(_call, tasks):
         bar.update(costs[i])
         write_table(table, build_rows(grid, out, specs))
         if on_group is not None:
-            on_group(done_groups)
-        done_groups += 1
+            on_group(counter[0])
+        counter[0] += 1
     bar.close()
     shutil.rmtree(out / "groups", ignore_errors=True)
     return specs

@@ -10,6 +10,12 @@ SAE rows (held-out set ``X`` with true codes ``H`` of the run's data point):
 - support recovery against the true codes after Hungarian alignment (``supp_*``), code
   bias (``code_bias``) and dictionary recovery (``dict_*``, with deflated and chance
   variants);
+- the same restricted to the recovered atoms, true atoms whose matched latent has
+  ``|cos| >= 0.9`` (:func:`aensae.metrics.recovered_atom_recovery`): their fraction
+  ``rec_atoms_frac``; ``rec_code_bias``, the mean of ``h / r`` over true-positive
+  entries (``r != 0`` and ``h != 0``) of recovered atoms, and their number ``rec_n_tp``;
+  support precision, recall and F1 on the recovered atoms (``rec_supp_*``). A latent
+  that never learned its atom then counts neither as shrinkage nor as missed support;
 - for architectures with an l1 objective (``exact_problem()``): certified exact codes on
   the SAE's own decoder (``x - b_dec``, its penalties and weights); the amortization gap
   ``F(h_enc) - F(h_exact)`` (``amort_gap_*``) and its relative form
@@ -17,7 +23,10 @@ SAE rows (held-out set ``X`` with true codes ``H`` of the run's data point):
   against the exact support; local Lipschitz constants of the exact elastic-net map
   ``max_i s_i / (s_i^2 + lam2)`` and of the lasso map ``1 / s_min(D_S)`` on the exact
   supports (lasso codes solved with ``lam2 = 0``); local Hoffman constants
-  ``||M_A^{-1}||_2`` of the KKT system;
+  ``||M_A^{-1}||_2`` of the KKT system; the exact codes against the true codes, with the
+  encoder's Hungarian matching (same decoder): ``exact_code_bias``,
+  ``exact_supp_{f1,precision,recall}`` and ``exact_rec_{code_bias,n_tp,supp_f1,
+  supp_precision,supp_recall}`` (absent for architectures without an exact problem);
 - the encoder: local Lipschitz constants (Jacobian spectral norms), the global bound
   ``||W_enc||_2`` and a pair lower bound; for TopK, BatchTopK and JumpReLU (discontinuous)
   the jumps along segments between held-out signals instead.
@@ -77,19 +86,30 @@ def evaluate_sae(model: Any, point: Any, *, encoder_samples: int, hoffman_sample
     dtype = model.W_enc.dtype
     X = point.X_eval
     Xt = torch.as_tensor(X, dtype=torch.float64)
-    base = evaluate(model, Xt, point.H_eval, D_true=dic.D, shared=dic.shared)
+    with torch.no_grad():
+        codes = model.encode(torch.as_tensor(X, dtype=dtype)).to(torch.float64).numpy()
+    prob = model.exact_problem()
+    exact = rep = None
+    if prob is not None:
+        rep, exact = amortization_gap(prob, X, codes, tol=tol)
+    base = evaluate(model, Xt, point.H_eval, D_true=dic.D, shared=dic.shared,
+                    other_codes=None if exact is None else {"exact": exact})
     row: dict[str, Any] = {k: base[k] for k in ("n_eval", "l0", "mse", "explained_variance",
                                                 "explained_variance_centred", "shrinkage",
                                                 "dead_eval")}
     row["code_bias"] = float(base["code_bias"])
     row.update(_flat("supp_", base["support"]))
     row.update(_flat("dict_", base["dictionary"]))
-    with torch.no_grad():
-        codes = model.encode(torch.as_tensor(X, dtype=dtype)).to(torch.float64).numpy()
-    prob = model.exact_problem()
+    row.update(_flat("rec_", base["recovered"]))
     row["has_exact_problem"] = prob is not None
     if prob is not None:
-        rep, exact = amortization_gap(prob, X, codes, tol=tol)
+        ex = base["other_codes"]["exact"]
+        row["exact_code_bias"] = float(ex["code_bias"])
+        row.update({f"exact_supp_{k}": float(ex["support"][k])
+                    for k in ("f1", "precision", "recall")})
+        row.update({f"exact_rec_{k}": float(ex["recovered"][k])
+                    for k in ("code_bias", "n_tp", "supp_f1", "supp_precision",
+                              "supp_recall")})
         Xc = prob.centred(X)
         F_ex = _objective(prob, Xc, exact)
         rel = rep.objective_gap / np.maximum(F_ex, np.finfo(float).tiny)

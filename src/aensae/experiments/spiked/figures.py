@@ -25,7 +25,11 @@ r"""The seven figures of ``aensae reproduce``, drawn from the results tables alo
 7. ``fig7_authors_overlay``: the authors' published spiked runs (package data
    ``data/authors_spiked_runs.csv``) in grey under ours, for the rho values both have:
    dead %, centred explained variance and raw MMCS against L0 / k (their k = 16), like
-   with like (our ``explained_variance_centred`` and ``dict_mmcs_learned``).
+   with like (our ``explained_variance_centred`` and ``dict_mmcs_learned``);
+8. ``fig8_regime``: from ``windows.csv``, the dead-latent % and, for the adaptive
+   families, the % of latents at ``w_max`` against training steps, one column per rho,
+   one curve per family and init (median over the test runs at each window); the hold
+   and ramp are where the pinned curve leaves zero.
 
 Output is byte-identical for the same tables: fixed backend (Agg), fixed style, no
 timestamps in the metadata, a fixed SVG hash salt, sorted inputs.
@@ -56,7 +60,8 @@ from aensae.experiments.results import read_table
 __all__ = ["FIGURES", "draw_all"]
 
 FIGURES = ("fig1_dead_ev_vs_l0", "fig2_recovery_vs_l0", "fig3_amortization_gap",
-           "fig4_lipschitz", "fig5_hoffman", "fig6_solver_speed", "fig7_authors_overlay")
+           "fig4_lipschitz", "fig5_hoffman", "fig6_solver_speed", "fig7_authors_overlay",
+           "fig8_regime")
 
 
 def _sae(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -501,6 +506,51 @@ def _fig7(fig: Any, rows: list[dict[str, Any]], speed: Any) -> None:
         fontsize=8)
 
 
+def _fig8(fig: Any, windows: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    test_ids = {r["run_id"] for r in rows if r.get("kind") == "sae"
+                and r.get("role", "test") != "selection"}
+    win = [w for w in windows if w.get("run_id") in test_ids]
+    rhos = sorted({num(w["rho"]) for w in win}) or [math.nan]
+    axes = np.atleast_2d(fig.subplots(2, len(rhos), sharex=True, squeeze=False))
+    if not win:
+        axes[0, 0].text(0.5, 0.5, "no windows.csv (a table written before the regime "
+                        "diagnostics)", ha="center", va="center", fontsize=8)
+        return
+    fams = sorted({w["family"] for w in win})
+    col = family_colors(fams)
+    for j, rho in enumerate(rhos):
+        for fam in fams:
+            for init in sorted({init_of(w) for w in win if w["family"] == fam}):
+                sub = [w for w in win if w["family"] == fam and init_of(w) == init
+                       and num(w["rho"]) == rho]
+                if not sub:
+                    continue
+                steps = sorted({num(w["step"]) for w in sub})
+                ls = "-" if init == "tied" else "--"
+                for i, key in enumerate(("dead", "w_max_frac")):
+                    ys = []
+                    for t in steps:
+                        v = [100 * num(w.get(key)) for w in sub if num(w["step"]) == t]
+                        v = [x for x in v if math.isfinite(x)]
+                        ys.append(float(np.median(v)) if v else math.nan)
+                    if all(not math.isfinite(y) for y in ys):
+                        continue
+                    axes[i, j].plot(steps, ys, ls=ls, color=col[fam], lw=1.2,
+                                    label=f"{fam} ({init})")
+        axes[0, j].set_title(f"rho = {rho:g}")
+        axes[1, j].set_xlabel("training step")
+        for i in range(2):
+            axes[i, j].grid(True, alpha=0.25)
+            axes[i, j].axhline(50.0 if i == 1 else 0.0, color="0.5", lw=0.6, ls=":")
+    axes[0, 0].set_ylabel("dead latents (%)")
+    axes[1, 0].set_ylabel("latents at w_max (%)")
+    handles, labels = _legend_entries(axes)
+    fig.legend([handles[lab] for lab in labels], labels, loc="outside right center",
+               fontsize=7)
+    fig.suptitle("Regime over training (median over test runs at each window): above 50 % "
+                 "at w_max a run is outside the method's intended regime", fontsize=9)
+
+
 _DRAW = {"fig1_dead_ev_vs_l0": (_fig1, (13, 6.5)), "fig2_recovery_vs_l0": (_fig2, (13, 6.5)),
          "fig3_amortization_gap": (_fig3, (8, 5)), "fig4_lipschitz": (_fig4, (13, 5.5)),
          "fig5_hoffman": (_fig5, (10, 5.5)), "fig6_solver_speed": (_fig6, (13, 5)),
@@ -518,7 +568,11 @@ def draw_all(results_dir: str | Path, out_dir: str | Path | None = None) -> list
     _, rows = read_table(results_dir / "results.csv")
     speed_path = results_dir / "speed.csv"
     speed = read_table(speed_path)[1] if speed_path.is_file() else None
+    win_path = results_dir / "windows.csv"
+    windows = read_table(win_path)[1] if win_path.is_file() else []
     out_dir = results_dir / "figures" if out_dir is None else Path(out_dir)
-    return render([(name, *_DRAW[name]) for name in FIGURES], rows, speed, out_dir)
+    draw = {**_DRAW, "fig8_regime": (lambda fig, rows, speed: _fig8(fig, windows, rows),
+                                      (12, 6))}
+    return render([(name, *draw[name]) for name in FIGURES], rows, speed, out_dir)
 
 

@@ -23,8 +23,8 @@ from aensae.experiments.console import log
 from aensae.experiments.spiked.config import GridConfig, RunSpec
 from aensae.experiments.spiked.data import DataPoint, data_point, train_models
 
-__all__ = ["calibrate_task", "evaluate_run", "exact_dir", "exact_task", "group_task",
-           "run_exact", "run_folder", "train_group"]
+__all__ = ["REGIME_COLUMNS", "calibrate_task", "evaluate_run", "exact_dir", "exact_task",
+           "group_task", "regime_columns", "run_exact", "run_folder", "train_group"]
 
 
 def exact_dir(grid: GridConfig, rho: float, seed: int) -> tuple[Path, dict[str, Any]]:
@@ -44,6 +44,9 @@ def run_exact(grid: GridConfig, out: Path, point: DataPoint) -> None:
     atomic_write_json(folder / "config.json", rec)
     t0 = time.perf_counter()
     rows = exact_reference_rows(grid, point)
+    from aensae.experiments.spiked.theorem import theorem_rows
+
+    rows += [{**r, "arch": r.get("arch") or r["family"]} for r in theorem_rows(grid, point)]
     atomic_write_json(folder / "metrics.json", {"config": rec, "rows": rows,
                                                 "seed": point.seed,
                                                 "aensae_version": __version__,
@@ -131,9 +134,13 @@ def evaluate_run(grid: GridConfig, out: Path, point: DataPoint, spec: RunSpec,
     row = {"kind": "sae", "family": spec.family, "arch": spec.arch,
            "init": model.hyper["init"], "rho": spec.rho,
            "seed": spec.seed, "target_l0": spec.target_l0, "calibrated": spec.calibrated,
-           "variant": spec.variant, **{f"hp_{k}": v for k, v in spec.hyper.items()},
+           "variant": spec.variant,
+           # every hyperparameter the model ran with, its architecture's defaults included
+           **{f"hp_{k}": v for k, v in {**model.hyper, **spec.hyper}.items()},
+           "hold_steps": int(model.hold) if hasattr(model, "hold") else None,
            "dead_final": dead["final"], "dead_median_last": dead["median_last"],
            "dead_windows": dead["windows"], "dead_last": dead["last"],
+           "dead_trend": dead.get("trend"), **regime_columns(dead),
            "train_loss_last": trained["train_loss_last"],
            "train_seconds": trained["group_seconds"] / trained["group_models"],
            "group_models": trained["group_models"],
@@ -156,6 +163,25 @@ def evaluate_run(grid: GridConfig, out: Path, point: DataPoint, spec: RunSpec,
         "row": row, "config": spec.record(grid), "run_id": spec.run_id(grid),
         "seed": spec.seed, "aensae_version": __version__, "dead": dead,
         "train": trained})
+
+
+#: Regime fields (:meth:`aensae.saes.adaptive_lasso.AdaptiveLassoSAE.regime`) copied into
+#: the results table: at the last window (``*_final``) and, for the pinned fraction, its
+#: change over the last ``dead_last`` windows (``w_max_frac_trend``).
+REGIME_COLUMNS = ("alpha", "w_max_frac", "w_min_frac", "w_q05", "w_q50", "w_q95", "ema_q05",
+                  "ema_q50", "ema_q95")
+
+
+def regime_columns(dead: dict[str, Any]) -> dict[str, Any]:
+    """The final regime of an adaptive run as flat columns (empty for other runs)."""
+    reg = dead.get("regime") or []
+    if not reg or "w_max_frac" not in reg[-1]:
+        return {}
+    last = reg[-1]
+    tail = reg[-int(dead.get("last") or 1):]
+    return {**{f"{k}_final": last[k] for k in REGIME_COLUMNS},
+            "w_max_frac_trend": tail[-1]["w_max_frac"] - tail[0]["w_max_frac"],
+            "pinned": bool(last["w_max_frac"] > 0.5)}
 
 
 def exact_task(grid: GridConfig, out: Path, rho: float, seed: int) -> str:

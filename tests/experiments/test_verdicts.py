@@ -1,0 +1,194 @@
+"""The verdict rule (interpolation to the target, seeds, convergence) and the selection
+seed, against hand-built rows and hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from aensae._validation import InputError
+from aensae.experiments.config import Family
+from aensae.experiments.spiked.config import load_config
+from aensae.experiments.spiked.selection import at_target, choose, variant_id
+from aensae.experiments.spiked.verdicts import compare, seed_values, tally_verdict
+
+
+def _run(fam: str, seed: int, l0: float, value: float, trend: float = 0.0,
+         rho: float = 0.9, init: str = "independent", **extra) -> dict:
+    return {"kind": "sae", "family": fam, "rho": rho, "seed": seed, "init": init, "l0": l0,
+            "m": value, "dead_trend": trend, **extra}
+
+
+def _m(r: dict) -> float:
+    return r["m"]
+
+
+def test_interpolation_is_linear_in_log_l0_between_the_bracketing_runs() -> None:
+    # frontier value = 10 * log2(L0) + 10: exactly linear in log L0
+    pts = [(1.0, 10.0), (2.0, 20.0), (4.0, 30.0), (8.0, 40.0)]
+    assert at_target(pts, 2.0) == 20.0
+    assert math.isclose(at_target(pts, 2.0 * math.sqrt(2.0)), 25.0, rel_tol=1e-12)
+    assert math.isclose(at_target(pts, 3.0), 10 * math.log2(3.0) + 10, rel_tol=1e-12)
+    assert math.isnan(at_target(pts, 9.0)) and math.isnan(at_target(pts, 0.5))
+    # the tightest bracket is used, not the ends
+    assert math.isclose(at_target([(1.0, 0.0), (3.9, 5.0), (4.1, 7.0), (16.0, 100.0)], 4.0),
+                        5.0 + 2.0 * math.log(4.0 / 3.9) / math.log(4.1 / 3.9), rel_tol=1e-12)
+    rows = [_run("a", 0, x, y) for x, y in pts]
+    assert math.isclose(seed_values(rows, "a", 0.9, 3.0, "independent", _m)[0][0],
+                        10 * math.log2(3.0) + 10, rel_tol=1e-12)
+
+
+def _frontier(fam: str, seeds, level: float, trend: float = 0.0) -> list[dict]:
+    """Each seed: runs at L0 2 and 8 with value level + seed / 100 (constant in L0)."""
+    return [_run(fam, s, x, level + s / 100, trend) for s in seeds for x in (2.0, 8.0)]
+
+
+def test_one_seed_is_undecided_whatever_the_difference() -> None:
+    rows = _frontier("aen", [0], 0.1) + _frontier("relu_l1", [0], 0.9)
+    cell = compare(rows, "aen", ("relu_l1",), _m, "lower", 0.9, 4.0, "independent", 0.01)
+    assert cell["outcome"] == "undecided (1 seed)"
+    assert tally_verdict([cell]).startswith("inconclusive")
+
+
+def test_three_seeds_decide_and_the_mirror_contradicts() -> None:
+    rows = _frontier("aen", [1, 2, 3], 0.1) + _frontier("relu_l1", [1, 2, 3], 0.5)
+    better = compare(rows, "aen", ("relu_l1",), _m, "lower", 0.9, 4.0, "independent", 0.01)
+    assert better["outcome"] == "better" and better["d"] == pytest.approx([0.4] * 3)
+    worse = compare(rows, "relu_l1", ("aen",), _m, "lower", 0.9, 4.0, "independent", 0.01)
+    assert worse["outcome"] == "worse"
+    assert tally_verdict([better]).startswith("supported")
+    assert tally_verdict([worse]).startswith("contradicted")
+    # a difference inside the seed spread is undecided
+    close = _frontier("aen", [1, 2, 3], 0.5) + _frontier("relu_l1", [1, 2, 3], 0.51)
+    assert compare(close, "aen", ("relu_l1",), _m, "lower", 0.9, 4.0, "independent",
+                   0.01)["outcome"] == "undecided"
+
+
+def test_a_moving_dead_fraction_is_not_converged() -> None:
+    rows = _frontier("aen", [1, 2, 3], 0.1, trend=-0.05) + _frontier("relu_l1", [1, 2, 3], 0.5)
+    cell = compare(rows, "aen", ("relu_l1",), _m, "lower", 0.9, 4.0, "independent", 0.01)
+    assert cell["outcome"] == "not converged"
+    rows = _frontier("aen", [1, 2, 3], 0.1, trend=0.01) + _frontier("relu_l1", [1, 2, 3], 0.5)
+    assert compare(rows, "aen", ("relu_l1",), _m, "lower", 0.9, 4.0, "independent",
+                   0.01)["outcome"] == "better"  # a move at the floor still counts as settled
+
+
+def test_seeds_whose_runs_miss_the_target_do_not_count() -> None:
+    rows = _frontier("aen", [1, 2, 3], 0.1) + _frontier("relu_l1", [1, 2], 0.5)
+    rows += [_run("relu_l1", 3, x, 0.5) for x in (5.0, 8.0)]  # seed 3 does not bracket 4
+    cell = compare(rows, "aen", ("relu_l1",), _m, "lower", 0.9, 4.0, "independent", 0.01)
+    assert cell["outcome"] == "undecided (2 seeds)"
+    # the selection seed's runs never enter a verdict
+    sel = [{**r, "role": "selection"} for r in _frontier("relu_l1", [9], 0.5)]
+    assert 9 not in seed_values(rows + sel, "relu_l1", 0.9, 4.0, "independent", _m)
+
+
+def test_run_targets_straddle_each_target() -> None:
+    fam = Family("aen", "aen", {}, {}, (2.0, 4.0, 8.0), (1e-3, 1e-2))
+    got = fam.run_targets(math.sqrt(2.0))
+    assert got == pytest.approx((math.sqrt(2), 2 * math.sqrt(2), 4 * math.sqrt(2),
+                                 8 * math.sqrt(2)), rel=1e-5)
+    assert fam.run_targets(1.0) == (2.0, 4.0, 8.0)
+    topk = Family("topk", "topk", {}, {}, (2.0, 4.0, 8.0))
+    assert topk.run_targets(1.41) == (2.0, 4.0, 8.0)  # k set directly: L0 = k exactly
+
+
+def _sel_config(**sel) -> dict:
+    return {"experiment": {"seeds": [1, 2, 3]}, "data": {"n": 8, "m": 16, "k": 2},
+            "selection": {"seed": 0, "target_l0": 2.0, **sel},
+            "family": [{"name": "a", "arch": "aen", "target_l0": [2.0],
+                        "calibrate_range": [1e-3, 1e-1], "sweep": {"gamma": [0.5, 1.0]}}]}
+
+
+@pytest.mark.parametrize("patch, match", [
+    ({"metric": "loss"}, r"^config selection.metric: unknown metric 'loss'; expected one of "),
+    ({"seed": 2}, r"^config selection.seed: 2 is also in experiment.seeds"),
+    ({"target_l0": 3.0}, r"^config selection.target_l0: 3 is not among family 'a'"),
+    ({"init": "zero"}, r"^config selection.init: must be \"tied\" or \"independent\""),
+    ({"bogus": 1}, r"^config \[selection\]: unknown key\(s\) bogus"),
+])
+def test_selection_errors_are_one_line(patch: dict, match: str) -> None:
+    with pytest.raises(InputError, match=match) as err:
+        load_config(_sel_config(**patch))
+    assert "\n" not in str(err.value)
+
+
+def test_a_selection_needs_three_test_seeds() -> None:
+    raw = _sel_config()
+    raw["experiment"]["seeds"] = [1, 2]
+    with pytest.raises(InputError, match=r"^config experiment.seeds: a config with "
+                                         r"\[selection\] needs at least 3 test seeds"):
+        load_config(raw)
+
+
+def test_a_sweep_value_outside_its_range_is_refused() -> None:
+    raw = _sel_config()
+    raw["family"][0]["sweep"]["beta"] = [0.999, 1.5]
+    with pytest.raises(InputError, match="beta"):
+        load_config(raw)
+
+
+def test_selection_picks_the_fewest_dead_within_the_ev_band() -> None:
+    grid = load_config(_sel_config())
+    fam = grid.families[0]
+    v05, v1 = fam.variants()
+
+    def runs(h: dict, dead: float, ev: float) -> list[dict]:
+        return [{"kind": "sae", "family": "a", "rho": 0.0, "seed": 0,
+                 "variant": variant_id(h), "l0": x, "dead_median_last": dead,
+                 "explained_variance": ev} for x in (1.5, 3.0)]
+
+    # gamma 0.5: fewer dead but EV 0.05 below the best: outside the 0.02 band
+    rows = runs(v05, 0.01, 0.80) + runs(v1, 0.20, 0.85)
+    got = choose(grid.families, grid.rhos, grid.selection, rows)["choices"][0]
+    assert got["hyper"] == {"gamma": 1.0}
+    rows = runs(v05, 0.01, 0.84) + runs(v1, 0.20, 0.85)  # inside the band: fewest dead
+    got = choose(grid.families, grid.rhos, grid.selection, rows)["choices"][0]
+    assert got["hyper"] == {"gamma": 0.5}
+    # no run brackets the target: the first variant, and the reason says so
+    rows = [{**r, "l0": 5.0} for r in rows]
+    got = choose(grid.families, grid.rhos, grid.selection, rows)["choices"][0]
+    assert got["hyper"] == {"gamma": 0.5} and "bracket" in got["reason"]
+
+
+def test_tiny_grid_with_a_selection_seed_end_to_end(tmp_path) -> None:
+    from aensae.experiments.results import read_table
+    from aensae.experiments.spiked.driver import reproduce
+    from aensae.experiments.spiked.selection import read_selection
+
+    raw = {"experiment": {"name": "tinysel", "seeds": [1, 2, 3], "workers": 1},
+           "data": {"n": 8, "m": 16, "k": 2, "rho": [0.9]},
+           "train": {"steps": 40, "batch_size": 32, "lr": 1e-2, "dead_window": 320,
+                     "dead_last": 3, "progress": False},
+           "eval": {"samples": 128, "encoder_samples": 8, "hoffman_samples": 16},
+           "calibrate": {"steps": 40, "ladder": 3, "rounds": 1, "tolerance": 1.5,
+                         "frontier": 1.3},
+           "reference": {"ladder": 3, "fraction_min": 0.05, "fraction_max": 0.5},
+           "selection": {"seed": 0, "target_l0": 2.0, "init": "independent"},
+           "family": [
+               {"name": "relu_l1", "arch": "relu_l1", "target_l0": [2.0],
+                "calibrate_range": [1e-3, 1e-1], "sweep": {"init": ["independent", "tied"]}},
+               {"name": "aen", "arch": "aen", "target_l0": [2.0],
+                "calibrate_range": [1e-3, 1e-1], "hyper": {"l2": 1e-3, "ramp_steps": 4},
+                "sweep": {"init": ["independent", "tied"], "gamma": [0.5, 1.0]}}]}
+    out = tmp_path / "out"
+    reproduce(load_config(raw), out, progress=False)
+    sel = read_selection(out)
+    chosen = {c["family"]: c["hyper"] for c in sel["choices"]}
+    assert set(chosen) == {"relu_l1", "aen"} and chosen["aen"]["gamma"] in (0.5, 1.0)
+    _, rows = read_table(out / "results.csv")
+    sae = [r for r in rows if r["kind"] == "sae"]
+    # the selection seed ran both aen variants with the selection's init only
+    sel_rows = [r for r in sae if r["role"] == "selection" and r["family"] == "aen"]
+    assert {r["hp_gamma"] for r in sel_rows if r["init"] == "independent"} == {0.5, 1.0}
+    # test seeds ran only the chosen variant, with both inits
+    test = [r for r in sae if r["role"] == "test" and r["family"] == "aen"]
+    assert {r["hp_gamma"] for r in test} == {chosen["aen"]["gamma"]}
+    assert {r["init"] for r in test} == {"independent", "tied"}
+    assert {int(r["seed"]) for r in test} == {1, 2, 3}
+    assert all(r["hp_ema_update"] == "before" and r["hp_warmup_frac"] == 0.2 for r in test)
+    assert all(r["hold_steps"] == 8 for r in test)  # floor(0.2 * 40)
+    report = (out / "report.md").read_text()
+    assert "## Selection" in report and "## Regime of the adaptive runs" in report
+    assert (out / "windows.csv").is_file() and (out / "figures" / "fig8_regime.png").is_file()
