@@ -18,9 +18,9 @@ import json
 import math
 import re
 
-import cvxpy as cp
 import numpy as np
 import pytest
+from cvx_support import cvx_codes, tiny_problem
 
 from aensae.experiments.spiked import theorem as T
 from aensae.solvers import solve
@@ -77,37 +77,19 @@ def test_truth_metrics_by_hand_with_a_miss_a_spurious_entry_and_a_flip():
 
 
 # ============================================================================ estimators
-def tiny(nonneg, seed, n=6, m=10, B=4):
-    rng = np.random.default_rng(seed)
-    D = rng.standard_normal((n, m))
-    D /= np.linalg.norm(D, axis=0)
-    H = np.zeros((B, m))
-    for b in range(B):
-        idx = rng.choice(m, 2, replace=False)
-        mag = rng.uniform(1.0, 2.0, 2)
-        H[b, idx] = mag if nonneg else mag * rng.choice([-1.0, 1.0], 2)
-    return D, H @ D.T + 0.02 * rng.standard_normal((B, n)), H
-
 
 def cvx(D, X, lam1, lam2, W, nonneg):
-    H = np.zeros((X.shape[0], D.shape[1]))
-    W = np.broadcast_to(np.ones(D.shape[1]) if W is None else W, H.shape)
-    for b in range(X.shape[0]):
-        h = cp.Variable(D.shape[1], nonneg=nonneg)
-        obj = (0.5 * cp.sum_squares(X[b] - D @ h) + lam1 * cp.sum(cp.multiply(W[b], cp.abs(h)))
-               + 0.5 * lam2 * cp.sum_squares(h))
-        cp.Problem(cp.Minimize(obj)).solve(solver=cp.CLARABEL, tol_gap_abs=1e-12,
-                                           tol_gap_rel=1e-12, tol_feas=1e-12, max_iter=500)
-        H[b] = h.value
+    H = cvx_codes(D, X, lam1, lam2, W, nonneg)
     H[np.abs(H) < 1e-8] = 0.0  # interior-point dust
     return H
+
 
 
 @pytest.mark.parametrize("nonneg", [False, True])
 @pytest.mark.parametrize("lam2", [0.0, 0.08])
 @pytest.mark.parametrize("weighting", ["zou", "population"])
 def test_fit_estimator_against_cvxpy(nonneg, lam2, weighting):
-    D, X, _ = tiny(nonneg, seed=5 + int(nonneg))
+    D, X, _ = tiny_problem(nonneg, seed=5 + int(nonneg))
     C = X @ D
     lam1 = 0.12 * float(np.max(np.maximum(C, 0) if nonneg else np.abs(C)))
     fit = T.fit_estimator(D, X, lam1, lam2, weighting, nonneg=nonneg, tol=1e-10)
@@ -130,7 +112,7 @@ def test_fit_estimator_against_cvxpy(nonneg, lam2, weighting):
 
 
 def test_fit_estimator_rejects_an_unknown_weighting():
-    D, X, _ = tiny(True, seed=1)
+    D, X, _ = tiny_problem(True, seed=1)
     with pytest.raises(ValueError, match="weighting"):
         T.fit_estimator(D, X, 0.1, 0.0, "ridge", nonneg=True, tol=1e-10)
 

@@ -8,9 +8,9 @@ import math
 import pytest
 
 from aensae._validation import InputError
-from aensae.experiments.config import Family
+from aensae.experiments.config import Family, variant_id
 from aensae.experiments.spiked.config import load_config
-from aensae.experiments.spiked.selection import at_target, choose, variant_id
+from aensae.experiments.spiked.selection import at_target, choose
 from aensae.experiments.spiked.verdicts import compare, seed_values, tally_verdict
 
 
@@ -192,3 +192,4 @@ def test_tiny_grid_with_a_selection_seed_end_to_end(tmp_path) -> None:
     report = (out / "report.md").read_text()
     assert "## Selection" in report and "## Regime of the adaptive runs" in report
     assert (out / "windows.csv").is_file() and (out / "figures" / "fig8_regime.png").is_file()
+

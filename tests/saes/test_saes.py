@@ -234,13 +234,9 @@ def _independent_loss(model, x: torch.Tensor, w: torch.Tensor | None) -> torch.T
             + model.l2 * (h ** 2).sum(1).mean())
 
 
-@pytest.mark.parametrize("arch", RELU_FAMILY)
-def test_hand_backward_equals_autograd(arch: str) -> None:
-    model = _relu_family(arch, l1=0.05, l2=0.03, ema=(0.01, 2.0))
-    x = _x(b=9)
-    w = model.l1_weights()
-    if w is not None:
-        assert not torch.all(w == 1.0)  # the weighted case is exercised
+def _assert_hand_step_is_the_loss(model, x: torch.Tensor, w: torch.Tensor | None):
+    """``model.compute_grads(x)`` against autograd of :func:`_independent_loss` with the
+    weights ``w``: loss and every gradient; returns ``(out, the reference loss)``."""
     out = model.compute_grads(x)
     hand = {n: p.grad.clone() for n, p in model.named_parameters()}
     for p in model.parameters():
@@ -251,6 +247,17 @@ def test_hand_backward_equals_autograd(arch: str) -> None:
     for name, p in model.named_parameters():
         torch.testing.assert_close(hand[name], p.grad, rtol=1e-10, atol=1e-12,
                                    msg=f"gradient of {name}")
+    return out, ref
+
+
+@pytest.mark.parametrize("arch", RELU_FAMILY)
+def test_hand_backward_equals_autograd(arch: str) -> None:
+    model = _relu_family(arch, l1=0.05, l2=0.03, ema=(0.01, 2.0))
+    x = _x(b=9)
+    w = model.l1_weights()
+    if w is not None:
+        assert not torch.all(w == 1.0)  # the weighted case is exercised
+    _assert_hand_step_is_the_loss(model, x, w)
 
 
 def test_hand_backward_terms_sum_to_loss() -> None:
@@ -394,15 +401,7 @@ def test_ema_takes_the_batch_before_the_weights(arch: str) -> None:
         h = torch.relu((x - model.b_dec) @ model.W_enc + model.b_enc).numpy()
     ema1 = beta * ema0 + (1 - beta) * np.abs(h).mean(0)
     w = torch.from_numpy(_reference_weights(ema1, gamma, 0.2, 0.01, 10.0))
-    out = model.compute_grads(x)
-    hand = {n: p.grad.clone() for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.grad = None
-    ref = _independent_loss(model, x, w)
-    ref.backward()
-    torch.testing.assert_close(out.loss, ref.detach(), rtol=1e-12, atol=1e-14)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(hand[n], p.grad, rtol=1e-10, atol=1e-12, msg=n)
+    out, ref = _assert_hand_step_is_the_loss(model, x, w)
     model.after_step(out)
     np.testing.assert_allclose(model.ema.numpy(), ema1, rtol=1e-13)
     assert int(model.step) == 1

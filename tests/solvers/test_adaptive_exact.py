@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import math
 
-import cvxpy as cp
 import numpy as np
 import pytest
+from cvx_support import cvx_codes, tiny_problem
 
 from aensae.solvers import duality_gap, population_weights_from_codes, solve, solve_adaptive
 
@@ -31,42 +31,11 @@ N, M, B = 6, 10, 4
 TOL = 1e-10
 
 
-def tiny(nonneg: bool, seed: int):
-    """Unit-norm Gaussian atoms, 2-sparse codes in [1, 2] (signed unless ``nonneg``), a
-    little noise."""
-    rng = np.random.default_rng(seed)
-    D = rng.standard_normal((N, M))
-    D /= np.linalg.norm(D, axis=0)
-    H = np.zeros((B, M))
-    for b in range(B):
-        idx = rng.choice(M, 2, replace=False)
-        mag = rng.uniform(1.0, 2.0, 2)
-        H[b, idx] = mag if nonneg else mag * rng.choice([-1.0, 1.0], 2)
-    X = H @ D.T + 0.02 * rng.standard_normal((B, N))
-    return D, X
-
 
 def lam_max_by_hand(D, X, nonneg):
     C = X @ D
     return float(np.max(np.maximum(C, 0.0) if nonneg else np.abs(C)))
 
-
-def cvx(D, X, lam1, lam2, W, nonneg):
-    """min 1/2||x - D h||^2 + lam1 sum w|h| + lam2/2 ||h||^2 per row, in cvxpy; returns
-    codes and optimal values."""
-    H = np.zeros((X.shape[0], D.shape[1]))
-    F = np.zeros(X.shape[0])
-    W = np.broadcast_to(np.ones(D.shape[1]) if W is None else W, H.shape)
-    for b in range(X.shape[0]):
-        h = cp.Variable(D.shape[1], nonneg=nonneg)
-        obj = (0.5 * cp.sum_squares(X[b] - D @ h) + lam1 * cp.sum(cp.multiply(W[b], cp.abs(h)))
-               + 0.5 * lam2 * cp.sum_squares(h))
-        prob = cp.Problem(cp.Minimize(obj))
-        prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12,
-                   max_iter=500)
-        assert h.value is not None, prob.status
-        H[b], F[b] = h.value, prob.value
-    return H, F
 
 
 def objective_by_hand(D, X, H, lam1, lam2, W):
@@ -80,7 +49,7 @@ def check_against_cvxpy(D, X, res, lam1, lam2, W, nonneg):
     sq = np.einsum("bn,bn->b", X, X)
     assert res.all_certified, res.status
     assert np.all(duality_gap(D, X, res.codes, lam1, lam2, W, nonneg) <= TOL * sq)
-    H_ref, F_ref = cvx(D, X, lam1, lam2, W, nonneg)
+    H_ref, F_ref = cvx_codes(D, X, lam1, lam2, W, nonneg, values=True)
     F = objective_by_hand(D, X, res.codes, lam1, lam2, W)
     np.testing.assert_allclose(F, F_ref, rtol=1e-7, atol=1e-10)
     assert np.all(F <= F_ref + 1e-9 * sq)  # the certified code is at least as good
@@ -92,13 +61,13 @@ def check_against_cvxpy(D, X, res, lam1, lam2, W, nonneg):
 @pytest.mark.parametrize("nonneg", [False, True])
 @pytest.mark.parametrize("lam2", [0.0, 0.1])
 def test_zou_per_signal_weights_against_cvxpy(nonneg, lam2):
-    D, X = tiny(nonneg, seed=3 + int(nonneg))
+    D, X, _ = tiny_problem(nonneg, seed=3 + int(nonneg))
     lam1 = 0.15 * lam_max_by_hand(D, X, nonneg)
     gamma, eps = 1.0, 1e-3
     res, w = solve_adaptive(D, X, lam1, lam2, gamma=gamma, eps=eps, nonneg=nonneg, tol=TOL)
     assert w.shape == (B, M)
     # the weights come from the exact (elastic-net / lasso) codes at the same lam1: cvxpy's
-    H_init, _ = cvx(D, X, lam1, lam2, None, nonneg)
+    H_init, _ = cvx_codes(D, X, lam1, lam2, None, nonneg, values=True)
     W_hand = 1.0 / (np.abs(H_init) + eps) ** gamma
     np.testing.assert_allclose(w, W_hand, rtol=1e-4)
     # the weights differ across signals (per-signal, not shared)
@@ -123,12 +92,12 @@ def population_by_hand(H, gamma, top_p, w_min, w_max):
 @pytest.mark.parametrize(("gamma", "top_p", "w_min", "w_max"),
                          [(1.0, 0.01, 0.1, 10.0), (0.5, 0.2, 0.3, 4.0)])
 def test_population_weights_with_l2_against_cvxpy(nonneg, gamma, top_p, w_min, w_max):
-    D, X = tiny(nonneg, seed=11 + int(nonneg))
+    D, X, _ = tiny_problem(nonneg, seed=11 + int(nonneg))
     lam1, lam2 = 0.1 * lam_max_by_hand(D, X, nonneg), 0.05
     init = solve(D, X, lam1, lam2, nonneg=nonneg, tol=TOL)
     assert init.all_certified
     w = population_weights_from_codes(init.codes, gamma, top_p, w_min, w_max)
-    H_init, _ = cvx(D, X, lam1, lam2, None, nonneg)
+    H_init, _ = cvx_codes(D, X, lam1, lam2, None, nonneg, values=True)
     # interior-point codes are only approximately sparse: zero their dust before the
     # hand formula (an atom at 1e-10 would get w_max either way, by the clip)
     H_init[np.abs(H_init) < 1e-7] = 0.0

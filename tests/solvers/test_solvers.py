@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 import warnings
 
-import cvxpy as cp
 import numba
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from cvx_support import cvx_codes, weight_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.exceptions import ConvergenceWarning
@@ -71,13 +71,6 @@ def objective(D, X, H, lam1, lam2=0.0, w=None):
     return out
 
 
-def weight_rows(w, B, m):
-    """Weights as an explicit (B, m) array."""
-    if w is None:
-        return np.ones((B, m))
-    w = np.asarray(w, dtype=float)
-    return np.broadcast_to(w, (B, m)) if w.ndim == 1 else w
-
 
 def sk_codes(D, X, lam1, lam2=0.0, w=None, nonneg=False, tol=1e-13):
     """scikit-learn coordinate descent with this test's own parameter mapping.
@@ -123,22 +116,6 @@ def _sk_one(D, x, lam1, lam2, w_row, nonneg, tol):
     est.fit(A, y)
     return est.coef_ / w_row
 
-
-def cvx_codes(D, X, lam1, lam2=0.0, w=None, nonneg=False):
-    """The problem written directly in cvxpy, solved by Clarabel at tight tolerances."""
-    n, m = D.shape
-    W = weight_rows(w, X.shape[0], m)
-    H = np.zeros((X.shape[0], m))
-    for b in range(X.shape[0]):
-        h = cp.Variable(m, nonneg=nonneg)
-        obj = (0.5 * cp.sum_squares(X[b] - D @ h) + lam1 * cp.sum(cp.multiply(W[b], cp.abs(h)))
-               + 0.5 * lam2 * cp.sum_squares(h))
-        prob = cp.Problem(cp.Minimize(obj))
-        prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12,
-                   max_iter=500)
-        assert h.value is not None, prob.status
-        H[b] = h.value
-    return H
 
 
 def assert_kkt(D, X, H, lam1, lam2=0.0, w=None, nonneg=False, rtol=1e-7):

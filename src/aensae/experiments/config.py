@@ -38,9 +38,9 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
     import tomli as tomllib
 
 __all__ = ["CONFIG_DIR", "DIRECT_K", "FAMILY_KEYS", "SPARSITY_PARAM", "ConfigText", "Family",
-           "canonical_hash", "check_keys", "check_number", "choice_value", "config_error",
-           "config_kind", "named_configs", "read_config", "resolve_config_path",
-           "scalar_value", "validate_family", "value_list"]
+           "arch_defaults", "canonical_hash", "check_keys", "check_number", "choice_value",
+           "config_error", "config_kind", "named_configs", "read_config", "resolve_config_path",
+           "scalar_value", "validate_family", "value_list", "variant_id"]
 
 
 class ConfigText(NamedTuple):
@@ -149,11 +149,8 @@ class Family:
                      for g in merged)
 
     def defaults(self) -> dict[str, Any]:
-        """The architecture's default hyperparameters (part of every run's identity, so
-        that a change of a default changes the run ids and the config hash)."""
-        from aensae.saes import ARCHITECTURES
-
-        return {k: h.default for k, h in ARCHITECTURES[self.arch].HYPER.items()}
+        """:func:`arch_defaults` of the family's architecture."""
+        return arch_defaults(self.arch)
 
     def variants(self) -> list[dict[str, Any]]:
         """Fixed hyperparameters combined with every point of the sweep (sorted keys)."""
@@ -162,6 +159,20 @@ class Family:
         for values in itertools.product(*(self.sweep[k] for k in names)):
             out.append({**self.hyper, **dict(zip(names, values, strict=True))})
         return out
+
+
+def arch_defaults(arch: str) -> dict[str, Any]:
+    """The architecture's default hyperparameters (part of every run's identity, so that a
+    change of a default changes the run ids and the config hash)."""
+    from aensae.saes import ARCHITECTURES
+
+    return {k: h.default for k, h in ARCHITECTURES[arch].HYPER.items()}
+
+
+def variant_id(hyper: dict[str, Any]) -> str:
+    """``v`` + the hash of a variant's hyperparameters (its sparsity parameter aside): the
+    ``variant`` of its runs and the name of its calibration file."""
+    return "v" + canonical_hash(hyper, 8)
 
 
 def config_error(where: str, msg: str) -> InputError:

@@ -143,6 +143,19 @@ def true_positive_code_bias(
     return float(np.mean(H[tp] / R[tp])), n_tp
 
 
+def _atom_matrices(learned: Any, true: Any, hint: str) -> tuple[np.ndarray, np.ndarray]:
+    """``learned`` and ``true`` as float64 matrices with atoms as columns and the same
+    number of rows (else a ``ValueError``, ``hint`` appended to the parenthesis)."""
+    L = as_float64("learned", learned, ndim=2)
+    T = as_float64("true", true, ndim=2)
+    if L.shape[0] != T.shape[0]:
+        raise ValueError(
+            f"learned and true must have the same number of rows n (atoms are columns{hint}), "
+            f"got shapes {L.shape} and {T.shape}"
+        )
+    return L, T
+
+
 def hungarian_match(learned: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
     r"""One-to-one matching of true atoms to learned atoms on ``|cos|``.
 
@@ -159,13 +172,7 @@ def hungarian_match(learned: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
     cos : ndarray (m_T,), float64
         The signed cosine ``C_{pi(j) j}`` of each match; 0 when unmatched.
     """
-    L = as_float64("learned", learned, ndim=2)
-    T = as_float64("true", true, ndim=2)
-    if L.shape[0] != T.shape[0]:
-        raise ValueError(
-            f"learned and true must have the same number of rows n (atoms are columns), got "
-            f"shapes {L.shape} and {T.shape}"
-        )
+    L, T = _atom_matrices(learned, true, "")
     tiny = np.finfo(np.float64).tiny
     Ln = L / np.maximum(np.linalg.norm(L, axis=0), tiny)
     Tn = T / np.maximum(np.linalg.norm(T, axis=0), tiny)
@@ -321,13 +328,7 @@ def dictionary_recovery(
         ``m_learned``, ``m_true``, ``n_shared`` (0 without ``shared``) and, with
         ``chance``, ``chance_seed``.
     """
-    L = as_float64("learned", learned, ndim=2)
-    T = as_float64("true", true, ndim=2)
-    if L.shape[0] != T.shape[0]:
-        raise ValueError(
-            f"learned and true must have the same number of rows n (atoms are columns; pass an "
-            f"SAE's W_dec.T), got shapes {L.shape} and {T.shape}"
-        )
+    L, T = _atom_matrices(learned, true, "; pass an SAE's W_dec.T")
     n = T.shape[0]
     chance_seed = check_int("chance_seed", chance_seed, low=0)
     S = None

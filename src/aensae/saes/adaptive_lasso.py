@@ -164,6 +164,7 @@ class AdaptiveLassoSAE(ReluL1SAE):
         return self._weights_from(self._ema_next, None)
 
     def loss_weights(self, h: torch.Tensor) -> torch.Tensor:
+        """:meth:`step_weights` of ``mean_b |h_b|`` of the batch's codes ``h``."""
         return self.step_weights(h.detach().abs().mean(0))
 
     @torch.no_grad()

@@ -289,6 +289,10 @@ class SAE(nn.Module):
         """:meth:`step_weights` of the codes ``h`` (B, d_sae) of a training batch."""
         return self.l1_weights()
 
+    def set_run_length(self, steps: int) -> None:
+        """Told by the trainer how many optimizer steps the run has (adaptive models fix
+        their hold with it); nothing for other architectures."""
+
     def regime(self) -> dict[str, float]:
         """Diagnostics of the model's adaptive state (empty: none), recorded at every
         dead-latent window of training."""

@@ -79,7 +79,7 @@ from aensae._io import (
     remove_partial_files,
 )
 from aensae._validation import InputError, check_device
-from aensae.experiments.config import DIRECT_K, canonical_hash
+from aensae.experiments.config import DIRECT_K, variant_id
 from aensae.experiments.console import hms, log
 from aensae.experiments.layout import (
     ANY,
@@ -458,7 +458,7 @@ def _calibrate_and_train(run: _Run, on_phase: Callable[[str], None] | None
     states: dict[tuple[str, str], Any] = {}
     todo: dict[tuple[str, str], list[float]] = {}
     direct: list[tuple[Any, dict[str, Any], str, Any]] = []
-    variants = [(fam, hyper, "v" + canonical_hash(hyper, 8)) for fam in cfg.families
+    variants = [(fam, hyper, variant_id(hyper)) for fam in cfg.families
                 for hyper in fam.variants()]
     for fam, hyper, variant in variants:
         if fam.arch in DIRECT_K:

@@ -81,6 +81,7 @@ from aensae.experiments.config import (
     DIRECT_K,
     ConfigText,
     Family,
+    arch_defaults,
     canonical_hash,
     check_keys,
     check_number,
@@ -88,6 +89,7 @@ from aensae.experiments.config import (
     read_config,
     validate_family,
     value_list,
+    variant_id,
 )
 
 __all__ = ["DEFAULTS", "REQUIRED_TABLES", "GridConfig", "RunSpec", "load_config"]
@@ -127,11 +129,8 @@ class RunSpec:
     def record(self, grid: GridConfig) -> dict[str, Any]:
         """Everything that determines the run's result (hashed into its id), the
         architecture's defaults included."""
-        from aensae.saes import ARCHITECTURES
-
-        defaults = {k: h.default for k, h in ARCHITECTURES[self.arch].HYPER.items()}
         return {"family": self.family, "arch": self.arch, "hyper": self.hyper,
-                "defaults": defaults,
+                "defaults": arch_defaults(self.arch),
                 "rho": self.rho, "seed": self.seed, "target_l0": self.target_l0,
                 "calibrated": self.calibrated, "variant": self.variant,
                 "data": grid.data_record(), "train": grid.train_record(),
@@ -239,19 +238,18 @@ class GridConfig:
         ``keep(family, hyper, rho)`` (default: every variant) restrict the runs.
         """
         out = []
-        frontier = float(self.calibrate["frontier"])
         for rho in self.rhos:
             for seed in (self.seeds if seeds is None else seeds):
                 for fam in self.families:
                     for hyper in fam.variants():
                         if keep is not None and not keep(fam, hyper, rho):
                             continue
-                        variant = "v" + canonical_hash(hyper, 8)
+                        variant = variant_id(hyper)
                         if not fam.target_l0:
                             out.append(RunSpec(fam.name, fam.arch, hyper, rho, seed, None,
                                                False, variant))
                             continue
-                        for target in fam.run_targets(frontier):
+                        for target in self.run_targets(fam):
                             h = dict(hyper)
                             if fam.arch in DIRECT_K:
                                 h[fam.sparsity_param] = max(1, int(round(target)))
@@ -269,7 +267,7 @@ class GridConfig:
 
     def calibration_jobs(self) -> list[tuple[Family, dict[str, Any], str]]:
         """(family, hyper without the sparsity parameter, variant hash) to calibrate."""
-        return [(f, h, "v" + canonical_hash(h, 8)) for f in self.families if f.calibrated
+        return [(f, h, variant_id(h)) for f in self.families if f.calibrated
                 for h in f.variants()]
 
     def run_targets(self, fam: Family) -> tuple[float, ...]:

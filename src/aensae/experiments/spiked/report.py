@@ -31,6 +31,7 @@ from aensae.experiments.spiked.verdicts import (
     RULE,
     compare,
     seed_values,
+    span,
     summarise,
     tally_verdict,
 )
@@ -296,7 +297,7 @@ def _claim_dead(rows, rhos, init: str) -> tuple[list[str], str]:
             if a and b:
                 av, bv = [v for v, _ in a.values()], [v for v, _ in b.values()]
                 d = float(np.mean(av) - np.mean(bv))
-                grow.append((fam, t, d, max(_span(av), _span(bv), 0.02)))
+                grow.append((fam, t, d, max(span(av), span(bv), 0.02)))
     ups = [g for g in grow if g[2] > g[3]]
     v1 = ("inconclusive (no topk / relu_l1 runs at both ends of rho)" if not grow
           else "supported" if ups else
@@ -350,10 +351,6 @@ def _claim_dead(rows, rhos, init: str) -> tuple[list[str], str]:
         f"   - **verdict (AEN mitigates at competitive reconstruction): {v2}**",
     ]
     return lines, v2
-
-
-def _span(v: list[float]) -> float:
-    return max(v) - min(v) if v else math.nan
 
 
 def _regime_table(rows, rhos) -> list[str]:

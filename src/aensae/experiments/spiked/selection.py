@@ -29,11 +29,13 @@ from typing import Any
 
 from aensae.experiments.config import (
     Family,
-    canonical_hash,
     check_keys,
     check_number,
     config_error,
+    variant_id,
 )
+from aensae.experiments.plotting import num
+from aensae.experiments.spiked.verdicts import frontier_value
 
 __all__ = ["MIN_TEST_SEEDS", "SELECTION_FILE", "SELECTION_METRICS", "at_target",
            "choose", "read_selection", "selection_rule", "strip_init", "validate_selection",
@@ -95,38 +97,15 @@ def selection_rule(sel: dict[str, Any]) -> str:
 
 
 def at_target(points: Sequence[tuple[float, float]], target: float) -> float:
-    """``value`` at ``L0 = target`` by linear interpolation in ``log L0`` between the two
-    points that bracket it most tightly (NaN when no point lies on one side).
-
-    ``points``: ``(L0, value)`` pairs of one seed's runs along its frontier; non-finite
-    or non-positive L0s and non-finite values are ignored; a point at ``target`` itself
-    is returned as it is.
-    """
-    pts = [(float(x), float(y)) for x, y in points
-           if math.isfinite(x) and x > 0 and math.isfinite(y)]
-    if not pts or not (math.isfinite(target) and target > 0):
-        return math.nan
-    below = [p for p in pts if p[0] <= target]
-    above = [p for p in pts if p[0] >= target]
-    if not below or not above:
-        return math.nan
-    lo = max(below, key=lambda p: p[0])
-    hi = min(above, key=lambda p: p[0])
-    if lo[0] == hi[0]:
-        same = [y for x, y in pts if x == lo[0]]
-        return sum(same) / len(same)
-    t = (math.log(target) - math.log(lo[0])) / (math.log(hi[0]) - math.log(lo[0]))
-    return lo[1] + t * (hi[1] - lo[1])
+    """``value`` at ``L0 = target`` along one seed's ``(L0, value)`` frontier
+    (:func:`aensae.experiments.spiked.verdicts.frontier_value`: linear in ``log L0``
+    between the two points that bracket the target most tightly, NaN when none does)."""
+    return frontier_value([(x, y, None) for x, y in points], target)[0]
 
 
 def strip_init(hyper: dict[str, Any]) -> dict[str, Any]:
     """The hyperparameters without ``init`` (the choice holds for every init)."""
     return {k: v for k, v in hyper.items() if k != "init"}
-
-
-def _value(r: dict[str, Any], key: str) -> float:
-    v = r.get(key)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
 def choose(families: list[Family], rhos: list[float], sel: dict[str, Any],
@@ -147,15 +126,15 @@ def choose(families: list[Family], rhos: list[float], sel: dict[str, Any],
             cands = []
             for order, h in enumerate(variants):
                 runs = [r for r in rows if r.get("kind") == "sae"
-                        and r.get("family") == fam.name and _value(r, "rho") == rho
+                        and r.get("family") == fam.name and num(r.get("rho")) == rho
                         and r.get("seed") == sel["seed"]
                         and r.get("variant") == variant_id(h)]
-                pts_m = [(_value(r, "l0"), _value(r, metric)) for r in runs]
-                pts_e = [(_value(r, "l0"), _value(r, "explained_variance")) for r in runs]
+                pts_m = [(num(r.get("l0")), num(r.get(metric))) for r in runs]
+                pts_e = [(num(r.get("l0")), num(r.get("explained_variance"))) for r in runs]
                 cands.append({"order": order, "hyper": strip_init(h),
                               "metric": at_target(pts_m, target),
                               "explained_variance": at_target(pts_e, target),
-                              "l0_seen": sorted(_value(r, "l0") for r in runs)})
+                              "l0_seen": sorted(num(r.get("l0")) for r in runs)})
             ok = [c for c in cands if math.isfinite(c["metric"])
                   and math.isfinite(c["explained_variance"])]
             if ok:
@@ -172,11 +151,6 @@ def choose(families: list[Family], rhos: list[float], sel: dict[str, Any],
             choices.append({"family": fam.name, "rho": rho, "hyper": pick["hyper"],
                             "reason": reason, "candidates": cands})
     return {"rule": selection_rule(sel), "choices": choices}
-
-
-def variant_id(hyper: dict[str, Any]) -> str:
-    """The ``variant`` column of a run with these hyperparameters (sparsity aside)."""
-    return "v" + canonical_hash(hyper, 8)
 
 
 def read_selection(out: Path) -> dict[str, Any] | None:

@@ -31,8 +31,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEAD_FLOOR", "MIN_SEEDS", "PINNED", "RULE", "compare", "seed_values",
-           "summarise", "tally_verdict"]
+from aensae.experiments.plotting import init_of, num
+
+__all__ = ["DEAD_FLOOR", "MIN_SEEDS", "PINNED", "RULE", "compare", "frontier_value",
+           "seed_values", "span", "summarise", "tally_verdict"]
 
 #: Fewest seeds per side at the target for a decided cell.
 MIN_SEEDS = 3
@@ -55,18 +57,19 @@ RULE = (f"a cell is one (rho, target L0, init). Each test seed's value at the ta
         "in the mirror case, inconclusive otherwise")
 
 
-def _n(v: Any) -> float:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+def frontier_value(points: Sequence[tuple[float, float, Any]], target: float
+                   ) -> tuple[float, list[Any]]:
+    """``(value at L0 = target, the payloads of the points it came from)`` along one seed's
+    frontier of ``(L0, value, payload)`` points.
 
-
-def _init(r: dict[str, Any]) -> str:
-    return str(r.get("init") or "tied")
-
-
-def _bracket(points: Sequence[tuple[float, float, dict[str, Any]]], target: float
-             ) -> tuple[float, list[dict[str, Any]]]:
-    """``(value at target, the runs it came from)`` along one seed's frontier."""
+    Linear interpolation in ``log L0`` between the two points that bracket the target
+    most tightly; NaN (and no payload) when no point lies on one side. Points with a
+    non-finite or non-positive L0 or a non-finite value are ignored; points at the target
+    itself give their mean.
+    """
     pts = [p for p in points if math.isfinite(p[0]) and p[0] > 0 and math.isfinite(p[1])]
+    if not (math.isfinite(target) and target > 0):
+        return math.nan, []
     below = [p for p in pts if p[0] <= target]
     above = [p for p in pts if p[0] >= target]
     if not below or not above:
@@ -74,7 +77,8 @@ def _bracket(points: Sequence[tuple[float, float, dict[str, Any]]], target: floa
     lo = max(below, key=lambda p: p[0])
     hi = min(above, key=lambda p: p[0])
     if lo[0] == hi[0]:
-        return lo[1], [lo[2]]
+        same = [p for p in pts if p[0] == lo[0]]
+        return sum(p[1] for p in same) / len(same), [p[2] for p in same]
     t = (math.log(target) - math.log(lo[0])) / (math.log(hi[0]) - math.log(lo[0]))
     return lo[1] + t * (hi[1] - lo[1]), [lo[2], hi[2]]
 
@@ -90,19 +94,20 @@ def seed_values(rows: list[dict[str, Any]], fam: str, rho: float, target: float,
     """
     by_seed: dict[float, list[tuple[float, float, dict[str, Any]]]] = {}
     for r in rows:
-        if (r.get("kind") == "sae" and r.get("family") == fam and _n(r.get("rho")) == rho
-                and _init(r) == init and r.get("role", "test") != "selection"):
-            by_seed.setdefault(_n(r.get("seed")), []).append((_n(r.get("l0")), value(r), r))
+        if (r.get("kind") == "sae" and r.get("family") == fam and num(r.get("rho")) == rho
+                and init_of(r) == init and r.get("role", "test") != "selection"):
+            by_seed.setdefault(num(r.get("seed")), []).append((num(r.get("l0")), value(r), r))
     out = {}
     for seed, pts in by_seed.items():
-        v, used = _bracket(pts, target)
+        v, used = frontier_value(pts, target)
         if math.isfinite(v):
-            trend = [abs(_n(u.get("dead_trend"))) for u in used]
+            trend = [abs(num(u.get("dead_trend"))) for u in used]
             out[seed] = (v, all(not math.isfinite(t) or t <= DEAD_FLOOR for t in trend))
     return out
 
 
-def _span(v: list[float]) -> float:
+def span(v: list[float]) -> float:
+    """``max - min`` (NaN for no values)."""
     return max(v) - min(v) if v else math.nan
 
 
@@ -143,7 +148,7 @@ def compare(rows: list[dict[str, Any]], fam: str, baselines: Sequence[str],
         return cell
     d = [sign * (a[s][0] - bv[s][0]) for s in common]
     av, bvals = [a[s][0] for s in common], [bv[s][0] for s in common]
-    spread = max(_span(av), _span(bvals))
+    spread = max(span(av), span(bvals))
     margin = max(spread, floor)
     mean = float(np.mean(d))
     if min(d) > 0 and mean > margin:

@@ -320,9 +320,7 @@ class _Run:
         for model in models.values():
             model.to(device=self.device, dtype=self.dtype)
             model.train()
-            set_length = getattr(model, "set_run_length", None)
-            if set_length is not None:  # adaptive models: a hold as a fraction of the run
-                set_length(cfg.steps)
+            model.set_run_length(cfg.steps)  # adaptive models: a hold as a fraction of it
         self.dead = {k: DeadTracker(m.d_sae, cfg.dead_window, cfg.dead_last, probe=m.regime)
                      for k, m in models.items()}
         self.results = {k: ModelResult(k, m.arch, 0) for k, m in models.items()}
