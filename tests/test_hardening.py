@@ -234,7 +234,8 @@ def test_reproduce_overwrite_replaces_another_configs_results(tmp_path, capsys) 
     assert cli.main([*argv, "--overwrite"]) == 0
     capsys.readouterr()
     assert json.loads((out / "config.json").read_text())["config_name"] == "other"
-    assert {p.name for p in out.iterdir()} == {"config.json", "runs", "results.csv"}
+    assert {p.name for p in out.iterdir()} == {"config.json", "runs", "results.csv",
+                                                 "windows.csv"}
     old_runs = {p.name for p in (out / "runs").iterdir()}
     table = (out / "results.csv").read_text()
     assert all(name.split("-")[-1] in table for name in old_runs)  # the new config's only

@@ -62,8 +62,10 @@ def test_table_schema_one_row_per_run(tiny_run) -> None:
     assert len(ids) == len(set(ids)), "duplicate rows"
     sae = [r for r in rows if r["kind"] == "sae"]
     assert {r["run_id"] for r in sae} == _planned_ids(grid, out)
-    # 2 rho x 1 seed x (2 relu_l1 x 2 inits + 2 aen + 2 topk + 1 jumprelu) SAE runs
-    assert len(sae) == 2 * 9
+    # 2 rho x 1 seed x (3 relu_l1 x 2 inits + 3 aen + 2 topk + 1 jumprelu) SAE runs: the
+    # calibrated families run at the 3 run targets around L0 2 and 3 (frontier 1.3:
+    # 1.54, sqrt(2.31 x 2.6) = 2.45 merged, 3.9), topk at k = 2 and 3
+    assert len(sae) == 2 * 12
     assert {(r["family"], r["init"]) for r in sae} == {
         ("relu_l1", "tied"), ("relu_l1", "independent"), ("aen", "tied"), ("topk", "tied"),
         ("jumprelu", "tied")}
@@ -158,7 +160,7 @@ def test_interrupted_run_completes_without_loss_or_duplicates(tmp_path, capsys) 
     assert {k: after[k] for k in first} == first, "a finished run was redone"
     _, rows = read_table(tmp_path / "results.csv")
     ids = [r["run_id"] for r in rows if r["kind"] == "sae"]
-    assert len(ids) == len(set(ids)) == 18
+    assert len(ids) == len(set(ids)) == 24
     assert set(ids) == _planned_ids(grid, tmp_path)
 
 
@@ -421,7 +423,8 @@ def test_figures_redrawn_from_the_table_alone_are_identical(tiny_run, tmp_path) 
     from aensae import cli
 
     _, out = tiny_run
-    (tmp_path / "results.csv").write_bytes((out / "results.csv").read_bytes())
+    for table in ("results.csv", "windows.csv"):  # the tables the figures are drawn from
+        (tmp_path / table).write_bytes((out / table).read_bytes())
     assert cli.main(["figures", str(tmp_path)]) == 0
     for name in FIGURES:
         for ext in FORMATS:

@@ -476,7 +476,7 @@ def theorem_rows(
                                        else float(np.mean(fit.certified_init))),
                     "n_eval": int(X.shape[0]), "n": int(D.shape[0]), "m": int(D.shape[1]),
                     "k": int(data["k"]), "nonneg": nonneg, "tol": tol,
-                    "solves": int(solves[0]), "seconds": float(seconds),
+                    "solves": int(solves[0]), "solve_seconds": float(seconds),
                 }
                 codes = fit.codes.toarray()
                 row.update(truth_metrics(codes, H, X, D))
