@@ -193,3 +193,22 @@ def test_tiny_grid_with_a_selection_seed_end_to_end(tmp_path) -> None:
     assert "## Selection" in report and "## Regime of the adaptive runs" in report
     assert (out / "windows.csv").is_file() and (out / "figures" / "fig8_regime.png").is_file()
 
+
+def test_a_selection_scope_keeps_the_run_targets_around_the_primary_target() -> None:
+    import dataclasses
+
+    raw = _sel_config()
+    raw["calibrate"] = {"frontier": 1.41}
+    raw["family"][0]["target_l0"] = [2.0, 4.0, 8.0]
+    raw["family"].append({"name": "k", "arch": "topk", "target_l0": [2.0, 4.0, 8.0]})
+    raw["selection"]["target_l0"] = 4.0
+    grid = load_config(raw)
+    aen, topk = grid.families
+    assert len(grid.run_targets(aen)) == 4 and grid.run_targets(topk) == (2.0, 4.0, 8.0)
+    scoped = dataclasses.replace(grid, scope=4.0)
+    lo, hi = scoped.run_targets(aen)
+    # merged points: sqrt(2 x 1.41 x 4 / 1.41) = sqrt(8) and sqrt(4 x 1.41 x 8 / 1.41)
+    assert lo == pytest.approx(math.sqrt(8), rel=1e-6)
+    assert hi == pytest.approx(math.sqrt(32), rel=1e-6)
+    assert scoped.run_targets(topk) == (4.0,)
+    assert scoped.config_hash() == grid.config_hash()  # where the runs stop is not a result

@@ -124,14 +124,17 @@ def _identity(grid: GridConfig, rho: float, fam: Any, hyper: dict[str, Any]) -> 
                 list(fam.calibrate_range or ())]})
 
 
-def calibration_path(out_dir: Path, rho: float, family: str, variant: str) -> Path:
-    """``out_dir/calibration/rho<R>-<family>-<variant>.json``."""
-    return Path(out_dir) / "calibration" / f"rho{rho:g}-{family}-{variant}.json"
+def calibration_path(out_dir: Path, rho: float, family: str, variant: str,
+                     scope: float | None = None) -> Path:
+    """``out_dir/calibration/rho<R>-<family>-<variant>.json`` (``...-t<scope>.json`` for a
+    calibration scoped to the runs around one target, :attr:`GridConfig.scope`)."""
+    tail = "" if scope is None else f"-t{scope:g}"
+    return Path(out_dir) / "calibration" / f"rho{rho:g}-{family}-{variant}{tail}.json"
 
 
 def _load_unit(grid: GridConfig, out_dir: Path, rho: float, fam: Any, hyper: dict[str, Any],
                variant: str) -> dict[str, Any] | None:
-    path = calibration_path(out_dir, rho, fam.name, variant)
+    path = calibration_path(out_dir, rho, fam.name, variant, grid.scope)
     if not path.is_file():
         return None
     saved = read_json_record(path, ("hash", "record"),
@@ -176,7 +179,7 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
     jobs = [j for j in jobs if done[(j[0].name, j[2])] is None]
     if jobs:  # units to (re)do: what a killed attempt at them left (not other units')
         remove_partial_files(Path(out_dir) / "calibration",
-                             [calibration_path(out_dir, rho, f.name, v).name
+                             [calibration_path(out_dir, rho, f.name, v, grid.scope).name
                               for f, _, v in jobs])
     seed = grid.calibration_seed
     c = grid.calibrate
@@ -214,7 +217,7 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
             "penalties": {repr(t): v for t, v in res["penalties"].items()},
             "extrapolated": {repr(t): v for t, v in res["extrapolated"].items()},
             "unreachable": {repr(t): v for t, v in res["unreachable"].items()}}
-        atomic_write_json(calibration_path(out_dir, rho, name, variant),
+        atomic_write_json(calibration_path(out_dir, rho, name, variant, grid.scope),
                           {"hash": _identity(grid, rho, fam, hyper), "record": rec})
         done[(name, variant)] = _restore(rec)
     return [done[k] for k in done]
@@ -234,10 +237,12 @@ def check_reachable(records: list[dict[str, Any]]) -> None:
 
 
 def calibrate(grid: GridConfig, out_dir: Path, *, progress: bool = False,
-              on_models: Any = None, keep: Any = None
+              on_models: Any = None, keep: Any = None, strict: bool = True
               ) -> dict[tuple[str, str, float], dict[str, Any]]:
     """Calibrate every ``(family, variant, rho)`` in turn (see :func:`calibrate_rho`);
-    only those for which ``keep(family, hyper, rho)`` holds, when given.
+    only those for which ``keep(family, hyper, rho)`` holds, when given. ``strict=False``
+    (the selection phase): a variant with no reachable target is recorded, not an error
+    (it is no candidate of the selection).
 
     Returns
     -------
@@ -258,7 +263,8 @@ def calibrate(grid: GridConfig, out_dir: Path, *, progress: bool = False,
                 [(f.name, v) for f, h, v in grid.calibration_jobs() if keep(f, h, rho)])
         records = calibrate_rho(grid, out_dir, rho, progress=progress, on_models=on_models,
                                 only=only)
-        check_reachable(records)
+        if strict:
+            check_reachable(records)
         for rec in records:
             result[(rec["family"], rec["variant"], rho)] = rec
     return result

@@ -161,6 +161,10 @@ class GridConfig:
     executor: dict[str, Any] = field(default_factory=dict)
     #: The ``[selection]`` table (``None``: every variant runs on every seed).
     selection: dict[str, Any] | None = None
+    #: While the selection seed runs: the primary target, so that each variant is
+    #: calibrated and run only at the run targets around it (:meth:`run_targets`). Not part
+    #: of the config or its hash.
+    scope: float | None = None
 
     @property
     def name(self) -> str:
@@ -271,8 +275,18 @@ class GridConfig:
                 for h in f.variants()]
 
     def run_targets(self, fam: Family) -> tuple[float, ...]:
-        """The L0 targets ``fam``'s runs are calibrated to (:meth:`Family.run_targets`)."""
-        return fam.run_targets(float(self.calibrate["frontier"]))
+        """The L0 targets ``fam``'s runs are calibrated to (:meth:`Family.run_targets`);
+        under a :attr:`scope`, only the nearest on each side of it (the scope itself for a
+        family whose sparsity is set directly)."""
+        full = fam.run_targets(float(self.calibrate["frontier"]))
+        if self.scope is None:
+            return full
+        if not fam.calibrated:
+            return tuple(t for t in full if t == self.scope) or full
+        below = [t for t in full if t <= self.scope]
+        above = [t for t in full if t >= self.scope]
+        return tuple(sorted({*([max(below)] if below else []),
+                             *([min(above)] if above else [])}))
 
 
 # ----------------------------------------------------------------------------- validation

@@ -36,6 +36,7 @@ anything else, so it never deletes a file aensae did not write
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -255,7 +256,7 @@ def runs_after_calibration(grid: GridConfig, out: Path, *, keep: Any = None,
     """The grid's runs with the penalties of a finished calibration in ``out``."""
     from aensae.experiments.spiked.calibrate import calibrate
 
-    calib = calibrate(grid, out, keep=keep)
+    calib = calibrate(grid, out, keep=keep, strict=grid.scope is None)
     return grid.runs({key: rec["penalties"] for key, rec in calib.items()}, seeds=seeds,
                      keep=keep)
 
@@ -417,10 +418,13 @@ def _run_grid(grid: GridConfig, out: Path, *, progress: bool,
         return hyper.get("init", "tied") == sel["init"] or not any(
             h.get("init", "tied") == sel["init"] for h in fam.variants())
 
-    first = _run_phase(grid, out, primary, [sel["seed"]], progress=progress,
+    # the selection seed's variants only around the primary target (scope): its runs at
+    # the other targets serve no decision
+    scoped = dataclasses.replace(grid, scope=float(sel["target_l0"]))
+    first = _run_phase(scoped, out, primary, [sel["seed"]], progress=progress,
                        on_group=on_group, executor=executor, probe=probe, counter=counter,
                        label="selection: ")
-    choice = _select(grid, out, first)
+    choice = _select(scoped, out, first)
     chosen = {(c["family"], c["rho"]): c["hyper"] for c in choice["choices"]}
 
     def kept(fam: Any, hyper: dict[str, Any], rho: float) -> bool:
@@ -493,8 +497,9 @@ def _run_phase(grid: GridConfig, out: Path, keep: Any, seeds: list[int], *, prog
             if on_group is not None:
                 on_group(counter[0])
             counter[0] += 1
-    # every unit is on disk now; raises if all unreachable
-    calib = calibrate(grid, out, keep=keep)
+    # every unit is on disk now; raises if all of a variant's targets are unreachable
+    # (under a selection scope such a variant is just no candidate)
+    calib = calibrate(grid, out, keep=keep, strict=grid.scope is None)
     penalties = {key: rec["penalties"] for key, rec in calib.items()}
     specs = grid.runs(penalties, seeds=seeds, keep=keep)
     ids = [s.run_id(grid) for s in specs]
