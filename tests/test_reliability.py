@@ -277,6 +277,35 @@ def test_more_local_workers_than_cores_is_one_line(tmp_path, capsys) -> None:
 
 # ----------------------------------------------------------------------------- Ctrl-C
 @pytest.mark.skipif(os.name != "posix", reason="process groups and SIGINT")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG: Linux")
+def test_a_killed_driver_takes_its_workers_with_it(tmp_path) -> None:
+    """SIGKILL to the driver alone (no handler can run): its worker processes, busy with
+    training, exit too instead of going on writing into the output folder."""
+    config = micro_config(tmp_path)
+    config.write_text(config.read_text().replace("steps = 2\n", "steps = 40000\n"))
+    argv = [sys.executable, "-m", "aensae", "reproduce", "--config", str(config), "--out",
+            str(tmp_path / "o"), "--workers", "2", "--no-progress", "--no-figures"]
+    proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL, start_new_session=True)
+    workers: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(workers) < 2:
+        out = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), "spawn_main"],
+                             capture_output=True, text=True).stdout.split()
+        workers = out
+        time.sleep(0.2)
+    assert len(workers) == 2, "the workers did not start"
+    time.sleep(2.0)  # past their start-up: training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    for _ in range(100):
+        alive = [w for w in workers if subprocess.run(["kill", "-0", w],
+                                                       capture_output=True).returncode == 0]
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert alive == [], f"workers {alive} outlived their driver"
+
+
 def test_ctrl_c_while_workers_start_is_one_line_and_stops_them(tmp_path) -> None:
     """SIGINT to the whole process group (what a terminal sends) while the worker
     processes are being spawned: one line from the driver, exit 130, no worker traceback,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
@@ -11,6 +13,27 @@ from typing import Any
 from aensae.experiments.threads import limit_threads
 
 __all__ = ["ProcessExecutor", "SerialExecutor"]
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    """A worker's start: die with the driver, then :func:`limit_threads`.
+
+    On Linux the kernel sends the worker SIGTERM when the driver exits in any way (a
+    kill, not only an exception the driver can handle), so no worker outlives its run and
+    goes on writing into the output folder beside the next run. Elsewhere only the
+    driver's own shutdown (:meth:`ProcessExecutor._stop_workers`) stops them.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:  # the driver died before the request was made
+            os._exit(1)
+    limit_threads(threads)
 
 
 class SerialExecutor:
@@ -35,7 +58,8 @@ class ProcessExecutor:
     inherits its parent's signal mask), so an interrupt prints one line from the driver
     instead of a traceback from every worker. An interrupt that arrives while they are
     being spawned waits in the driver until the spawning is done (blocked, not lost), and
-    the driver stops the workers (:meth:`_stop_workers`) when a run ends on any exception.
+    the driver stops the workers (:meth:`_stop_workers`) when a run ends on any exception;
+    a driver killed outright takes its workers with it (:func:`_init_worker`, Linux).
     A task cut short leaves temporary files that the next run removes, as after a kill.
     """
 
@@ -50,7 +74,7 @@ class ProcessExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=limit_threads, initargs=(self.threads,))
+                initializer=_init_worker, initargs=(self.threads, os.getpid()))
         return self._pool
 
     def run(self, fn: Callable[..., Any], tasks: list[tuple[Any, ...]]
