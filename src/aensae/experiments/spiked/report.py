@@ -364,7 +364,7 @@ def _regime_table(rows, rhos) -> list[str]:
              "the change of the pinned fraction and of the dead fraction over the last "
              f"windows. A run with more than {PINNED:.0%} of its latents at w_max is outside "
              "the method's intended regime (valid features w ~ 1, noise w >> 1); "
-             "`figures/regime.png` shows the time course.", "",
+             "`figures/fig8_regime.png` shows the time course.", "",
              "| family | init | rho | runs | outside regime | at w_max | at w_min | w median | "
              "EMA median | pinned trend | dead trend |", "|---|---|---|---|---|---|---|---|---|"
              "---|---|"]
