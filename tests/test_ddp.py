@@ -138,7 +138,14 @@ def test_train_two_ranks_equal_one_process(synthetic_ranks, tmp_path, capsys):
         r1 = json.loads((one / "metrics.json").read_text())
         r2 = json.loads((two / "metrics.json").read_text())
         assert (r1["world_size"], r2["world_size"]) == (1, RANKS)
-        assert r2["dead"] == r1["dead"] and len(r1["dead"]["fractions"]) == 4
+        # dead fractions exactly; the adaptive regime's quantiles to rounding (the ranks'
+        # statistics are reduced, so the EMA is equal to rounding, not bit for bit)
+        assert ({k: v for k, v in r2["dead"].items() if k != "regime"}
+                == {k: v for k, v in r1["dead"].items() if k != "regime"})
+        assert len(r1["dead"]["fractions"]) == 4
+        for a, b in zip(r2["dead"]["regime"], r1["dead"]["regime"], strict=True):
+            assert a.keys() == b.keys()
+            assert [a[k] for k in a] == pytest.approx([b[k] for k in a], rel=1e-9, abs=1e-12)
         for key in ("l0", "mse", "explained_variance"):
             assert r2["final"][key] == pytest.approx(r1["final"][key], rel=1e-9, abs=1e-12)
         for key in ("train_loss_first", "train_loss_last"):
