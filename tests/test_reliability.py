@@ -314,7 +314,11 @@ def test_ctrl_c_while_workers_start_is_one_line_and_stops_them(tmp_path) -> None
     config.write_text(config.read_text().replace("steps = 2\n", "steps = 4000\n"))
     argv = [sys.executable, "-m", "aensae", "reproduce", "--config", str(config), "--out",
             str(tmp_path / "o"), "--workers", "2", "--no-progress", "--no-figures"]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # SIGINT as a terminal's driver gets it: a harness started in the background (a
+    # non-interactive shell's `cmd &`) hands its children SIGINT ignored, and Python keeps
+    # an inherited SIG_IGN
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
