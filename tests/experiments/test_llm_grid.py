@@ -427,3 +427,143 @@ def test_the_grid_verifies_its_caches(setup, finished) -> None:
     with pytest.raises(InputError, match=r"cache .*shard-00000\.safetensors does not match "
                                          r"the SHA-256.*aensae llm harvest .*--overwrite"):
         llm_grid.reproduce_llm(cfg, out, progress=False)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("seeds", [], r"experiment\.seeds: must be a non-empty list"),
+    ("seeds", [1, 2, 3], r"experiment\.seeds: must include the calibration seed"),
+    ("seeds", [0, 1, 1], r"experiment\.seeds: must not repeat"),
+    ("seeds", [0, -1], r"experiment\.seeds\[1\]"),
+    ("seeds", [0, 1, 2], r"calibrate\.frontier: must be set"),
+])
+def test_bad_seed_options_are_one_line_errors(setup, key, value, message) -> None:
+    _, model, corpus = setup
+    raw = _config(model, corpus)
+    raw["experiment"][key] = value
+    with pytest.raises(InputError, match=message) as err:
+        load_llm_config(raw)
+    assert len(str(err.value).splitlines()) == 1
+    raw = _config(model, corpus)
+    raw["calibrate"]["frontier"] = 1.0
+    with pytest.raises(InputError, match=r"calibrate\.frontier"):
+        load_llm_config(raw)
+
+
+def test_absent_seed_options_keep_the_hash(setup) -> None:
+    _, model, corpus = setup
+    plain = load_llm_config(_config(model, corpus))
+    raw = _config(model, corpus)
+    raw["experiment"]["seeds"] = [0, 1, 2]
+    raw["calibrate"]["frontier"] = 1.5
+    several = load_llm_config(raw)
+    assert plain.seeds == [0] and plain.frontier == 1.0
+    assert several.seeds == [0, 1, 2] and several.frontier == 1.5
+    assert plain.config_hash() != several.config_hash()
+    # a config written before the options existed: the same normalised dict without them
+    d = json.loads(json.dumps(plain.to_dict()))
+    del d["experiment"]["seeds"], d["calibrate"]["frontier"]
+    for key in ("threads", "max_memory_gb"):
+        d["experiment"].pop(key)
+    d["train"].pop("checkpoint_every")
+    from aensae.experiments.config import canonical_hash
+    assert plain.config_hash() == canonical_hash(d)
+
+
+SEED_TARGET = 4.0
+FRONTIER = 1.5
+
+
+@pytest.fixture(scope="module")
+def seeded(setup):
+    """Three seeds, runs on either side of one target: the verdict grid's shape."""
+    root, model, corpus = setup
+    raw = _config(model, corpus, name="tiny-seeds")
+    raw["experiment"]["seeds"] = [0, 1, 2]
+    raw["calibrate"]["frontier"] = FRONTIER
+    raw["family"] = [
+        {"name": "relu_l1", "arch": "relu_l1", "target_l0": [SEED_TARGET],
+         "calibrate_range": [1e-3, 3e-2]},
+        {"name": "aen", "arch": "aen", "target_l0": [SEED_TARGET],
+         "calibrate_range": [1e-3, 3e-2],
+         "hyper": {"l2": 1e-3, "warmup_steps": 5, "ramp_steps": 10}},
+        {"name": "topk", "arch": "topk", "target_l0": [SEED_TARGET]},
+    ]
+    cfg = load_llm_config(raw)
+    out = root / "seeds"
+    torch.set_num_threads(1)
+    table = llm_grid.reproduce_llm(cfg, out, progress=False)
+    return cfg, out, table
+
+
+def test_every_seed_trains_the_calibrated_runs_on_either_side(seeded) -> None:
+    cfg, out, table = seeded
+    rows = [r for r in read_table(table)[1] if r["kind"] == "sae"]
+    lo, hi = SEED_TARGET / FRONTIER, SEED_TARGET * FRONTIER
+    for fam in ("relu_l1", "aen"):
+        mine = [r for r in rows if r["family"] == fam]
+        assert sorted({r["seed"] for r in mine}) == [0.0, 1.0, 2.0]
+        assert sorted({r["target_l0"] for r in mine}) == pytest.approx([lo, hi])
+        for t in (lo, hi):
+            at = [r for r in mine if r["target_l0"] == pytest.approx(t)]
+            assert len(at) == 3  # one run per seed
+            assert len({r["calibrated_value"] for r in at}) == 1  # the calibration's penalty
+            # seeds 1 and 2 trained in passes of their own, on their own batches
+            others = [r for r in at if r["seed"] != 0]
+            assert all(r["sae"].endswith(f"-seed{r['seed']:.0f}") for r in others)
+            assert len({r["pass"] for r in at}) == 3
+            assert len({round(r["l0"], 9) for r in at}) == 3  # different runs
+    topk = [r for r in rows if r["family"] == "topk"]
+    assert sorted(r["seed"] for r in topk) == [0.0, 1.0, 2.0]
+    assert all(r["l0"] == SEED_TARGET for r in topk)
+    for r in rows:
+        run = json.loads((out / "passes" / f"pass-{r['pass']:.0f}" / r["sae"] / "cfg.json")
+                         .read_text())
+        assert run.get("seed", run.get("train", {}).get("seed")) == r["seed"]
+    assert len({r["run_id"] for r in rows}) == len(rows)
+
+
+def test_seeded_verdicts_read_each_seed_at_the_target(seeded) -> None:
+    from aensae.experiments.llm.verdicts import verdict_cells
+
+    _, out, table = seeded
+    rows = read_table(table)[1]
+    cells = verdict_cells(rows, [SEED_TARGET])
+    assert {(c["metric"], c["base"]) for c in cells} == {
+        (m, b) for m in ("dead_final", "ce_loss_score", "kl_spliced")
+        for b in ("relu_l1", "topk")}
+    # each seed's value, by the interpolation written out: linear in log L0 between its
+    # two runs, when they bracket the target
+    for c in cells:
+        expect = []
+        for s in (0.0, 1.0, 2.0):
+            pts = sorted((r["l0"], r[c["metric"]]) for r in rows if r["kind"] == "sae"
+                         and r["family"] == "aen" and r["seed"] == s)
+            (l1, v1), (l2, v2) = pts
+            if l1 <= SEED_TARGET <= l2 and l1 < l2:
+                w = (math.log(SEED_TARGET) - math.log(l1)) / (math.log(l2) - math.log(l1))
+                expect.append(v1 + w * (v2 - v1))
+        if c["outcome"].startswith("undecided (") and "seed" in c["outcome"]:
+            assert sorted(c["a"]) == pytest.approx(sorted(expect))
+        else:
+            assert len(expect) == 3 and sorted(c["a"]) == pytest.approx(sorted(expect))
+        if c["base"] == "topk":  # L0 = k = the target: the run's own value
+            got = sorted(r[c["metric"]] for r in rows if r["kind"] == "sae"
+                         and r["family"] == "topk")
+            assert sorted(c["b"]) == pytest.approx(got)
+    report = (out / "report.md").read_text()
+    assert "## Verdicts at the target L0" in report
+    assert "| seeds | 0, 1, 2 (calibration seed 0) |" in report
+    assert "aen vs relu_l1, dead fraction" in report
+
+
+def test_a_seeded_grid_resumes_without_training(seeded, monkeypatch) -> None:
+    cfg, out, table = seeded
+    import aensae.llm.training as training
+
+    def refuse(run):
+        raise AssertionError(f"trained {run.out.name} again")
+
+    monkeypatch.setattr(training, "train_on_cache", refuse)
+    before = _no_timing(read_table(table)[1])
+    llm_grid.reproduce_llm(cfg, out, progress=False)
+    assert _no_timing(read_table(table)[1]) == before

@@ -11,7 +11,7 @@ from aensae._validation import InputError
 from aensae.experiments.config import Family, variant_id
 from aensae.experiments.spiked.config import load_config
 from aensae.experiments.spiked.selection import at_target, choose
-from aensae.experiments.spiked.verdicts import compare, seed_values, tally_verdict
+from aensae.experiments.verdicts import compare, seed_values, tally_verdict
 
 
 def _run(fam: str, seed: int, l0: float, value: float, trend: float = 0.0,
@@ -212,3 +212,52 @@ def test_a_selection_scope_keeps_the_run_targets_around_the_primary_target() -> 
     assert hi == pytest.approx(math.sqrt(32), rel=1e-6)
     assert scoped.run_targets(topk) == (4.0,)
     assert scoped.config_hash() == grid.config_hash()  # where the runs stop is not a result
+
+
+def _llm(fam: str, arch: str, seed: int, l0: float, dead: float, ce: float, kl: float,
+         trend: float = 0.0, pinned: float | None = None) -> dict:
+    """An LLM grid row: no rho."""
+    r = {"kind": "sae", "family": fam, "arch": arch, "seed": seed, "init": "independent",
+         "l0": l0, "target_l0": l0, "dead_final": dead, "ce_loss_score": ce,
+         "kl_spliced": kl, "dead_trend": trend}
+    if pinned is not None:
+        r["regime_w_max_frac_final"] = pinned
+    return r
+
+
+def test_llm_cells_against_a_hand_computation() -> None:
+    from aensae.experiments.llm.verdicts import pinned_runs, verdict_cells, verdict_targets
+
+    # aen: each seed s has runs at L0 20 and 50 with dead 0.10 + s/100 and 0.04 + s/100;
+    # at L0 32 the interpolation weight is w = ln(32/20) / ln(50/20)
+    w = math.log(32 / 20) / math.log(50 / 20)
+    rows = []
+    for s in (0, 1, 2):
+        rows += [_llm("aen", "aen", s, 20.0, 0.10 + s / 100, 0.90, 0.50, pinned=0.2),
+                 _llm("aen", "aen", s, 50.0, 0.04 + s / 100, 0.96, 0.20, pinned=0.7),
+                 _llm("topk", "topk", s, 32.0, 0.30 + s / 1000, 0.95, 0.30),
+                 _llm("relu_l1", "relu_l1", s, 25.0, 0.02, 0.90, 0.40)]
+    # relu_l1 only on one side of 32 for every seed: no value, the cells are undecided
+    cells = verdict_cells(rows, [32.0])
+    by = {(c["metric"], c["base"]): c for c in cells}
+    dead = by[("dead_final", "topk")]
+    aen_at = [0.10 + s / 100 + w * (0.04 - 0.10) for s in (0, 1, 2)]
+    assert dead["a"] == pytest.approx(aen_at, rel=1e-12)
+    assert dead["b"] == pytest.approx([0.30, 0.301, 0.302])
+    assert dead["d"] == pytest.approx([0.30 + s / 1000 - a
+                                       for s, a in zip((0, 1, 2), aen_at, strict=True)])
+    assert dead["outcome"] == "better"
+    kl = by[("kl_spliced", "topk")]  # 0.5 + w * (0.2 - 0.5) = 0.347 > 0.30, by 0.047
+    assert kl["a"] == pytest.approx([0.5 - 0.3 * w] * 3)
+    assert kl["outcome"] == "worse"
+    ce = by[("ce_loss_score", "topk")]  # 0.90 + 0.06 w = 0.931 against 0.95: worse
+    assert ce["outcome"] == "worse"
+    assert by[("dead_final", "relu_l1")]["outcome"] == "undecided (0 seeds)"
+    # a run that still moves makes its cell not converged
+    moving = [dict(r, dead_trend=0.05) if r["family"] == "topk" and r["seed"] == 1 else r
+              for r in rows]
+    assert {c["outcome"] for c in verdict_cells(moving, [32.0])
+            if c["base"] == "topk"} == {"not converged"}
+    assert pinned_runs(rows, "aen", "independent") == (3, 6)
+    assert verdict_targets(rows, {"family": [{"target_l0": [32.0]}, {"target_l0": [8]}]}) \
+        == [8.0, 32.0]

@@ -82,7 +82,11 @@ def write_table(path: str | Path, rows: list[dict[str, Any]], *,
     return cols
 
 
-def _parse(text: str) -> Any:
+def _parse(text: str, keep_text: bool = False) -> Any:
+    """A cell's value: ``None`` (empty), a boolean, a float, or the text itself (always
+    the text for ``keep_text``: a hash such as ``150e829907`` reads as a float)."""
+    if keep_text:
+        return text
     if text == "":
         return None
     if text in ("true", "false"):
@@ -98,7 +102,8 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
 
     A missing, non-UTF-8, empty or ragged file (a row with more or fewer cells than the
     header, as a truncated copy leaves) is an :class:`~aensae._validation.InputError`
-    naming the file and the line.
+    naming the file and the line. Cells parse to booleans and floats where they can, but
+    a column named ``*_hash`` stays text.
     """
     path = Path(path)
     if not path.is_file():
@@ -117,7 +122,9 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
                 raise InputError(f"results table {path} line {reader.line_num}: {len(rec)} "
                                  f"cells, the header has {len(cols)} (a damaged or truncated "
                                  "table)")
-            rows.append(dict(zip(cols, (_parse(v) for v in rec), strict=True)))
+            rows.append(dict(zip(cols, (_parse(v, c.endswith("_hash"))
+                                        for c, v in zip(cols, rec, strict=True)),
+                                 strict=True)))
     except StopIteration:
         raise InputError(f"results table {path} is empty") from None
     except csv.Error as err:

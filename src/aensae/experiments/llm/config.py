@@ -7,7 +7,10 @@ configs ship with the package (``llm-quick``, ``llm-pythia70m``, ``llm-llama3.1-
 
 Tables (every key checked; unknown keys are errors listing the allowed ones):
 
-- ``[experiment]``: ``name`` (a folder name), ``seed``, ``device`` (SAEs and model;
+- ``[experiment]``: ``name`` (a folder name), ``seed`` (the calibration seed: its passes
+  search the penalties), ``seeds`` (the seeds every chosen SAE is trained on, ``seed``
+  among them; absent: ``seed`` alone; more than one needs ``calibrate.frontier``: the
+  verdicts interpolate each seed's runs to the target), ``device`` (SAEs and model;
   ``auto``: CUDA when present), ``dtype`` (SAEs: float32 / float64), ``threads`` (torch
   threads; 0: the library default), ``max_memory_gb`` (the memory the harvest and a
   training pass may need by their estimates, checked before any work; absent: what is
@@ -40,7 +43,11 @@ Tables (every key checked; unknown keys are errors listing the allowed ones):
 - ``[calibrate]``: ``ladder``, ``rounds``, ``tolerance`` (as the synthetic grid's;
   every pass is a full-length run, so a calibration model within the tolerance of its
   target is the run of that target), ``max_passes`` (training passes the search may
-  take, the ladder's included; targets still unbracketed then are unreachable);
+  take, the ladder's included; targets still unbracketed then are unreachable),
+  ``frontier`` (> 1; absent: the runs are calibrated to ``target_l0`` itself): the runs
+  are calibrated to ``t / frontier`` and ``t * frontier`` of every target ``t``
+  (:meth:`~aensae.experiments.config.Family.run_targets`), so that each seed's two runs
+  bracket ``t`` and the report's verdicts read every metric at ``t`` itself;
 - ``[[family]]``: as in the synthetic grid (:mod:`aensae.experiments.spiked.config`): ``name``,
   ``arch``, ``hyper``, ``sweep``, ``target_l0`` and, for calibrated architectures,
   ``calibrate_range``.
@@ -70,7 +77,8 @@ from aensae.experiments.config import (
 __all__ = ["DEAD_WINDOWS", "LLM_DEFAULTS", "LLMGridConfig", "load_llm_config"]
 
 LLM_DEFAULTS: dict[str, dict[str, Any]] = {
-    "experiment": {"name": "llm", "seed": 0, "device": "auto", "dtype": "float32",
+    "experiment": {"name": "llm", "seed": 0, "seeds": None, "device": "auto",
+                   "dtype": "float32",
                    "threads": 0, "max_memory_gb": None},
     "data": {"kind": "llm", "model": "smollm2-135m", "revision": None, "layer": 15,
              "hook": "resid_post", "text": "python-docs", "text_column": "text",
@@ -82,7 +90,8 @@ LLM_DEFAULTS: dict[str, dict[str, Any]] = {
               "checkpoint_every": 200},
     "eval": {"tokens": 8192, "batch_size": 8, "exact_tokens": 4096, "exact_tol": 1e-10,
              "group_size": 8, "outlier_factor": 10.0, "rare_rate": 1e-5},
-    "calibrate": {"ladder": 3, "rounds": 1, "tolerance": 1.3, "max_passes": 8},
+    "calibrate": {"ladder": 3, "rounds": 1, "tolerance": 1.3, "max_passes": 8,
+                  "frontier": None},
 }
 #: Dead-latent windows of a run whose ``train.dead_window`` is not set.
 DEAD_WINDOWS = 10
@@ -109,7 +118,17 @@ class LLMGridConfig:
 
     @property
     def seeds(self) -> list[int]:
-        return [int(self.experiment["seed"])]
+        """The seeds every chosen SAE is trained on (``experiment.seeds``, or the
+        calibration seed alone)."""
+        if self.experiment["seeds"] is None:
+            return [int(self.experiment["seed"])]
+        return [int(s) for s in self.experiment["seeds"]]
+
+    @property
+    def frontier(self) -> float:
+        """``calibrate.frontier`` (1.0 when absent: runs calibrated to the targets)."""
+        f = self.calibrate["frontier"]
+        return 1.0 if f is None else float(f)
 
     @property
     def d_sae(self) -> int:
@@ -136,8 +155,13 @@ class LLMGridConfig:
 
     def config_hash(self) -> str:
         """Hash of the normalised config (``threads``, ``max_memory_gb`` and
-        ``checkpoint_every`` excluded: they change no number)."""
+        ``checkpoint_every`` excluded: they change no number; ``experiment.seeds`` and
+        ``calibrate.frontier`` left out when absent, so a config without them keeps the
+        hash it had before they existed)."""
         d = json.loads(json.dumps(self.to_dict()))
+        for table, key in (("experiment", "seeds"), ("calibrate", "frontier")):
+            if d[table].get(key) is None:
+                d[table].pop(key, None)
         d["experiment"].pop("threads", None)
         d["experiment"].pop("max_memory_gb", None)
         d["train"].pop("checkpoint_every", None)
@@ -161,6 +185,18 @@ def _validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     e, d, tr, ev, c = (t[k] for k in LLM_DEFAULTS)
     check_name("config experiment.name", e["name"])
     e["seed"] = check_number("experiment.seed", e["seed"], kind=int, low=0)
+    if e["seeds"] is not None:
+        seeds = e["seeds"]
+        if not isinstance(seeds, list) or not seeds:
+            raise config_error("experiment.seeds", f"must be a non-empty list of seeds, got "
+                               f"{seeds!r}")
+        e["seeds"] = [check_number(f"experiment.seeds[{i}]", v, kind=int, low=0)
+                      for i, v in enumerate(seeds)]
+        if len(set(e["seeds"])) != len(e["seeds"]):
+            raise config_error("experiment.seeds", f"must not repeat a seed, got {seeds!r}")
+        if e["seed"] not in e["seeds"]:
+            raise config_error("experiment.seeds", f"must include the calibration seed "
+                               f"experiment.seed = {e['seed']}, got {seeds!r}")
     _string("experiment.device", e["device"])
     _string("experiment.dtype", e["dtype"], SAE_DTYPES)
     e["threads"] = check_threads("config experiment.threads", e["threads"])
@@ -215,6 +251,13 @@ def _validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     c["rounds"] = check_number("calibrate.rounds", c["rounds"], kind=int, low=1)
     c["tolerance"] = check_number("calibrate.tolerance", c["tolerance"], low=1.0, low_open=True)
     c["max_passes"] = check_number("calibrate.max_passes", c["max_passes"], kind=int, low=1)
+    if c["frontier"] is not None:
+        c["frontier"] = check_number("calibrate.frontier", c["frontier"], low=1.0,
+                                     low_open=True)
+    if e["seeds"] is not None and len(e["seeds"]) > 1 and c["frontier"] is None:
+        raise config_error("calibrate.frontier", "must be set (> 1) when experiment.seeds "
+                           f"lists several seeds ({e['seeds']}): the verdicts interpolate "
+                           "each seed's runs to the target")
     return t
 
 

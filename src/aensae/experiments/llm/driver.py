@@ -362,11 +362,16 @@ def _cache_identity(run: _Run, folder: str) -> dict[str, Any]:
     return {"tokens": man["tokens"], "sha256": [s["sha256"] for s in man["shards"]]}
 
 
-def _sae_name(fam: str, variant: str, param: str, value: float | int) -> str:
-    return f"{fam}-{variant}-{param}={value!r}"
+def _sae_name(fam: str, variant: str, param: str, value: float | int,
+              seed: int | None = None) -> str:
+    """An SAE's folder name in its pass; ``seed`` (a seed other than the calibration
+    seed) is appended as ``-seed<s>``."""
+    name = f"{fam}-{variant}-{param}={value!r}"
+    return name if seed is None else f"{name}-seed{seed}"
 
 
-def _pass_specs(run: _Run, members: list[tuple[Any, dict[str, Any], str, Any]]) -> list[Any]:
+def _pass_specs(run: _Run, members: list[tuple[Any, dict[str, Any], str, Any]],
+                seed: int | None = None) -> list[Any]:
     """``(family, hyper, variant, sparsity value)`` -> validated ``SAESpec`` list."""
     from aensae.llm.training import SAESpec
     from aensae.saes import ARCHITECTURES
@@ -375,19 +380,23 @@ def _pass_specs(run: _Run, members: list[tuple[Any, dict[str, Any], str, Any]]) 
     for fam, hyper, variant, value in members:
         h = ARCHITECTURES[fam.arch].validate_hyper({**hyper, fam.sparsity_param: value})
         specs.append(SAESpec(fam.arch, h, _sae_name(fam.name, variant, fam.sparsity_param,
-                                                    value)))
+                                                    value, seed)))
     return specs
 
 
-def _train_pass(run: _Run, index: int, members: list[tuple[Any, dict[str, Any], str, Any]]
-                ) -> dict[str, float]:
-    """Train one pass (or find it finished); return the eval-cache L0 of each SAE."""
+def _train_pass(run: _Run, index: int, members: list[tuple[Any, dict[str, Any], str, Any]],
+                seed: int | None = None) -> dict[str, float]:
+    """Train one pass (or find it finished); return the eval-cache L0 of each SAE.
+
+    Every SAE of a pass sees the same batches, drawn from the calibration seed
+    (``experiment.seed``), or from ``seed``: a pass of another seed of
+    ``experiment.seeds``, whose SAE names end in ``-seed<s>``."""
     from aensae.llm.splice import load_spliced_sae
     from aensae.llm.training import TrainRun, train_on_cache
 
     cfg = run.cfg
     folder = run.out / "passes" / f"pass-{index}"
-    specs = _pass_specs(run, members)
+    specs = _pass_specs(run, members, seed)
     l0_path = folder / "l0.json"
     names = [s.name for s in specs]
     if (folder / "run.json").is_file() and l0_path.is_file():
@@ -395,17 +404,18 @@ def _train_pass(run: _Run, index: int, members: list[tuple[Any, dict[str, Any], 
         if sorted(saved) == sorted(names):
             return saved
     tr = cfg.train
+    pass_seed = cfg.experiment["seed"] if seed is None else seed
     log(f"pass {index}: {len(specs)} SAEs x {tr['steps']} steps of {tr['batch_size']} "
-         "tokens, on the same batches")
+         f"tokens, on the same batches (seed {pass_seed})")
     t0 = _clock()
     train_on_cache(TrainRun(
         cache=run.out / "cache", specs=specs, d_sae=tr["d_sae"], steps=tr["steps"],
         batch_size=tr["batch_size"], out=folder, lr=tr["lr"],
         lr_warmup_steps=tr["lr_warmup_steps"], dead_window=cfg.dead_window,
-        normalisation=tr["normalisation"], seed=cfg.experiment["seed"],
+        normalisation=tr["normalisation"], seed=pass_seed,
         checkpoint_every=tr["checkpoint_every"], device=cfg.experiment["device"],
         dtype=cfg.experiment["dtype"], progress=run.progress,
-        extra={"grid": cfg.name, "pass": index},
+        extra={"grid": cfg.name, "pass": index, "pass_seed": pass_seed},
         max_memory=cfg.experiment["max_memory_gb"], names=_TRAIN_NAMES,
         outlier_factor=(cfg.eval["outlier_factor"] if cfg.data["exclude_outliers"]
                         else None)))
@@ -444,7 +454,12 @@ def _measured_eval_activations(run: _Run) -> Any:
 
 def _calibrate_and_train(run: _Run, on_phase: Callable[[str], None] | None
                          ) -> list[dict[str, Any]]:
-    """Phase 3: the passes; return one plan entry per (family, variant, target)."""
+    """Phase 3: the passes; return one plan entry per (family, variant, run target, seed).
+
+    The calibration seed's passes search each calibrated family's penalties for its run
+    targets (``target_l0`` itself, or with ``calibrate.frontier`` the points on either
+    side of each target); every other seed of ``experiment.seeds`` then trains the chosen
+    penalties (and the direct ``k`` of TopK families) in a pass of its own."""
     from aensae.experiments.calibration import (
         add_points,
         finish,
@@ -465,7 +480,8 @@ def _calibrate_and_train(run: _Run, on_phase: Callable[[str], None] | None
             direct += [(fam, hyper, variant, max(1, int(round(t)))) for t in fam.target_l0]
             continue
         bounds = tuple(fam.calibrate_range)  # type: ignore[arg-type]
-        states[(fam.name, variant)] = (fam, hyper, new_state(bounds, list(fam.target_l0)))
+        states[(fam.name, variant)] = (fam, hyper, new_state(
+            bounds, list(fam.run_targets(cfg.frontier))))
         todo[(fam.name, variant)] = initial_ladder(bounds, cfg.calibrate["ladder"])
     where: dict[tuple[str, str, Any], tuple[int, str]] = {}  # (fam, variant, value) -> SAE
     index = 0
@@ -509,7 +525,7 @@ def _calibrate_and_train(run: _Run, on_phase: Callable[[str], None] | None
                              "value": k, "extrapolated": False})
             continue
         res = finish(states[(fam.name, variant)][2], tol)
-        for t in fam.target_l0:
+        for t in fam.run_targets(cfg.frontier):
             if t in res["penalties"]:
                 p = res["penalties"][t]
                 plan.append({"family": fam, "hyper": hyper, "variant": variant, "target": t,
@@ -529,10 +545,30 @@ def _calibrate_and_train(run: _Run, on_phase: Callable[[str], None] | None
         _write_calibration(run, states, where)
         if on_phase is not None:
             on_phase(f"pass-{index}")
+    calibration_seed = cfg.experiment["seed"]
     for entry in plan:
+        entry["seed"] = calibration_seed
         if "value" in entry:
             entry["pass"], entry["sae"] = where[(entry["family"].name, entry["variant"],
                                                  entry["value"])]
+    chosen = [e for e in plan if "value" in e]
+    members = []
+    for e in chosen:  # one SAE per (family, variant, value): two targets may share one
+        m = (e["family"], e["hyper"], e["variant"], e["value"])
+        if all((x[0].name, x[2], x[3]) != (m[0].name, m[2], m[3]) for x in members):
+            members.append(m)
+    index += 1 if last else 0
+    for seed in cfg.seeds:
+        if seed == calibration_seed or not members:
+            continue
+        _train_pass(run, index, members, seed)
+        for e in chosen:
+            name = _sae_name(e["family"].name, e["variant"], e["family"].sparsity_param,
+                             e["value"], seed)
+            plan.append({**e, "seed": seed, "pass": index, "sae": name})
+        if on_phase is not None:
+            on_phase(f"pass-{index}")
+        index += 1
     return plan
 
 
@@ -677,7 +713,7 @@ def build_rows(cfg: LLMGridConfig, out: Path, plan: list[dict[str, Any]],
             "normalisation": tr["normalisation"],
             "normalisation_constant": (man["normalisation"]["scalar_constant"]
                                        if tr["normalisation"] == "scalar" else None),
-            "seed": cfg.experiment["seed"],
+            "calibration_seed": cfg.experiment["seed"], "calibrate_frontier": cfg.frontier,
             "outlier_factor": stats["outlier_factor"], "exact_tokens": cfg.eval["exact_tokens"],
             "exclude_outliers": cfg.data["exclude_outliers"],
             "outlier_threshold": stats["outlier_threshold"],
@@ -695,9 +731,11 @@ def build_rows(cfg: LLMGridConfig, out: Path, plan: list[dict[str, Any]],
             "cache_scalar_constant_no_outliers": stats["scalar_constant_no_outliers"]}
     rows = []
     tol = cfg.calibrate["tolerance"]
+    several = len(cfg.seeds) > 1
     for e in plan:
         fam = e["family"]
-        base = {**prov, "family": fam.name, "arch": fam.arch,
+        seed_tag = f"-s{e['seed']}" if several else ""
+        base = {**prov, "seed": e["seed"], "family": fam.name, "arch": fam.arch,
                 "init": e["hyper"].get("init", "tied"), "target_l0": float(e["target"]),
                 "variant": e["variant"], "calibrated": fam.calibrated,
                 "calibrated_param": fam.sparsity_param,
@@ -719,7 +757,8 @@ def build_rows(cfg: LLMGridConfig, out: Path, plan: list[dict[str, Any]],
         hyper = cfg_json.get("hyper", {})
         llm_rec = cfg_json.get("llm") or {}
         used = (llm_rec.get("normalisation") or {}).get("constant")
-        row = {**base, "kind": "sae", "run_id": f"{fam.name}-{e['variant']}-t{e['target']:g}",
+        row = {**base, "kind": "sae",
+               "run_id": f"{fam.name}-{e['variant']}-t{e['target']:g}{seed_tag}",
                "pass": e["pass"], "sae": e["sae"], "calibrated_value": e["value"],
                "calibration_extrapolated": e["extrapolated"],
                **{f"hp_{k}": v for k, v in hyper.items() if isinstance(v, (int, float, str))},

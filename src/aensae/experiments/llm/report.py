@@ -1,6 +1,7 @@
 r"""``report.md`` of the LLM grid, from ``results.csv`` (and ``phases.json`` when present).
 
-Sections: the setting; one row per SAE (L0, dead %, EV, CE-loss scores with both
+Sections: the setting; the verdicts at the target L0 (:mod:`.verdicts`: seeds,
+interpolation to the target, convergence); one row per SAE (L0, dead %, EV, CE-loss scores with both
 baselines, KL, the defective splice's score, the amortization gap against exact codes);
 dead latents over training (the windows, the last ones after the adaptive hold and
 ramp, the trend, the rare fraction on the eval tokens, the adaptive weights' regime);
@@ -28,7 +29,10 @@ from aensae.experiments.llm.schema import (
     LLM_REQUIRED_COLUMNS,
     window_values,
 )
+from aensae.experiments.llm.verdicts import CLAIMS, pinned_runs, verdict_cells, verdict_targets
+from aensae.experiments.plotting import init_of
 from aensae.experiments.results import read_table
+from aensae.experiments.verdicts import RULE, summarise, tally_verdict
 
 __all__ = ["write_llm_report"]
 
@@ -61,7 +65,9 @@ def _median(values: list[float]) -> float:
     return float(np.median(v)) if v else math.nan
 
 
-def _setting(r: dict[str, Any], phases: dict[str, float] | None) -> list[str]:
+def _setting(r: dict[str, Any], phases: dict[str, float] | None,
+             sae: list[dict[str, Any]]) -> list[str]:
+    seeds = [f"{s:.0f}" for s in sorted({_n(x.get("seed")) for x in sae}) if math.isfinite(s)]
     tokens_seen = _n(r["steps"]) * _n(r["batch_size"])
     out = ["## Setting", "",
            "| | |", "|---|---|",
@@ -74,7 +80,10 @@ def _setting(r: dict[str, Any], phases: dict[str, float] | None) -> list[str]:
            f"exact codes on the first {_f(r.get('exact_tokens'), ',.0f')}) |",
            f"| SAEs | {_f(r['d_sae'], '.0f')} latents, {_f(r['steps'], ',.0f')} steps of "
            f"{_f(r['batch_size'], ',.0f')} tokens ({tokens_seen:,.0f} tokens seen), Adam lr "
-           f"{_f(r['lr'])}, seed {_f(r['seed'], '.0f')} |",
+           f"{_f(r['lr'])} |",
+           f"| seeds | {', '.join(seeds)}"
+           + (f" (calibration seed {_f(r.get('calibration_seed'), '.0f')})"
+              if len(seeds) > 1 else "") + " |",
            f"| normalisation | {r['normalisation']}"
            + (f", c = {_f(r['normalisation_constant'], '.4g')}"
               if math.isfinite(_n(r.get("normalisation_constant"))) else "")
@@ -106,6 +115,58 @@ def _setting(r: dict[str, Any], phases: dict[str, float] | None) -> list[str]:
     return out
 
 
+def _config(results_dir: Path) -> dict[str, Any] | None:
+    """``config.json``'s normalised config, or ``None`` when it cannot be read."""
+    try:
+        rec = json.loads((results_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    cfg = rec.get("config") if isinstance(rec, dict) else None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def _verdicts(rows: list[dict[str, Any]], config: dict[str, Any] | None) -> list[str]:
+    targets = verdict_targets(rows, config)
+    cells = verdict_cells(rows, targets)
+    out = ["## Verdicts at the target L0", "",
+           "The paper's LLM claim: the AEN-SAE has fewer dead latents than l1 baselines at "
+           "matched L0, with competitive CE loss. Each adaptive family is compared with "
+           "each other family on its own. Rule: " + RULE.replace(
+               "a cell is one (rho, target L0, init)", "a cell is one (metric, baseline, "
+               "target L0, init)") + ". Floors: " + ", ".join(
+               f"{m} {fl:g}" for m, (_, _, fl) in CLAIMS.items()) + ".", ""]
+    if not cells:
+        return out + ["No cell: the table has no adaptive family, or no baseline.", ""]
+    out += ["| adaptive | metric | baseline | init | target L0 | adaptive at target | "
+            "baseline at target | paired diff (+ favours adaptive) | spread | outcome |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        spec = ".3g"
+        out.append(f"| {c['fam']} | {c['metric']} | {c['base']} | {c['init']} | "
+                   f"{c['target']:g} | {summarise(c['a'], spec)} | {summarise(c['b'], spec)} "
+                   f"| {summarise(c['d'], spec)} | {_f(c['spread'])} | {c['outcome']} |")
+    out += ["", "Verdict per claim (adaptive family, metric, baseline, init; over the "
+            "targets):", ""]
+    keys = list(dict.fromkeys((c["fam"], c["metric"], c["base"], c["init"]) for c in cells))
+    for fam, metric, base, init in keys:
+        mine = [c for c in cells if (c["fam"], c["metric"], c["base"], c["init"])
+                == (fam, metric, base, init)]
+        what, better, _ = CLAIMS[metric]
+        out.append(f"- **{fam} vs {base}, {what} ({better} is better), init {init}: "
+                   f"{tally_verdict(mine)}**")
+    sae = [r for r in rows if r.get("kind") == "sae"]
+    notes = []
+    for fam in dict.fromkeys(c["fam"] for c in cells):
+        for init in sorted({init_of(r) for r in sae if r.get("family") == fam}):
+            k, n = pinned_runs(rows, fam, init)
+            if n:
+                notes.append(f"{fam} ({init}): {k} of {n} runs outside the intended regime "
+                             "(more than half their latents at w_max at the end)")
+    if notes:
+        out += ["", "Regime: " + "; ".join(notes) + "."]
+    return out + [""]
+
+
 def _per_sae(sae: list[dict[str, Any]]) -> list[str]:
     out = ["## Results per SAE", "",
            "CE-loss score = (CE_zero - CE_spliced) / (CE_zero - CE_clean) (SAELens, "
@@ -117,13 +178,14 @@ def _per_sae(sae: list[dict[str, Any]]) -> list[str]:
            "ways under \"Residual-stream outliers\"). Amortization gap: "
            "median over tokens of (F(h_enc) - F(h_exact)) / F(h_exact) against exact "
            "certified codes (l1 family only).", "",
-           "| family | init | target L0 | L0 | matched | dead % | EV | EV w/o outliers | "
+           "| family | init | seed | target L0 | L0 | matched | dead % | EV | EV w/o outliers | "
            "CE score | CE score (mean abl.) | KL | kl_score | defective score | amort. gap "
            "(rel.) | support F1 | exact L0 | exact EV |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sae:
         out.append(
-            f"| {r['family']} | {r['init']} | {_f(r['target_l0'], 'g')} | {_f(r['l0'])} | "
+            f"| {r['family']} | {r['init']} | {_f(r.get('seed'), '.0f')} | "
+            f"{_f(r['target_l0'], 'g')} | {_f(r['l0'])} | "
             f"{r['l0_matched']} | {_pct(r['dead_final'])} | {_f(r['explained_variance'])} | "
             f"{_f(r['explained_variance_no_outliers'])} | {_f(r['ce_loss_score'])} | "
             f"{_f(r['ce_loss_score_mean_ablation'])} | {_f(r['kl_spliced'])} | "
@@ -356,7 +418,8 @@ def write_llm_report(results_dir: str | Path, out: str | Path | None = None) -> 
     results_dir = Path(results_dir)
     cols, rows = read_table(results_dir / "results.csv")
     sae = [r for r in rows if r.get("kind") == "sae"]
-    sae.sort(key=lambda r: (str(r["family"]), str(r["init"]), _n(r["target_l0"])))
+    sae.sort(key=lambda r: (str(r["family"]), str(r["init"]), _n(r["target_l0"]),
+                            _n(r.get("seed"))))
     phases = None
     path = results_dir / "phases.json"
     if path.is_file():
@@ -373,7 +436,8 @@ def write_llm_report(results_dir: str | Path, out: str | Path | None = None) -> 
     if not sae:
         lines += ["No SAE run finished: nothing to report.", ""]
     else:
-        lines += _setting(sae[0], phases)
+        lines += _setting(sae[0], phases, sae)
+        lines += _verdicts(rows, _config(results_dir))
         lines += _per_sae(sae)
         lines += _dead_over_training(sae)
         lines += _matched(rows, sae)

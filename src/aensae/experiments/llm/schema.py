@@ -51,6 +51,8 @@ KNOWN_EXTRA = ("dead_median_last", "train_loss_last", "outlier_factor", "exact_t
                "penalty_searched_min", "penalty_searched_max", "explained_variance_eval_cache",
                "lam1", "lam2", "exact_seconds", "amort_gap_mean", "amort_support_precision",
                "amort_support_recall", "exact_tokens",
+               # several seeds and the frontier around each target (the verdicts)
+               "calibration_seed", "calibrate_frontier",
                # outlier exclusion (data.exclude_outliers) and its counts
                "exclude_outliers", "outlier_threshold", "train_excluded_tokens",
                "eval_excluded_tokens", "eval_tokens_measured", "tokens_measured",

@@ -24,7 +24,7 @@ import numpy as np
 
 from aensae._io import atomic_write_text
 from aensae.experiments.results import read_table
-from aensae.experiments.spiked.verdicts import (
+from aensae.experiments.verdicts import (
     DEAD_FLOOR,
     MIN_SEEDS,
     PINNED,

@@ -35,7 +35,7 @@ from aensae.experiments.config import (
     variant_id,
 )
 from aensae.experiments.plotting import num
-from aensae.experiments.spiked.verdicts import frontier_value
+from aensae.experiments.verdicts import frontier_value
 
 __all__ = ["MIN_TEST_SEEDS", "SELECTION_FILE", "SELECTION_METRICS", "at_target",
            "choose", "read_selection", "selection_rule", "strip_init", "validate_selection",
@@ -98,7 +98,7 @@ def selection_rule(sel: dict[str, Any]) -> str:
 
 def at_target(points: Sequence[tuple[float, float]], target: float) -> float:
     """``value`` at ``L0 = target`` along one seed's ``(L0, value)`` frontier
-    (:func:`aensae.experiments.spiked.verdicts.frontier_value`: linear in ``log L0``
+    (:func:`aensae.experiments.verdicts.frontier_value`: linear in ``log L0``
     between the two points that bracket the target most tightly, NaN when none does)."""
     return frontier_value([(x, y, None) for x, y in points], target)[0]
 

@@ -83,10 +83,11 @@ def frontier_value(points: Sequence[tuple[float, float, Any]], target: float
     return lo[1] + t * (hi[1] - lo[1]), [lo[2], hi[2]]
 
 
-def seed_values(rows: list[dict[str, Any]], fam: str, rho: float, target: float, init: str,
-                value: Callable[[dict[str, Any]], float]
+def seed_values(rows: list[dict[str, Any]], fam: str, rho: float | None, target: float,
+                init: str, value: Callable[[dict[str, Any]], float]
                 ) -> dict[float, tuple[float, bool]]:
-    """seed -> (value at ``target``, settled) for ``fam``'s test runs in the cell.
+    """seed -> (value at ``target``, settled) for ``fam``'s test runs in the cell
+    (``rho=None``: rows of any ``rho``, as the LLM grid's, which have none).
 
     ``settled``: every run the value comes from moved its dead fraction by at most
     :data:`DEAD_FLOOR` over its last windows (``|dead_trend|``; a table without the
@@ -94,7 +95,8 @@ def seed_values(rows: list[dict[str, Any]], fam: str, rho: float, target: float,
     """
     by_seed: dict[float, list[tuple[float, float, dict[str, Any]]]] = {}
     for r in rows:
-        if (r.get("kind") == "sae" and r.get("family") == fam and num(r.get("rho")) == rho
+        if (r.get("kind") == "sae" and r.get("family") == fam
+                and (rho is None or num(r.get("rho")) == rho)
                 and init_of(r) == init and r.get("role", "test") != "selection"):
             by_seed.setdefault(num(r.get("seed")), []).append((num(r.get("l0")), value(r), r))
     out = {}
@@ -112,7 +114,7 @@ def span(v: list[float]) -> float:
 
 
 def compare(rows: list[dict[str, Any]], fam: str, baselines: Sequence[str],
-            value: Callable[[dict[str, Any]], float], better: str, rho: float,
+            value: Callable[[dict[str, Any]], float], better: str, rho: float | None,
             target: float, init: str, floor: float,
             exclude: Callable[[str], bool] | None = None) -> dict[str, Any] | None:
     """``fam`` against its best baseline in one cell (module docstring). ``None`` when
