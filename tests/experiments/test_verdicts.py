@@ -69,6 +69,9 @@ def test_a_moving_dead_fraction_is_not_converged() -> None:
     rows = _frontier("aen", [1, 2, 3], 0.1, trend=-0.05) + _frontier("relu_l1", [1, 2, 3], 0.5)
     cell = compare(rows, "aen", ("relu_l1",), _m, "lower", 0.9, 4.0, "independent", 0.01)
     assert cell["outcome"] == "not converged"
+    # the differences are still shown: 0.5 + s/100 - (0.1 + s/100) = 0.4 on every seed
+    assert cell["d"] == pytest.approx([0.4] * 3) and cell["if_settled"] == "better"
+    assert tally_verdict([cell]).startswith("inconclusive")
     rows = _frontier("aen", [1, 2, 3], 0.1, trend=0.01) + _frontier("relu_l1", [1, 2, 3], 0.5)
     assert compare(rows, "aen", ("relu_l1",), _m, "lower", 0.9, 4.0, "independent",
                    0.01)["outcome"] == "better"  # a move at the floor still counts as settled

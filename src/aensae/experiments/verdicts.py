@@ -11,7 +11,9 @@ mean over its seeds. Then, in this order:
 1. **undecided (n seeds)**: either side has fewer than :data:`MIN_SEEDS` seeds at the
    target (``n`` is the smaller count);
 2. **not converged**: in a run that a seed's value comes from, the dead fraction moved by
-   more than its floor (:data:`DEAD_FLOOR`) over the last windows (``dead_trend``);
+   more than its floor (:data:`DEAD_FLOOR`) over the last windows (``dead_trend``); the
+   cell still carries the paired differences below and, as ``if_settled``, the outcome
+   they would give, for the report to show;
 3. over the seeds both sides have, ``d_s`` is the paired difference oriented so that
    ``d > 0`` favours the family; **better** when every ``d_s > 0`` and the mean exceeds
    ``max(spread, floor)`` (``spread``: the larger max - min over seeds of the two
@@ -141,12 +143,11 @@ def compare(rows: list[dict[str, Any]], fam: str, baselines: Sequence[str],
     if n < MIN_SEEDS:
         cell["outcome"] = f"undecided ({n} seed{'s' if n != 1 else ''})"
         return cell
-    if not all(ok for _, ok in a.values()) or not all(ok for _, ok in bv.values()):
-        cell["outcome"] = "not converged"
-        return cell
+    settled = all(ok for _, ok in a.values()) and all(ok for _, ok in bv.values())
     common = sorted(set(a) & set(bv))
     if len(common) < MIN_SEEDS:
-        cell["outcome"] = f"undecided ({len(common)} paired seeds)"
+        cell["outcome"] = (f"undecided ({len(common)} paired seeds)" if settled
+                           else "not converged")
         return cell
     d = [sign * (a[s][0] - bv[s][0]) for s in common]
     av, bvals = [a[s][0] for s in common], [bv[s][0] for s in common]
@@ -160,6 +161,8 @@ def compare(rows: list[dict[str, Any]], fam: str, baselines: Sequence[str],
     else:
         outcome = "undecided"
     cell.update({"a": av, "b": bvals, "d": d, "spread": spread, "outcome": outcome})
+    if not settled:  # the differences are shown, the cell is not decided
+        cell.update({"outcome": "not converged", "if_settled": outcome})
     return cell
 
 

@@ -239,9 +239,12 @@ def _fig4(fig: Any, rows: list[dict[str, Any]], extra: Any) -> None:
     targets = sorted({num(r.get("target_l0")) for r in sae})
     styles = ("-", "--", ":", "-.")
 
+    seeds = {num(r.get("seed")) for r in sae}
+
     def label(r: dict[str, Any]) -> str:
         init = f", {init_of(r)}" if len(inits) > 1 else ""
-        return f"{r['family']}{init}, L0 {num(r.get('target_l0')):g}"
+        seed = f", seed {num(r.get('seed')):g}" if len(seeds) > 1 else ""
+        return f"{r['family']}{init}, L0 {num(r.get('target_l0')):.3g}{seed}"
 
     ax = axes[0]
     drawn: set[tuple[str, float]] = set()

@@ -133,7 +133,10 @@ def _verdicts(rows: list[dict[str, Any]], config: dict[str, Any] | None) -> list
            "matched L0, with competitive CE loss. Each adaptive family is compared with "
            "each other family on its own. Rule: " + RULE.replace(
                "a cell is one (rho, target L0, init)", "a cell is one (metric, baseline, "
-               "target L0, init)") + ". Floors: " + ", ".join(
+               "target L0, init)").replace("against the best baseline (best mean over "
+                                           "seeds)", "against the baseline")
+           + ". A not-converged cell also shows the outcome its differences alone would "
+             "give; it stays undecided. Floors: " + ", ".join(
                f"{m} {fl:g}" for m, (_, _, fl) in CLAIMS.items()) + ".", ""]
     if not cells:
         return out + ["No cell: the table has no adaptive family, or no baseline.", ""]
@@ -144,7 +147,9 @@ def _verdicts(rows: list[dict[str, Any]], config: dict[str, Any] | None) -> list
         spec = ".3g"
         out.append(f"| {c['fam']} | {c['metric']} | {c['base']} | {c['init']} | "
                    f"{c['target']:g} | {summarise(c['a'], spec)} | {summarise(c['b'], spec)} "
-                   f"| {summarise(c['d'], spec)} | {_f(c['spread'])} | {c['outcome']} |")
+                   f"| {summarise(c['d'], spec)} | {_f(c['spread'])} | {c['outcome']}"
+                   + (f" (the differences alone: {c['if_settled']})" if "if_settled" in c
+                      else "") + " |")
     out += ["", "Verdict per claim (adaptive family, metric, baseline, init; over the "
             "targets):", ""]
     keys = list(dict.fromkeys((c["fam"], c["metric"], c["base"], c["init"]) for c in cells))

@@ -230,6 +230,13 @@ def _regime_note(rows, fams, init: str) -> str:
     return "; ".join(notes)
 
 
+def _outcome(c: dict[str, Any]) -> str:
+    """A cell's outcome; a not-converged cell with the outcome its differences give."""
+    if "if_settled" in c:
+        return f"{c['outcome']} (the differences alone: {c['if_settled']})"
+    return str(c["outcome"])
+
+
 def _cell_table(cells: list[dict[str, Any]], label: str, spec: str = ".3g") -> list[str]:
     if not cells:
         return ["   - no cell with runs of both sides"]
@@ -238,7 +245,7 @@ def _cell_table(cells: list[dict[str, Any]], label: str, spec: str = ".3g") -> l
     for c in cells:
         lines.append(f"   | {c['rho']:g} | {c['target']:g} | {summarise(c['a'], spec)} | "
                      f"{c['base']} {summarise(c['b'], spec)} | {summarise(c['d'], spec)} | "
-                     f"{_fmt(c['spread'], spec)} | {c['outcome']} |")
+                     f"{_fmt(c['spread'], spec)} | {_outcome(c)} |")
     return lines
 
 
@@ -335,7 +342,7 @@ def _claim_dead(rows, rhos, init: str) -> tuple[list[str], str]:
             lines.append(f"   | {c['rho']:g} | {c['target']:g} | {summarise(c['a'])} | "
                          f"{c['base']} {summarise(c['b'])} | {summarise(c['d'])} | "
                          f"{_fmt(c['spread'])} | {summarise(e['a']) if e else 'n/a'} | "
-                         f"{summarise(e['b']) if e else 'n/a'} | {c['outcome']} |")
+                         f"{summarise(e['b']) if e else 'n/a'} | {_outcome(c)} |")
     else:
         lines.append("   - no cell with aen and a baseline")
     note = _regime_note(rows, ["aen"], init)
