@@ -434,6 +434,8 @@ def test_the_grid_verifies_its_caches(setup, finished) -> None:
     ("seeds", [1, 2, 3], r"experiment\.seeds: must include the calibration seed"),
     ("seeds", [0, 1, 1], r"experiment\.seeds: must not repeat"),
     ("seeds", [0, -1], r"experiment\.seeds\[1\]"),
+    ("seeds", [0, 1], r"experiment\.seeds: must list at least 3 seeds"),
+    ("seeds", [0], r"experiment\.seeds: must list at least 3 seeds"),
     ("seeds", [0, 1, 2], r"calibrate\.frontier: must be set"),
 ])
 def test_bad_seed_options_are_one_line_errors(setup, key, value, message) -> None:

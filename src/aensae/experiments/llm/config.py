@@ -9,8 +9,9 @@ Tables (every key checked; unknown keys are errors listing the allowed ones):
 
 - ``[experiment]``: ``name`` (a folder name), ``seed`` (the calibration seed: its passes
   search the penalties), ``seeds`` (the seeds every chosen SAE is trained on, ``seed``
-  among them; absent: ``seed`` alone; more than one needs ``calibrate.frontier``: the
-  verdicts interpolate each seed's runs to the target), ``device`` (SAEs and model;
+  among them, at least 3: the fewest that decide a verdict cell; absent: ``seed`` alone;
+  several need ``calibrate.frontier``: the verdicts interpolate each seed's runs to the
+  target), ``device`` (SAEs and model;
   ``auto``: CUDA when present), ``dtype`` (SAEs: float32 / float64), ``threads`` (torch
   threads; 0: the library default), ``max_memory_gb`` (the memory the harvest and a
   training pass may need by their estimates, checked before any work; absent: what is
@@ -73,6 +74,7 @@ from aensae.experiments.config import (
     read_config,
     validate_family,
 )
+from aensae.experiments.verdicts import MIN_SEEDS
 
 __all__ = ["DEAD_WINDOWS", "LLM_DEFAULTS", "LLMGridConfig", "load_llm_config"]
 
@@ -197,6 +199,10 @@ def _validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if e["seed"] not in e["seeds"]:
             raise config_error("experiment.seeds", f"must include the calibration seed "
                                f"experiment.seed = {e['seed']}, got {seeds!r}")
+        if len(e["seeds"]) < MIN_SEEDS:
+            raise config_error("experiment.seeds", f"must list at least {MIN_SEEDS} seeds, "
+                               f"the fewest that decide a verdict cell, got {seeds!r} (leave "
+                               "it out for a run of experiment.seed alone)")
     _string("experiment.device", e["device"])
     _string("experiment.dtype", e["dtype"], SAE_DTYPES)
     e["threads"] = check_threads("config experiment.threads", e["threads"])
