@@ -84,11 +84,12 @@ def write_table(path: str | Path, rows: list[dict[str, Any]], *,
 
 def _parse(text: str, keep_text: bool = False) -> Any:
     """A cell's value: ``None`` (empty), a boolean, a float, or the text itself (always
-    the text for ``keep_text``: a hash such as ``150e829907`` reads as a float)."""
-    if keep_text:
-        return text
+    the text, when not empty, for ``keep_text``: a hash such as ``150e829907`` reads as a
+    float)."""
     if text == "":
         return None
+    if keep_text:
+        return text
     if text in ("true", "false"):
         return text == "true"
     try:

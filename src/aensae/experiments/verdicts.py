@@ -35,8 +35,12 @@ import numpy as np
 
 from aensae.experiments.plotting import init_of, num
 
-__all__ = ["DEAD_FLOOR", "MIN_SEEDS", "PINNED", "RULE", "compare", "frontier_value",
-           "seed_values", "span", "summarise", "tally_verdict"]
+__all__ = ["ADAPTIVE", "DEAD_FLOOR", "MIN_SEEDS", "PINNED", "RULE", "compare",
+           "frontier_value", "pinned_count", "seed_values", "span", "summarise",
+           "tally_verdict"]
+
+#: The adaptive families (the claims' subject), when a grid has them.
+ADAPTIVE = ("aen", "adaptive_lasso")
 
 #: Fewest seeds per side at the target for a decided cell.
 MIN_SEEDS = 3
@@ -108,6 +112,14 @@ def seed_values(rows: list[dict[str, Any]], fam: str, rho: float | None, target:
             trend = [abs(num(u.get("dead_trend"))) for u in used]
             out[seed] = (v, all(not math.isfinite(t) or t <= DEAD_FLOOR for t in trend))
     return out
+
+
+def pinned_count(runs: list[dict[str, Any]], column: str) -> tuple[int, int]:
+    """``(runs with more than PINNED of their latents at w_max, runs)`` among ``runs``
+    whose ``column`` (the final fraction at w_max) is a number."""
+    values = [num(r.get(column)) for r in runs]
+    values = [v for v in values if math.isfinite(v)]
+    return sum(v > PINNED for v in values), len(values)
 
 
 def span(v: list[float]) -> float:

@@ -26,12 +26,10 @@ import math
 from typing import Any
 
 from aensae.experiments.plotting import init_of, num
-from aensae.experiments.verdicts import DEAD_FLOOR, PINNED, compare
+from aensae.experiments.verdicts import ADAPTIVE, DEAD_FLOOR, compare, pinned_count
 
-__all__ = ["ADAPTIVE", "CLAIMS", "pinned_runs", "verdict_cells", "verdict_targets"]
+__all__ = ["CLAIMS", "pinned_runs", "verdict_cells", "verdict_targets"]
 
-#: The families under test, when the grid has them.
-ADAPTIVE = ("aen", "adaptive_lasso")
 #: metric -> (what it is, which way is better, floor: the smallest difference that decides).
 CLAIMS: dict[str, tuple[str, str, float]] = {
     "dead_final": ("dead fraction, final training window", "lower", DEAD_FLOOR),
@@ -50,8 +48,7 @@ def verdict_targets(rows: list[dict[str, Any]], config: dict[str, Any] | None
         if ts:
             return sorted(ts)
     ts = {num(r.get("target_l0")) for r in rows if r.get("kind") == "sae"
-          and (str(r.get("calibrated")) in ("False", "false", "0")
-               or not num(r.get("calibrate_frontier")) > 1)}
+          and (r.get("calibrated") is False or not num(r.get("calibrate_frontier")) > 1)}
     return sorted(t for t in ts if math.isfinite(t))
 
 
@@ -81,9 +78,8 @@ def verdict_cells(rows: list[dict[str, Any]], targets: list[float]
 def pinned_runs(rows: list[dict[str, Any]], fam: str, init: str) -> tuple[int, int]:
     """``(runs with more than PINNED of their latents at w_max at the end, runs)`` of an
     adaptive family under one init."""
-    runs = [r for r in rows if r.get("kind") == "sae" and r.get("family") == fam
-            and init_of(r) == init and math.isfinite(num(r.get("regime_w_max_frac_final")))]
-    return sum(num(r["regime_w_max_frac_final"]) > PINNED for r in runs), len(runs)
+    return pinned_count([r for r in rows if r.get("kind") == "sae" and r.get("family") == fam
+                         and init_of(r) == init], "regime_w_max_frac_final")
 
 
 def _arch(rows: list[dict[str, Any]], fam: str) -> str:

@@ -25,11 +25,13 @@ import numpy as np
 from aensae._io import atomic_write_text
 from aensae.experiments.results import read_table
 from aensae.experiments.verdicts import (
+    ADAPTIVE,
     DEAD_FLOOR,
     MIN_SEEDS,
     PINNED,
     RULE,
     compare,
+    pinned_count,
     seed_values,
     span,
     summarise,
@@ -43,7 +45,6 @@ L1_BASELINES = ("relu_l1", "elastic_net")
 TIE = 0.005
 #: Matched-L0 comparison points per rho (log-spaced over the reached L0 range).
 GRID_POINTS = 7
-ADAPTIVE = ("aen", "adaptive_lasso")
 
 
 def _n(v: Any) -> float:
@@ -215,9 +216,8 @@ def setting(rows, fam: str, init: str) -> str:
 def regime_count(rows, fam: str, init: str) -> tuple[int, int]:
     """(runs with more than :data:`PINNED` of their latents at w_max, adaptive runs) of
     ``fam``'s test runs with ``init``."""
-    sub = [r for r in _test_rows(rows) if r["family"] == fam and _init(r) == init
-           and math.isfinite(_n(r.get("w_max_frac_final")))]
-    return sum(_n(r["w_max_frac_final"]) > PINNED for r in sub), len(sub)
+    return pinned_count([r for r in _test_rows(rows) if r["family"] == fam
+                         and _init(r) == init], "w_max_frac_final")
 
 
 def _regime_note(rows, fams, init: str) -> str:
@@ -385,7 +385,7 @@ def _regime_table(rows, rhos) -> list[str]:
 
                 def med(key: str, g=g) -> str:
                     return _fmt(_median([_n(r.get(key)) for r in g]))
-                out = sum(_n(r["w_max_frac_final"]) > PINNED for r in g)
+                out, _ = pinned_count(g, "w_max_frac_final")
                 lines.append(f"| {fam} | {init} | {rho:g} | {len(g)} | {out} | "
                              f"{med('w_max_frac_final')} | {med('w_min_frac_final')} | "
                              f"{med('w_q50_final')} | {med('ema_q50_final')} | "
