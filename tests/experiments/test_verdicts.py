@@ -110,6 +110,12 @@ def _sel_config(**sel) -> dict:
     ({"target_l0": 3.0}, r"^config selection.target_l0: 3 is not among family 'a'"),
     ({"init": "zero"}, r"^config selection.init: must be \"tied\" or \"independent\""),
     ({"bogus": 1}, r"^config \[selection\]: unknown key\(s\) bogus"),
+    ({"ablation_targets": [3.0]},
+     r"^config selection.ablation_targets: 3 is not among family 'a'"),
+    ({"ablation_targets": []}, r"^config selection.ablation_targets: must be a non-empty list"),
+    ({"ablation_targets": 2.0}, r"^config selection.ablation_targets: must be a non-empty "),
+    ({"ablation_targets": [2.0, 2]}, r"^config selection.ablation_targets: lists a target "),
+    ({"ablation_targets": ["2"]}, r"^config selection.ablation_targets\[0\]: must be a "),
 ])
 def test_selection_errors_are_one_line(patch: dict, match: str) -> None:
     with pytest.raises(InputError, match=match) as err:
@@ -190,6 +196,20 @@ def test_tiny_grid_with_a_selection_seed_end_to_end(tmp_path) -> None:
     assert {r["hp_gamma"] for r in test} == {chosen["aen"]["gamma"]}
     assert {r["init"] for r in test} == {"independent", "tied"}
     assert {int(r["seed"]) for r in test} == {1, 2, 3}
+    # the selection seed trains nothing after the selection: no tied run of it
+    assert {r["init"] for r in sae if int(r["seed"]) == 0} == {"independent"}
+    # the chosen variant's calibration over every target started from the selection's
+    # points (run targets 2 / 1.3 and 2 x 1.3 are the scoped ones): nothing new to train
+    import json
+
+    for c in sel["choices"]:
+        var = variant_id({**c["hyper"], "init": "independent"})
+        unit = json.loads((out / "calibration" / f"rho0.9-{c['family']}-{var}.json")
+                          .read_text())["record"]
+        scoped = json.loads((out / "calibration" / f"rho0.9-{c['family']}-{var}-t2.json")
+                            .read_text())["record"]
+        assert unit["seeded_from"] == [f"rho0.9-{c['family']}-{var}-t2.json"]
+        assert unit["points"] == scoped["points"]
     assert all(r["hp_ema_update"] == "before" and r["hp_warmup_frac"] == 0.2 for r in test)
     assert all(r["hold_steps"] == 8 for r in test)  # floor(0.2 * 40)
     report = (out / "report.md").read_text()
@@ -215,6 +235,70 @@ def test_a_selection_scope_keeps_the_run_targets_around_the_primary_target() -> 
     assert hi == pytest.approx(math.sqrt(32), rel=1e-6)
     assert scoped.run_targets(topk) == (4.0,)
     assert scoped.config_hash() == grid.config_hash()  # where the runs stop is not a result
+
+
+def test_ablation_targets_restrict_the_other_init_only() -> None:
+    raw = _sel_config(ablation_targets=[4.0])
+    raw["calibrate"] = {"frontier": 1.41}
+    raw["family"][0]["target_l0"] = [2.0, 4.0, 8.0]
+    raw["family"][0]["sweep"] = {"init": ["independent", "tied"]}
+    raw["family"].append({"name": "k", "arch": "topk", "target_l0": [2.0, 4.0, 8.0],
+                          "sweep": {"init": ["independent", "tied"]}})
+    raw["selection"]["target_l0"] = 4.0
+    grid = load_config(raw)
+    aen, topk = grid.families
+    ind, tied = {"init": "independent"}, {"init": "tied"}
+    assert len(grid.run_targets(aen, ind)) == 4
+    assert grid.run_targets(aen, tied) == pytest.approx((4 / 1.41, 4 * 1.41), rel=1e-6)
+    assert grid.run_targets(topk, ind) == (2.0, 4.0, 8.0)
+    assert grid.run_targets(topk, tied) == (4.0,)
+    assert grid.targets(aen, tied) == (4.0,) and grid.targets(aen, ind) == (2.0, 4.0, 8.0)
+    pen = {(f.name, v, 0.0): {t: 0.01 for t in grid.run_targets(f, h)}
+           for f, h, v in grid.calibration_jobs()}
+    runs = grid.runs(pen, seeds=[1])
+    count = {i: sum(r.hyper["init"] == i and r.family == "a" for r in runs)
+             for i in ("independent", "tied")}
+    assert count == {"independent": 4, "tied": 2}
+    # absent, the key is left out of the config (older configs keep their hash)
+    assert "ablation_targets" not in load_config(_sel_config()).to_dict()["selection"]
+
+
+def test_calibration_points_carry_over_a_changed_target_set(tmp_path) -> None:
+    """A tied unit calibrated before ``ablation_targets`` seeds the one after it; a unit
+    whose data differ does not."""
+    import json
+
+    from aensae.experiments.calibration import new_state
+    from aensae.experiments.spiked import calibrate
+
+    def grid_of(n: int = 8, **sel):
+        raw = _sel_config(**sel)
+        raw["data"]["n"] = n
+        raw["calibrate"] = {"frontier": 1.41, "steps": 200}
+        raw["train"] = {"steps": 200}
+        raw["family"][0]["target_l0"] = [2.0, 4.0, 8.0]
+        raw["family"][0]["sweep"] = {"init": ["independent", "tied"]}
+        raw["selection"]["target_l0"] = 4.0
+        return load_config(raw)
+
+    before, after = grid_of(), grid_of(ablation_targets=[4.0])
+    fam, hyper, variant = next(j for j in before.calibration_jobs()
+                               if j[1]["init"] == "tied")
+    old_targets = list(before.run_targets(fam, hyper))
+    assert old_targets != list(after.run_targets(fam, hyper))
+    points = [[0.002, 9.0], [0.01, 3.5], [0.05, 1.2]]
+    path = calibrate.calibration_path(tmp_path, 0.0, fam.name, variant)
+    path.parent.mkdir()
+    path.write_text(json.dumps({"hash": calibrate._identity(before, 0.0, fam, hyper),
+                                "record": {"targets": old_targets, "points": points}}))
+    state = new_state((1e-3, 1e-1), list(after.run_targets(fam, hyper)))
+    used = calibrate._seed_points(after, tmp_path, 0.0, fam, hyper, variant, state)
+    assert used == [path.name] and state["points"] == points
+    # the same file under other data (n = 9) is not the same calibration
+    changed = grid_of(9, ablation_targets=[4.0])
+    state = new_state((1e-3, 1e-1), list(changed.run_targets(fam, hyper)))
+    assert calibrate._seed_points(changed, tmp_path, 0.0, fam, hyper, variant, state) == []
+    assert state["points"] == []
 
 
 def _llm(fam: str, arch: str, seed: int, l0: float, dead: float, ce: float, kl: float,

@@ -23,6 +23,7 @@ import importlib.resources
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -128,17 +129,19 @@ class Family:
         """Whether the sparsity parameter comes from a calibration pass."""
         return bool(self.target_l0) and self.arch not in DIRECT_K
 
-    def run_targets(self, frontier: float) -> tuple[float, ...]:
-        """The L0 targets the runs are calibrated to: ``target_l0`` itself when
-        ``frontier <= 1`` or the sparsity is set directly (TopK's ``k``); else, so that
-        every target lies inside each seed's frontier with room to spare, the points
-        ``t / frontier`` and ``t * frontier`` of every target ``t``, those within a factor
-        ``sqrt(frontier)`` of each other merged into their geometric mean (targets 2, 4, 8
-        with frontier sqrt 2 give 1.41, 2.83, 5.66, 11.3)."""
+    def run_targets(self, frontier: float, targets: Sequence[float] | None = None
+                    ) -> tuple[float, ...]:
+        """The L0 targets the runs are calibrated to, for the verdict targets ``targets``
+        (default ``target_l0``): the targets themselves when ``frontier <= 1`` or the
+        sparsity is set directly (TopK's ``k``); else, so that every target lies inside
+        each seed's frontier with room to spare, the points ``t / frontier`` and
+        ``t * frontier`` of every target ``t``, those within a factor ``sqrt(frontier)``
+        of each other merged into their geometric mean (targets 2, 4, 8 with frontier
+        sqrt 2 give 1.41, 2.83, 5.66, 11.3)."""
+        targets = self.target_l0 if targets is None else tuple(targets)
         if frontier <= 1.0 or not self.calibrated:
-            return self.target_l0
-        pts = sorted({t / frontier for t in self.target_l0} | {t * frontier
-                                                                for t in self.target_l0})
+            return targets
+        pts = sorted({t / frontier for t in targets} | {t * frontier for t in targets})
         merged: list[list[float]] = []
         for v in pts:
             if merged and v / merged[-1][0] < math.sqrt(frontier):

@@ -39,6 +39,11 @@ When a pass is as long as the main runs (``calibrate.steps == train.steps``), it
 are main runs of the first seed: they are kept in the model cache and the grid takes
 them from there, a measured penalty within the tolerance is preferred to an
 interpolated one, and only targets not yet reached within the tolerance are refined.
+Such points are also reused across run targets: a variant calibrated earlier over other
+targets (around the selection's primary target, :attr:`GridConfig.scope`; or an earlier
+config's target set, e.g. before ``selection.ablation_targets``) starts from those
+points instead of a new ladder when nothing else it depends on changed (``seeded_from``
+in its record names the files), so only the targets they do not reach cost new runs.
 """
 
 from __future__ import annotations
@@ -112,16 +117,19 @@ def full_length(grid: GridConfig) -> bool:
     return grid.calibrate["steps"] == grid.train["steps"] and not grid.train["stack"]
 
 
-def _identity(grid: GridConfig, rho: float, fam: Any, hyper: dict[str, Any]) -> str:
-    """Hash of everything one variant's calibration at ``rho`` depends on."""
+def _identity(grid: GridConfig, rho: float, fam: Any, hyper: dict[str, Any],
+              targets: list[float] | None = None) -> str:
+    """Hash of everything one variant's calibration at ``rho`` depends on (for the run
+    targets ``targets``; default ``grid.run_targets(fam, hyper)``)."""
+    if targets is None:
+        targets = list(grid.run_targets(fam, hyper))
     return canonical_hash({
         "data": grid.data_record(), "train": grid.train_record(),
         "calibrate": grid.calibrate, "eval_samples": grid.eval["samples"],
         "span": list(SPAN), "widen": WIDEN, "search": 4, "seed": grid.calibration_seed,
         "d_sae": grid.d_sae,
         "dtype": grid.experiment["dtype"], "rho": rho,
-        "job": [fam.name, fam.arch, hyper, list(grid.run_targets(fam)),
-                list(fam.calibrate_range or ())]})
+        "job": [fam.name, fam.arch, hyper, list(targets), list(fam.calibrate_range or ())]})
 
 
 def calibration_path(out_dir: Path, rho: float, family: str, variant: str,
@@ -185,11 +193,16 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
     c = grid.calibrate
     states, todo = {}, {}
     tol = c["tolerance"] if full_length(grid) else None
+    seeded: dict[tuple[str, str], list[str]] = {}
     for fam, hyper, variant in jobs:
         bounds = tuple(fam.calibrate_range)  # type: ignore[arg-type]
-        states[(fam.name, variant)] = (fam, hyper, new_state(bounds,
-                                                             list(grid.run_targets(fam))))
-        todo[(fam.name, variant)] = initial_ladder(bounds, c["ladder"])
+        st = new_state(bounds, list(grid.run_targets(fam, hyper)))
+        key = (fam.name, variant)
+        states[key] = (fam, hyper, st)
+        seeded[key] = _seed_points(grid, out_dir, rho, fam, hyper, variant, st)
+        todo[key] = (next_penalties(st, c["rounds"], tol) if st["points"]
+                     else initial_ladder(bounds, c["ladder"]))
+    todo = {k: v for k, v in todo.items() if v}
     point = data_point(grid, rho, seed) if todo else None
     while todo:
         batch = [(key, p) for key, ps in todo.items() for p in ps]
@@ -216,11 +229,46 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
             "points": res["points"],
             "penalties": {repr(t): v for t, v in res["penalties"].items()},
             "extrapolated": {repr(t): v for t, v in res["extrapolated"].items()},
-            "unreachable": {repr(t): v for t, v in res["unreachable"].items()}}
+            "unreachable": {repr(t): v for t, v in res["unreachable"].items()},
+            "seeded_from": seeded[(name, variant)]}
         atomic_write_json(calibration_path(out_dir, rho, name, variant, grid.scope),
                           {"hash": _identity(grid, rho, fam, hyper), "record": rec})
         done[(name, variant)] = _restore(rec)
     return [done[k] for k in done]
+
+
+def _seed_points(grid: GridConfig, out_dir: Path, rho: float, fam: Any,
+                 hyper: dict[str, Any], variant: str, state: dict[str, Any]) -> list[str]:
+    """Add to ``state`` the points of this variant's saved calibrations over other run
+    targets (the selection phase's, scoped to the primary target, for the test phase's
+    calibration over every target; an earlier config's over another target set); return
+    their file names.
+
+    Only full-length passes count (``calibrate.steps == train.steps``): their points are
+    main runs of the calibration seed, so each is a frontier point as good as a new one.
+    A saved unit is used when it is what this config would compute for that unit's own
+    run targets (:func:`_identity` with the record's ``targets``).
+    """
+    if not full_length(grid):
+        return []
+    folder = Path(out_dir) / "calibration"
+    used = []
+    for path in sorted(folder.glob(f"rho{rho:g}-{fam.name}-{variant}*.json")):
+        tail = path.stem[len(f"rho{rho:g}-{fam.name}-{variant}"):]
+        if tail and not tail.startswith("-t"):
+            continue  # another variant whose id extends this one's
+        saved = read_json_record(path, ("hash", "record"),
+                                 remedy="delete it to calibrate that family again")
+        targets = saved["record"].get("targets")
+        if not isinstance(targets, list):
+            continue
+        if saved.get("hash") != _identity(grid, rho, fam, hyper, targets):
+            continue
+        known = {p for p, _ in state["points"]}
+        pts = [(p, v) for p, v in saved["record"]["points"] if p not in known]
+        add_points(state, [v for _, v in pts], [p for p, _ in pts])
+        used.append(path.name)
+    return used
 
 
 def check_reachable(records: list[dict[str, Any]]) -> None:

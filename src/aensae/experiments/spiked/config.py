@@ -40,8 +40,10 @@ used). The tables:
   primary target), ``init`` (the initialisation the selection is made on; its choice is
   used for every init of the family), ``metric`` (a results column, minimised or
   maximised as :data:`~aensae.experiments.spiked.selection.SELECTION_METRICS` says),
-  ``ev_within`` (candidates: explained variance within this of the family's best);
-  ``experiment.seeds`` are then the test seeds (at least
+  ``ev_within`` (candidates: explained variance within this of the family's best),
+  ``ablation_targets`` (optional: the only targets the other init runs at, an ablation
+  needing fewer runs; default every target); ``experiment.seeds`` are then the test
+  seeds, the only seeds trained after the selection (at least
   :data:`~aensae.experiments.spiked.selection.MIN_TEST_SEEDS`, the selection seed not
   among them);
 - ``[reference]``: exact codes on the true dictionary, ``ladder`` points of ``lam1`` in
@@ -181,11 +183,6 @@ class GridConfig:
         return int(self.selection["seed"]) if self.selection else self.seeds[0]
 
     @property
-    def all_seeds(self) -> list[int]:
-        """The selection seed (if any), then the test seeds."""
-        return ([self.calibration_seed] if self.selection else []) + self.seeds
-
-    @property
     def rhos(self) -> list[float]:
         return list(self.data["rho"])
 
@@ -253,7 +250,7 @@ class GridConfig:
                             out.append(RunSpec(fam.name, fam.arch, hyper, rho, seed, None,
                                                False, variant))
                             continue
-                        for target in self.run_targets(fam):
+                        for target in self.run_targets(fam, hyper):
                             h = dict(hyper)
                             if fam.arch in DIRECT_K:
                                 h[fam.sparsity_param] = max(1, int(round(target)))
@@ -274,11 +271,25 @@ class GridConfig:
         return [(f, h, variant_id(h)) for f in self.families if f.calibrated
                 for h in f.variants()]
 
-    def run_targets(self, fam: Family) -> tuple[float, ...]:
-        """The L0 targets ``fam``'s runs are calibrated to (:meth:`Family.run_targets`);
-        under a :attr:`scope`, only the nearest on each side of it (the scope itself for a
-        family whose sparsity is set directly)."""
-        full = fam.run_targets(float(self.calibrate["frontier"]))
+    def targets(self, fam: Family, hyper: dict[str, Any] | None = None
+                ) -> tuple[float, ...]:
+        """The verdict targets of ``fam``'s variant ``hyper``: ``target_l0``, or for an
+        ablation init (an init other than ``selection.init``) the family's targets among
+        ``selection.ablation_targets`` when that is set."""
+        sel = self.selection
+        if (sel is None or sel.get("ablation_targets") is None or hyper is None
+                or hyper.get("init", "tied") == sel["init"]):
+            return fam.target_l0
+        keep = set(sel["ablation_targets"])
+        return tuple(t for t in fam.target_l0 if t in keep)
+
+    def run_targets(self, fam: Family, hyper: dict[str, Any] | None = None
+                    ) -> tuple[float, ...]:
+        """The L0 targets the runs of ``fam``'s variant ``hyper`` are calibrated to
+        (:meth:`Family.run_targets` of :meth:`targets`); under a :attr:`scope`, only the
+        nearest on each side of it (the scope itself for a family whose sparsity is set
+        directly)."""
+        full = fam.run_targets(float(self.calibrate["frontier"]), self.targets(fam, hyper))
         if self.scope is None:
             return full
         if not fam.calibrated:

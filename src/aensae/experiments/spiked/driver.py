@@ -219,8 +219,8 @@ def _estimate(grid: GridConfig, out: Path, cal_steps: int, workers: int, *,
     jobs = [(f, h, v) for f, h, v in grid.calibration_jobs()
             if keep is None or any(keep(f, h, rho) for rho in grid.rhos)]
     mid = {(f.name, v, rho): {t: math.sqrt(f.calibrate_range[0] * f.calibrate_range[1])
-                              for t in grid.run_targets(f)}
-           for f, _, v in grid.calibration_jobs() for rho in grid.rhos}
+                              for t in grid.run_targets(f, h)}
+           for f, h, v in grid.calibration_jobs() for rho in grid.rhos}
     from aensae.experiments.spiked.calibrate import full_length
 
     specs = grid.runs(mid, seeds=seeds, keep=keep)
@@ -235,7 +235,7 @@ def _estimate(grid: GridConfig, out: Path, cal_steps: int, workers: int, *,
         # full-length calibration: the calibration seed's runs of calibrated families come
         # from it; count one refinement run per target on top of the ladders
         todo = sum(not (s.calibrated and s.seed == grid.calibration_seed) for s in specs)
-        cal_steps += sum(len(grid.run_targets(f)) for f, _, _ in jobs) * len(grid.rhos) \
+        cal_steps += sum(len(grid.run_targets(f, h)) for f, h, _ in jobs) * len(grid.rhos) \
             * grid.calibrate["steps"]
     main = todo * grid.train["steps"]
     if main + cal_steps == 0:
@@ -430,7 +430,9 @@ def _run_grid(grid: GridConfig, out: Path, *, progress: bool,
     def kept(fam: Any, hyper: dict[str, Any], rho: float) -> bool:
         return strip_init(hyper) == chosen[(fam.name, rho)]
 
-    rest = _run_phase(grid, out, kept, grid.all_seeds, progress=progress, on_group=on_group,
+    # the test seeds only: the selection seed's further runs would serve no decision (its
+    # calibration passes, on that seed, still train the chosen variants' other targets)
+    rest = _run_phase(grid, out, kept, grid.seeds, progress=progress, on_group=on_group,
                       executor=executor, probe=probe, counter=counter, label="test: ")
     ids = {s.run_id(grid) for s in rest}
     return [s for s in first if s.run_id(grid) not in ids] + rest

@@ -53,7 +53,8 @@ def build_rows(grid: GridConfig, out: Path, specs: list[RunSpec]) -> list[dict[s
             fam = fams[spec.family]
             rows.append({**prov, **rec["row"],
                          # the targets verdicts are made at (runs may sit around them)
-                         "family_targets": " ".join(f"{t:g}" for t in fam.target_l0),
+                         "family_targets": " ".join(f"{t:g}" for t in
+                                                    grid.targets(fam, spec.hyper)),
                          "role": ("selection" if sel is not None and spec.seed == sel["seed"]
                                   else "test"),
                          "run_id": spec.run_id(grid)})

@@ -49,7 +49,7 @@ SELECTION_METRICS = {"dead_median_last": "lower", "dead_final": "lower",
                      "supp_f1": "higher", "rec_supp_f1": "higher",
                      "rec_atoms_frac": "higher"}
 SELECTION_FILE = "selection.json"
-_KEYS = {"seed", "target_l0", "init", "metric", "ev_within"}
+_KEYS = {"seed", "target_l0", "init", "metric", "ev_within", "ablation_targets"}
 
 
 def validate_selection(raw: Any, seeds: list[int], families: list[Family]) -> dict[str, Any]:
@@ -82,7 +82,27 @@ def validate_selection(raw: Any, seeds: list[int], families: list[Family]) -> di
             raise config_error("selection.target_l0",
                                f"{sel['target_l0']:g} is not among family {fam.name!r}'s "
                                f"target_l0 {list(fam.target_l0)}")
+    if "ablation_targets" in sel:  # absent: left out, so that older configs keep their hash
+        sel["ablation_targets"] = _ablation_targets(sel["ablation_targets"], families)
     return sel
+
+
+def _ablation_targets(raw: Any, families: list[Family]) -> list[float]:
+    """``selection.ablation_targets``: the verdict targets of the inits other than
+    ``selection.init`` (absent: all of each family's targets). A non-empty list of
+    distinct targets, each among every targeted family's ``target_l0``."""
+    key = "selection.ablation_targets"
+    if not isinstance(raw, list) or not raw:
+        raise config_error(key, f"must be a non-empty list of target L0s, got {raw!r}")
+    out = [check_number(f"{key}[{i}]", v, low=0.0, low_open=True) for i, v in enumerate(raw)]
+    if len(set(out)) != len(out):
+        raise config_error(key, f"lists a target twice: {raw!r}")
+    for fam in families:
+        missing = [t for t in out if fam.target_l0 and t not in fam.target_l0]
+        if missing:
+            raise config_error(key, f"{missing[0]:g} is not among family {fam.name!r}'s "
+                                    f"target_l0 {list(fam.target_l0)}")
+    return sorted(out)
 
 
 def selection_rule(sel: dict[str, Any]) -> str:
