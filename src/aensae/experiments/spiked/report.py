@@ -468,7 +468,8 @@ def _scale_notes(rows) -> list[str]:
             "within a few thousand steps, so the dead-latent trend with rho is measurable "
             "here; separating AEN from plain l1 / elastic net needs closer to 30,000 steps, "
             "so verdicts that compare aen with relu_l1 / elastic_net at this scale are "
-            "provisional (`configs/claims.toml`: 30,000 steps, three seeds, settles them).",
+            "provisional (`configs/claims.toml`: 30,000 steps, a selection seed and four "
+            "test seeds, settles them).",
             "- Adaptive weights switch on only after their warmup hold; in short runs they "
             "have acted for a fraction of training.",
         ]
