@@ -98,3 +98,21 @@ def test_negative_ev_and_unreachable_targets_are_flagged(tmp_path) -> None:
     assert "explained variance &lt; 0 (flagged)" in svg or "explained variance < 0" in svg
     assert "unreachable L0 targets" in svg
     assert len(files) == 2 * len(FIGURES)
+
+
+def test_selection_runs_are_not_drawn(tmp_path) -> None:
+    """A ``[selection]`` seed's runs stay off the curves: a family seen only in selection
+    rows has no legend entry, and one seen in both keeps its test points only."""
+    rows = _rows(aen_dead_hi=0.02, aen_bias=0.97)
+    extra = [{**r, "family": "selonly", "arch": "relu_l1", "role": "selection",
+              "run_id": r["run_id"] + "-sel"}
+             for r in rows if r.get("kind") == "sae" and r["family"] == "relu_l1"]
+    write_table(tmp_path / "results.csv", rows + extra)
+    draw_all(tmp_path)
+    for name in ("fig1_dead_ev_vs_l0", "fig2_recovery_vs_l0", "fig3_amortization_gap"):
+        svg = (tmp_path / "figures" / f"{name}.svg").read_text()
+        assert "selonly" not in svg
+    # the same rows as test runs are drawn (the check above can fail)
+    write_table(tmp_path / "results.csv", rows + [{**r, "role": "test"} for r in extra])
+    draw_all(tmp_path)
+    assert "selonly" in (tmp_path / "figures" / "fig1_dead_ev_vs_l0.svg").read_text()

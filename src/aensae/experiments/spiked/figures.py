@@ -1,7 +1,8 @@
 r"""The seven figures of ``aensae reproduce``, drawn from the results tables alone.
 
 ``draw_all(RESULTS_DIR)`` reads ``results.csv`` (and ``speed.csv`` when present) and writes
-``figures/fig<i>_<name>.png`` and ``.svg``:
+``figures/fig<i>_<name>.png`` and ``.svg``; SAE runs are drawn from the test seeds only
+(``role`` other than ``selection``):
 
 1. ``fig1_dead_ev_vs_l0``: dead-latent % (median of the last training windows) and explained
    variance against the held-out L0, one panel per rho, one curve per family and init
@@ -65,7 +66,9 @@ FIGURES = ("fig1_dead_ev_vs_l0", "fig2_recovery_vs_l0", "fig3_amortization_gap",
 
 
 def _sae(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rows if r.get("kind") == "sae"]
+    """The SAE rows the figures draw: test runs only (a ``[selection]`` seed's runs, one
+    per swept variant, are in ``selection.json`` and the report, not on the curves)."""
+    return [r for r in rows if r.get("kind") == "sae" and r.get("role", "test") != "selection"]
 
 
 def _exact(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
