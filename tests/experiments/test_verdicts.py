@@ -263,42 +263,51 @@ def test_ablation_targets_restrict_the_other_init_only() -> None:
     assert "ablation_targets" not in load_config(_sel_config()).to_dict()["selection"]
 
 
-def test_calibration_points_carry_over_a_changed_target_set(tmp_path) -> None:
-    """A tied unit calibrated before ``ablation_targets`` seeds the one after it; a unit
-    whose data differ does not."""
+def test_calibration_seeds_only_from_the_selection_unit(tmp_path) -> None:
+    """The chosen variant's calibration over every target starts from its scoped
+    selection unit alone, never from a unit of another config (a tied unit written
+    before ``ablation_targets``), so a resumed run gives what a fresh one gives."""
+    import dataclasses
     import json
 
     from aensae.experiments.calibration import new_state
     from aensae.experiments.spiked import calibrate
 
-    def grid_of(n: int = 8, **sel):
+    def grid_of(**sel):
         raw = _sel_config(**sel)
-        raw["data"]["n"] = n
         raw["calibrate"] = {"frontier": 1.41, "steps": 200}
         raw["train"] = {"steps": 200}
         raw["family"][0]["target_l0"] = [2.0, 4.0, 8.0]
         raw["family"][0]["sweep"] = {"init": ["independent", "tied"]}
         raw["selection"]["target_l0"] = 4.0
+        raw["selection"]["init"] = "independent"
         return load_config(raw)
 
+    def save(path, grid, fam, hyper, points):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps({"hash": calibrate._identity(grid, 0.0, fam, hyper),
+                                    "record": {"targets": list(grid.run_targets(fam, hyper)),
+                                               "points": points}}))
+
     before, after = grid_of(), grid_of(ablation_targets=[4.0])
-    fam, hyper, variant = next(j for j in before.calibration_jobs()
-                               if j[1]["init"] == "tied")
-    old_targets = list(before.run_targets(fam, hyper))
-    assert old_targets != list(after.run_targets(fam, hyper))
-    points = [[0.002, 9.0], [0.01, 3.5], [0.05, 1.2]]
-    path = calibrate.calibration_path(tmp_path, 0.0, fam.name, variant)
-    path.parent.mkdir()
-    path.write_text(json.dumps({"hash": calibrate._identity(before, 0.0, fam, hyper),
-                                "record": {"targets": old_targets, "points": points}}))
-    state = new_state((1e-3, 1e-1), list(after.run_targets(fam, hyper)))
-    used = calibrate._seed_points(after, tmp_path, 0.0, fam, hyper, variant, state)
-    assert used == [path.name] and state["points"] == points
-    # the same file under other data (n = 9) is not the same calibration
-    changed = grid_of(9, ablation_targets=[4.0])
-    state = new_state((1e-3, 1e-1), list(changed.run_targets(fam, hyper)))
-    assert calibrate._seed_points(changed, tmp_path, 0.0, fam, hyper, variant, state) == []
+    jobs = {h["init"]: (f, h, v) for f, h, v in after.calibration_jobs()}
+    fam, tied, tv = jobs["tied"]
+    save(calibrate.calibration_path(tmp_path, 0.0, fam.name, tv), before, fam, tied,
+         [[0.002, 9.0], [0.01, 3.5]])
+    state = new_state((1e-3, 1e-1), list(after.run_targets(fam, tied)))
+    assert calibrate._seed_points(after, tmp_path, 0.0, fam, tied, tv, state) == []
     assert state["points"] == []
+    # the independent unit starts from the scoped one (scope 4 = the selection's target)
+    fam, ind, iv = jobs["independent"]
+    scoped = calibrate.calibration_path(tmp_path, 0.0, fam.name, iv, 4.0)
+    save(scoped, dataclasses.replace(after, scope=4.0), fam, ind, [[0.01, 3.5], [0.02, 2.1]])
+    state = new_state((1e-3, 1e-1), list(after.run_targets(fam, ind)))
+    used = calibrate._seed_points(after, tmp_path, 0.0, fam, ind, iv, state)
+    assert used == [scoped.name] and state["points"] == [[0.01, 3.5], [0.02, 2.1]]
+    # a scoped unit of other data (n = 9) is another calibration
+    other = dataclasses.replace(after, data={**after.data, "n": 9})
+    state = new_state((1e-3, 1e-1), list(other.run_targets(fam, ind)))
+    assert calibrate._seed_points(other, tmp_path, 0.0, fam, ind, iv, state) == []
 
 
 def _llm(fam: str, arch: str, seed: int, l0: float, dead: float, ce: float, kl: float,

@@ -39,11 +39,11 @@ When a pass is as long as the main runs (``calibrate.steps == train.steps``), it
 are main runs of the first seed: they are kept in the model cache and the grid takes
 them from there, a measured penalty within the tolerance is preferred to an
 interpolated one, and only targets not yet reached within the tolerance are refined.
-Such points are also reused across run targets: a variant calibrated earlier over other
-targets (around the selection's primary target, :attr:`GridConfig.scope`; or an earlier
-config's target set, e.g. before ``selection.ablation_targets``) starts from those
-points instead of a new ladder when nothing else it depends on changed (``seeded_from``
-in its record names the files), so only the targets they do not reach cost new runs.
+Such points are also reused across run targets: a chosen variant's calibration over every
+target starts from the points its selection calibration measured around the primary
+target (:attr:`GridConfig.scope`) instead of a new ladder (``seeded_from`` in its record
+names the file), so only the targets they do not reach cost new runs. Nothing else is
+reused across calibrations: a resumed run gives what a fresh one gives.
 """
 
 from __future__ import annotations
@@ -117,19 +117,33 @@ def full_length(grid: GridConfig) -> bool:
     return grid.calibrate["steps"] == grid.train["steps"] and not grid.train["stack"]
 
 
-def _identity(grid: GridConfig, rho: float, fam: Any, hyper: dict[str, Any],
-              targets: list[float] | None = None) -> str:
-    """Hash of everything one variant's calibration at ``rho`` depends on (for the run
-    targets ``targets``; default ``grid.run_targets(fam, hyper)``)."""
-    if targets is None:
-        targets = list(grid.run_targets(fam, hyper))
-    return canonical_hash({
+def _seed_scope(grid: GridConfig, hyper: dict[str, Any]) -> float | None:
+    """The selection's primary target, whose scoped unit seeds the calibration of the
+    variant ``hyper`` over every target (full-length passes, the selection's init, an
+    unscoped grid); else None."""
+    sel = grid.selection
+    if (sel is None or grid.scope is not None or not full_length(grid)
+            or hyper.get("init", "tied") != sel["init"]):
+        return None
+    return float(sel["target_l0"])
+
+
+def _identity(grid: GridConfig, rho: float, fam: Any, hyper: dict[str, Any]) -> str:
+    """Hash of everything one variant's calibration at ``rho`` depends on (with
+    ``seeded_from_scope`` when it starts from the selection's points, so that a unit
+    computed without them is not taken for one)."""
+    job = {
         "data": grid.data_record(), "train": grid.train_record(),
         "calibrate": grid.calibrate, "eval_samples": grid.eval["samples"],
         "span": list(SPAN), "widen": WIDEN, "search": 4, "seed": grid.calibration_seed,
         "d_sae": grid.d_sae,
         "dtype": grid.experiment["dtype"], "rho": rho,
-        "job": [fam.name, fam.arch, hyper, list(targets), list(fam.calibrate_range or ())]})
+        "job": [fam.name, fam.arch, hyper, list(grid.run_targets(fam, hyper)),
+                list(fam.calibrate_range or ())]}
+    scope = _seed_scope(grid, hyper)
+    if scope is not None:
+        job["seeded_from_scope"] = scope
+    return canonical_hash(job)
 
 
 def calibration_path(out_dir: Path, rho: float, family: str, variant: str,
@@ -239,36 +253,33 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
 
 def _seed_points(grid: GridConfig, out_dir: Path, rho: float, fam: Any,
                  hyper: dict[str, Any], variant: str, state: dict[str, Any]) -> list[str]:
-    """Add to ``state`` the points of this variant's saved calibrations over other run
-    targets (the selection phase's, scoped to the primary target, for the test phase's
-    calibration over every target; an earlier config's over another target set); return
-    their file names.
+    """Add to ``state`` the points of this variant's selection calibration (scoped to the
+    primary target, :func:`_seed_scope`) and return its file name; nothing for a unit
+    the selection did not calibrate.
 
     Only full-length passes count (``calibrate.steps == train.steps``): their points are
     main runs of the calibration seed, so each is a frontier point as good as a new one.
-    A saved unit is used when it is what this config would compute for that unit's own
-    run targets (:func:`_identity` with the record's ``targets``).
+    A fresh run computes the scoped unit first, so the seeded result is the same whether
+    the run was resumed or not; units of other configs are never used (a resumed folder
+    would otherwise give other numbers than a fresh one).
     """
-    if not full_length(grid):
+    import dataclasses
+
+    scope = _seed_scope(grid, hyper)
+    if scope is None:
         return []
-    folder = Path(out_dir) / "calibration"
-    used = []
-    for path in sorted(folder.glob(f"rho{rho:g}-{fam.name}-{variant}*.json")):
-        tail = path.stem[len(f"rho{rho:g}-{fam.name}-{variant}"):]
-        if tail and not tail.startswith("-t"):
-            continue  # another variant whose id extends this one's
-        saved = read_json_record(path, ("hash", "record"),
-                                 remedy="delete it to calibrate that family again")
-        targets = saved["record"].get("targets")
-        if not isinstance(targets, list):
-            continue
-        if saved.get("hash") != _identity(grid, rho, fam, hyper, targets):
-            continue
-        known = {p for p, _ in state["points"]}
-        pts = [(p, v) for p, v in saved["record"]["points"] if p not in known]
-        add_points(state, [v for _, v in pts], [p for p, _ in pts])
-        used.append(path.name)
-    return used
+    path = calibration_path(out_dir, rho, fam.name, variant, scope)
+    if not path.is_file():
+        return []
+    saved = read_json_record(path, ("hash", "record"),
+                             remedy="delete it to calibrate that family again")
+    if saved.get("hash") != _identity(dataclasses.replace(grid, scope=scope), rho, fam,
+                                      hyper):
+        return []
+    known = {p for p, _ in state["points"]}
+    pts = [(p, v) for p, v in saved["record"]["points"] if p not in known]
+    add_points(state, [v for _, v in pts], [p for p, _ in pts])
+    return [path.name]
 
 
 def check_reachable(records: list[dict[str, Any]]) -> None:
