@@ -476,8 +476,8 @@ def _scale_notes(rows) -> list[str]:
     else:
         lines.append(f"- Runs are {int(steps):,} steps long: the paper's scale.")
     lines.append("- L0 drifts with run length (calibration passes shorter than the runs "
-                 "miss it), so every run records the L0 it reached and comparisons keep only "
-                 "runs within the tolerance of their target (see Matched sparsity).")
+                 "miss it), so every run records the L0 it reached, and verdicts interpolate "
+                 "each seed to the target along the L0s its own runs reached (see Frontiers).")
     return lines
 
 
