@@ -48,6 +48,7 @@ reused across calibrations: a resumed run gives what a fresh one gives.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -117,13 +118,13 @@ def full_length(grid: GridConfig) -> bool:
     return grid.calibrate["steps"] == grid.train["steps"] and not grid.train["stack"]
 
 
-def _seed_scope(grid: GridConfig, hyper: dict[str, Any]) -> float | None:
-    """The selection's primary target, whose scoped unit seeds the calibration of the
-    variant ``hyper`` over every target (full-length passes, the selection's init, an
-    unscoped grid); else None."""
+def _seed_scope(grid: GridConfig, fam: Any, hyper: dict[str, Any]) -> float | None:
+    """The selection's primary target, whose scoped unit seeds the calibration of
+    ``fam``'s variant ``hyper`` over every target (full-length passes, a variant the
+    selection ran, :meth:`GridConfig.primary_init`, an unscoped grid); else None."""
     sel = grid.selection
     if (sel is None or grid.scope is not None or not full_length(grid)
-            or hyper.get("init", "tied") != sel["init"]):
+            or not grid.primary_init(fam, hyper)):
         return None
     return float(sel["target_l0"])
 
@@ -140,7 +141,7 @@ def _identity(grid: GridConfig, rho: float, fam: Any, hyper: dict[str, Any]) -> 
         "dtype": grid.experiment["dtype"], "rho": rho,
         "job": [fam.name, fam.arch, hyper, list(grid.run_targets(fam, hyper)),
                 list(fam.calibrate_range or ())]}
-    scope = _seed_scope(grid, hyper)
+    scope = _seed_scope(grid, fam, hyper)
     if scope is not None:
         job["seeded_from_scope"] = scope
     return canonical_hash(job)
@@ -253,9 +254,9 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
 
 def _seed_points(grid: GridConfig, out_dir: Path, rho: float, fam: Any,
                  hyper: dict[str, Any], variant: str, state: dict[str, Any]) -> list[str]:
-    """Add to ``state`` the points of this variant's selection calibration (scoped to the
-    primary target, :func:`_seed_scope`) and return its file name; nothing for a unit
-    the selection did not calibrate.
+    """Add to ``state`` (a new one, no points yet) the points of this variant's selection
+    calibration (scoped to the primary target, :func:`_seed_scope`) and return its file
+    name; nothing for a unit the selection did not calibrate.
 
     Only full-length passes count (``calibrate.steps == train.steps``): their points are
     main runs of the calibration seed, so each is a frontier point as good as a new one.
@@ -263,9 +264,7 @@ def _seed_points(grid: GridConfig, out_dir: Path, rho: float, fam: Any,
     the run was resumed or not; units of other configs are never used (a resumed folder
     would otherwise give other numbers than a fresh one).
     """
-    import dataclasses
-
-    scope = _seed_scope(grid, hyper)
+    scope = _seed_scope(grid, fam, hyper)
     if scope is None:
         return []
     path = calibration_path(out_dir, rho, fam.name, variant, scope)
@@ -276,8 +275,7 @@ def _seed_points(grid: GridConfig, out_dir: Path, rho: float, fam: Any,
     if saved.get("hash") != _identity(dataclasses.replace(grid, scope=scope), rho, fam,
                                       hyper):
         return []
-    known = {p for p, _ in state["points"]}
-    pts = [(p, v) for p, v in saved["record"]["points"] if p not in known]
+    pts = saved["record"]["points"]
     add_points(state, [v for _, v in pts], [p for p, _ in pts])
     return [path.name]
 

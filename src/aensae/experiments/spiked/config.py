@@ -271,14 +271,24 @@ class GridConfig:
         return [(f, h, variant_id(h)) for f in self.families if f.calibrated
                 for h in f.variants()]
 
+    def primary_init(self, fam: Family, hyper: dict[str, Any]) -> bool:
+        """Whether ``fam``'s variant ``hyper`` runs in the primary setting: with
+        ``selection.init``, or any init of a family that runs no variant with it (always,
+        without a ``[selection]``); the other variants are the ablation."""
+        sel = self.selection
+        if sel is None:
+            return True
+        return hyper.get("init", "tied") == sel["init"] or not any(
+            h.get("init", "tied") == sel["init"] for h in fam.variants())
+
     def targets(self, fam: Family, hyper: dict[str, Any] | None = None
                 ) -> tuple[float, ...]:
         """The verdict targets of ``fam``'s variant ``hyper``: ``target_l0``, or for an
-        ablation init (an init other than ``selection.init``) the family's targets among
+        ablation variant (not :meth:`primary_init`) the family's targets among
         ``selection.ablation_targets`` when that is set."""
         sel = self.selection
         if (sel is None or sel.get("ablation_targets") is None or hyper is None
-                or hyper.get("init", "tied") == sel["init"]):
+                or self.primary_init(fam, hyper)):
             return fam.target_l0
         keep = set(sel["ablation_targets"])
         return tuple(t for t in fam.target_l0 if t in keep)

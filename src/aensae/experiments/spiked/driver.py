@@ -415,8 +415,7 @@ def _run_grid(grid: GridConfig, out: Path, *, progress: bool,
     sel = grid.selection
 
     def primary(fam: Any, hyper: dict[str, Any], rho: float) -> bool:
-        return hyper.get("init", "tied") == sel["init"] or not any(
-            h.get("init", "tied") == sel["init"] for h in fam.variants())
+        return grid.primary_init(fam, hyper)
 
     # the selection seed's variants only around the primary target (scope): its runs at
     # the other targets serve no decision

@@ -77,11 +77,7 @@ def validate_selection(raw: Any, seeds: list[int], families: list[Family]) -> di
         raise config_error("experiment.seeds", f"a config with [selection] needs at least "
                                                f"{MIN_TEST_SEEDS} test seeds for a decided "
                                                f"verdict, got {len(seeds)} ({seeds})")
-    for fam in families:
-        if fam.target_l0 and sel["target_l0"] not in fam.target_l0:
-            raise config_error("selection.target_l0",
-                               f"{sel['target_l0']:g} is not among family {fam.name!r}'s "
-                               f"target_l0 {list(fam.target_l0)}")
+    _check_among_targets("selection.target_l0", [sel["target_l0"]], families)
     if "ablation_targets" in sel:  # absent: left out, so that older configs keep their hash
         sel["ablation_targets"] = _ablation_targets(sel["ablation_targets"], families)
     return sel
@@ -97,12 +93,18 @@ def _ablation_targets(raw: Any, families: list[Family]) -> list[float]:
     out = [check_number(f"{key}[{i}]", v, low=0.0, low_open=True) for i, v in enumerate(raw)]
     if len(set(out)) != len(out):
         raise config_error(key, f"lists a target twice: {raw!r}")
+    _check_among_targets(key, out, families)
+    return sorted(out)
+
+
+def _check_among_targets(key: str, values: list[float], families: list[Family]) -> None:
+    """One-line error naming ``key`` unless every value is among the ``target_l0`` of each
+    family that has targets."""
     for fam in families:
-        missing = [t for t in out if fam.target_l0 and t not in fam.target_l0]
+        missing = [t for t in values if fam.target_l0 and t not in fam.target_l0]
         if missing:
             raise config_error(key, f"{missing[0]:g} is not among family {fam.name!r}'s "
                                     f"target_l0 {list(fam.target_l0)}")
-    return sorted(out)
 
 
 def selection_rule(sel: dict[str, Any]) -> str:
