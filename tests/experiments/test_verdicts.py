@@ -224,9 +224,13 @@ def test_a_selection_scope_keeps_the_run_targets_around_the_primary_target() -> 
     raw["calibrate"] = {"frontier": 1.41}
     raw["family"][0]["target_l0"] = [2.0, 4.0, 8.0]
     raw["family"].append({"name": "k", "arch": "topk", "target_l0": [2.0, 4.0, 8.0]})
+    raw["family"].append({"name": "t", "arch": "relu_l1", "target_l0": [2.0, 4.0, 8.0],
+                          "calibrate_range": [1e-3, 1e-1], "sweep": {"init": ["tied"]}})
     raw["selection"]["target_l0"] = 4.0
     grid = load_config(raw)
-    aen, topk = grid.families
+    aen, topk, tied_only = grid.families
+    # a family running no variant with the selection's init: its own init is primary
+    assert grid.targets(tied_only, {"init": "tied"}) == (2.0, 4.0, 8.0)
     assert len(grid.run_targets(aen)) == 4 and grid.run_targets(topk) == (2.0, 4.0, 8.0)
     scoped = dataclasses.replace(grid, scope=4.0)
     lo, hi = scoped.run_targets(aen)
@@ -244,9 +248,13 @@ def test_ablation_targets_restrict_the_other_init_only() -> None:
     raw["family"][0]["sweep"] = {"init": ["independent", "tied"]}
     raw["family"].append({"name": "k", "arch": "topk", "target_l0": [2.0, 4.0, 8.0],
                           "sweep": {"init": ["independent", "tied"]}})
+    raw["family"].append({"name": "t", "arch": "relu_l1", "target_l0": [2.0, 4.0, 8.0],
+                          "calibrate_range": [1e-3, 1e-1], "sweep": {"init": ["tied"]}})
     raw["selection"]["target_l0"] = 4.0
     grid = load_config(raw)
-    aen, topk = grid.families
+    aen, topk, tied_only = grid.families
+    # a family running no variant with the selection's init: its own init is primary
+    assert grid.targets(tied_only, {"init": "tied"}) == (2.0, 4.0, 8.0)
     ind, tied = {"init": "independent"}, {"init": "tied"}
     assert len(grid.run_targets(aen, ind)) == 4
     assert grid.run_targets(aen, tied) == pytest.approx((4 / 1.41, 4 * 1.41), rel=1e-6)
