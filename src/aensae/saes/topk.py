@@ -18,6 +18,20 @@ AuxK is off by default (``aux_k = 0``), as in the baseline the AEN-SAE is compar
 In a data-parallel step (:mod:`aensae.saes.training.distributed`) ``mean_b e`` and the
 denominator's mean run over the global batch.
 TopK has no l1 objective, so :meth:`exact_problem` returns ``None``.
+
+Gradients without AuxK (:meth:`TopKSAE.compute_grads`), with ``xc = x - b_dec``,
+``g = -2 (x - x_hat) / (B n)`` and ``M = [h > 0]`` (kept and positive)::
+
+    dL/dW_dec = h^T g
+    dpre      = (g W_dec^T) * M
+    dL/dW_enc = xc^T dpre,   dL/db_enc = sum_b dpre,   dL/db_dec = sum_b g - sum_b dpre W_enc^T
+
+the products autograd performs, in its order of rounding, without its graph: on the CPU
+the steps are bit-identical to autograd's (a test trains both paths and compares the
+weights), so runs trained before this backward are reproduced exactly. ``dL/db_dec``
+keeps autograd's sixth product ``dpre W_enc^T`` (summing first, ``W_enc sum_b dpre``,
+would save it but round differently). A step whose AuxK term is on (``aux_k > 0`` and
+some latent dead) goes through autograd.
 """
 
 from __future__ import annotations
@@ -27,7 +41,7 @@ from typing import Any, ClassVar
 import torch
 
 from aensae.objective import sae_loss
-from aensae.saes.base import INIT, SAE, Hyper, LossOutput
+from aensae.saes.base import INIT, SAE, Hyper, LossOutput, check_batch
 from aensae.saes.collectives import global_mean
 from aensae.saes.dead import fired_latents
 
@@ -92,6 +106,36 @@ class TopKSAE(SAE):
                 loss = loss + self.hyper["aux_coeff"] * aux
                 terms["aux"] = aux.detach()
         return LossOutput(loss, x_hat, h, terms)
+
+    def compute_grads(self, x: torch.Tensor) -> LossOutput:
+        """Loss of ``x`` and its gradients by the module docstring's formulas; autograd
+        when the AuxK term is on in this step."""
+        aux_k = int(self.hyper["aux_k"])
+        if aux_k > 0 and bool((self.samples_since_fired
+                               >= int(self.hyper["dead_samples"])).any()):
+            return super().compute_grads(x)
+        check_batch("x", x, self.d_in)
+        B, n = x.shape
+        W_enc, W_dec, b_enc, b_dec = self.W_enc, self.W_dec, self.b_enc, self.b_dec
+        with torch.no_grad():
+            xc = x - b_dec
+            h = topk_codes(torch.addmm(b_enc, xc, W_enc), int(self.hyper["k_top"]))
+            x_hat = torch.addmm(b_dec, h, W_dec)
+            diff = x - x_hat
+            mse = (diff * diff).mean()
+            # autograd's order of rounding: (1 / (B n)) * diff, doubled, negated
+            g = diff.mul_(torch.ones((), dtype=x.dtype).div_(B * n)).mul_(-2.0)
+            grad_W_dec = torch.mm(h.t(), g)
+            dh = torch.mm(g, W_dec.t())
+            dpre = torch.ops.aten.threshold_backward.grad_input(dh, h, 0, grad_input=dh)
+            grad_W_enc = torch.mm(xc.t(), dpre)
+            grad_b_enc = dpre.sum(0)
+            grad_b_dec = g.sum(0).sub_(torch.mm(dpre, W_enc.t()).sum(0))
+        self.W_enc.grad = grad_W_enc
+        self.W_dec.grad = grad_W_dec
+        self.b_enc.grad = grad_b_enc
+        self.b_dec.grad = grad_b_dec
+        return LossOutput(mse, x_hat, h, {"mse": mse}, {"fired": h.sum(0) > 0})
 
     @torch.no_grad()
     def after_step(self, out: LossOutput) -> None:
