@@ -158,7 +158,17 @@ def test_selection_picks_the_fewest_dead_within_the_ev_band() -> None:
     # no run brackets the target: the first variant, and the reason says so
     rows = [{**r, "l0": 5.0} for r in rows]
     got = choose(grid.families, grid.rhos, grid.selection, rows)["choices"][0]
-    assert got["hyper"] == {"gamma": 0.5} and "bracket" in got["reason"]
+    assert got["hyper"] == {"gamma": 0.5}
+    assert got["reason"] == ("no variant's runs bracket L0 2: the first variant of the "
+                             "sweep is used (L0 seen: 5, 5, 5, 5)")
+    # a family with one variant has nothing to select: the reason says that, not "first"
+    raw = _sel_config()
+    del raw["family"][0]["sweep"]
+    one = load_config(raw)
+    rows = [{**r, "variant": variant_id(one.families[0].variants()[0])} for r in rows[:2]]
+    got = choose(one.families, one.rhos, one.selection, rows)["choices"][0]
+    assert got["reason"] == ("the family's only variant; its runs do not bracket L0 2 "
+                             "(L0 seen: 5, 5)")
 
 
 def test_tiny_grid_with_a_selection_seed_end_to_end(tmp_path) -> None:

@@ -168,8 +168,11 @@ def choose(families: list[Family], rhos: list[float], sel: dict[str, Any],
                           f"{best_ev:.4g}); {len(band)} of {len(cands)} variants in the band")
             else:
                 pick = cands[0]
-                reason = (f"no variant's runs bracket L0 {target:g}: the first variant of "
-                          "the sweep is used")
+                seen = ", ".join(f"{v:.3g}" for c in cands for v in c["l0_seen"]) or "none"
+                reason = (f"the family's only variant; its runs do not bracket L0 {target:g}"
+                          if len(cands) == 1 else
+                          f"no variant's runs bracket L0 {target:g}: the first variant of "
+                          "the sweep is used") + f" (L0 seen: {seen})"
             choices.append({"family": fam.name, "rho": rho, "hyper": pick["hyper"],
                             "reason": reason, "candidates": cands})
     return {"rule": selection_rule(sel), "choices": choices}
