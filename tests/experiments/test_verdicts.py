@@ -11,7 +11,13 @@ from aensae._validation import InputError
 from aensae.experiments.config import Family, variant_id
 from aensae.experiments.spiked.config import load_config
 from aensae.experiments.spiked.selection import at_target, choose
-from aensae.experiments.verdicts import compare, seed_values, tally_verdict
+from aensae.experiments.verdicts import (
+    compare,
+    ema_start_count,
+    ema_start_share,
+    seed_values,
+    tally_verdict,
+)
 
 
 def _run(fam: str, seed: int, l0: float, value: float, trend: float = 0.0,
@@ -375,3 +381,17 @@ def test_llm_cells_against_a_hand_computation() -> None:
     assert pinned_runs(rows, "aen", "independent") == (3, 6)
     assert verdict_targets(rows, {"family": [{"target_l0": [32.0]}, {"target_l0": [8]}]}) \
         == [8.0, 32.0]
+
+
+def test_ema_start_share_is_the_residue_of_the_start_over_the_active_ema() -> None:
+    # the start 1 decays to beta^T: with beta 0.9999 after 30,000 steps that is
+    # exp(30000 ln 0.9999) = 0.04979; an active latents' EMA of 0.0672 is 74 % of it
+    row = {"hp_beta": 0.9999, "steps": 30000, "ema_q50_final": 0.0557, "ema_q95_final": 0.0672}
+    assert ema_start_share(row) == pytest.approx(math.exp(30000 * math.log(0.9999)) / 0.0672)
+    assert ema_start_share(row) == pytest.approx(0.7408, abs=1e-4)
+    # beta 0.999 after 10,000 steps leaves 4.5e-5: nothing, though the median latent is dead
+    fast = {"hp_beta": 0.999, "steps": 10000, "ema_q50_final": 4.5e-5, "ema_q95_final": 0.02}
+    assert ema_start_share(fast) == pytest.approx(0.999 ** 10000 / 0.02)
+    no_ema = {"hp_beta": math.nan, "steps": 30000, "ema_q95_final": math.nan}  # as read
+    assert math.isnan(ema_start_share(no_ema))
+    assert ema_start_count([row, fast, no_ema]) == (1, 2)

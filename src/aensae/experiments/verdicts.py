@@ -35,9 +35,9 @@ import numpy as np
 
 from aensae.experiments.plotting import init_of, num
 
-__all__ = ["ADAPTIVE", "DEAD_FLOOR", "MIN_SEEDS", "PINNED", "RULE", "compare",
-           "frontier_value", "pinned_count", "seed_values", "span", "summarise",
-           "tally_verdict"]
+__all__ = ["ADAPTIVE", "DEAD_FLOOR", "EMA_START", "MIN_SEEDS", "PINNED", "RULE", "compare",
+           "ema_start_count", "ema_start_share", "frontier_value", "pinned_count",
+           "seed_values", "span", "summarise", "tally_verdict"]
 
 #: The adaptive families (the claims' subject), when a grid has them.
 ADAPTIVE = ("aen", "adaptive_lasso")
@@ -50,6 +50,11 @@ DEAD_FLOOR = 0.01
 #: A run with more than this fraction of its latents at ``w_max`` is outside the
 #: method's intended regime ("valid features w ~ 1, noise w >> 1").
 PINNED = 0.5
+
+#: A run whose active latents' EMA (95th percentile) at the end is more than this share
+#: its initial value's residue ``beta^T`` has weights set by the EMA's start (and so by
+#: the run's length), not by the latents' activity (:func:`ema_start_share`).
+EMA_START = 0.5
 
 RULE = (f"a cell is one (rho, target L0, init). Each test seed's value at the target is "
         "interpolated in log L0 between its own two runs that bracket the target (a seed "
@@ -120,6 +125,35 @@ def pinned_count(runs: list[dict[str, Any]], column: str) -> tuple[int, int]:
     values = [num(r.get(column)) for r in runs]
     values = [v for v in values if math.isfinite(v)]
     return sum(v > PINNED for v in values), len(values)
+
+
+def ema_start_share(row: dict[str, Any]) -> float:
+    r"""Share of the active latents' EMA at the end of a run that is still its start.
+
+    The EMA of mean ``|h_i|`` starts at 1 and takes one update per step,
+    ``ema <- beta ema + (1 - beta) mean_b |h_bi|``, so after ``T`` steps
+    ``ema_i = beta^T + a_i`` with ``a_i = (1 - beta) sum_t beta^(T-1-t) mean_b |h_bi|(t)``
+    the latent's own activity. The weights ``w_i = (ref / ema_i)^gamma`` then compare
+    ``beta^T + a_ref`` with ``beta^T + a_i``: while the residue ``beta^T`` is not small
+    beside the activity of the most active latents, it compresses every weight toward 1
+    and the weights move with the run's length, not with the latents' activity. The share
+    is ``beta^T / ema_q95`` (``hp_beta``, ``steps``, ``ema_q95_final``: the 95th percentile,
+    the active latents; the median is the residue itself where most latents never fire),
+    NaN for runs without an EMA.
+    """
+    beta, steps = num(row.get("hp_beta")), num(row.get("steps"))
+    ema = num(row.get("ema_q95_final"))
+    if not (math.isfinite(beta) and math.isfinite(steps) and math.isfinite(ema) and ema > 0):
+        return math.nan
+    return beta ** steps / ema
+
+
+def ema_start_count(runs: list[dict[str, Any]]) -> tuple[int, int]:
+    """``(runs whose active latents' EMA is more than EMA_START its start's residue,
+    runs)`` among ``runs`` with an EMA (:func:`ema_start_share`)."""
+    values = [ema_start_share(r) for r in runs]
+    values = [v for v in values if math.isfinite(v)]
+    return sum(v > EMA_START for v in values), len(values)
 
 
 def span(v: list[float]) -> float:
