@@ -346,7 +346,12 @@ def _llm(fam: str, arch: str, seed: int, l0: float, dead: float, ce: float, kl: 
 
 
 def test_llm_cells_against_a_hand_computation() -> None:
-    from aensae.experiments.llm.verdicts import pinned_runs, verdict_cells, verdict_targets
+    from aensae.experiments.llm.verdicts import (
+        pinned_runs,
+        start_set_runs,
+        verdict_cells,
+        verdict_targets,
+    )
 
     # aen: each seed s has runs at L0 20 and 50 with dead 0.10 + s/100 and 0.04 + s/100;
     # at L0 32 the interpolation weight is w = ln(32/20) / ln(50/20)
@@ -379,6 +384,14 @@ def test_llm_cells_against_a_hand_computation() -> None:
     assert {c["outcome"] for c in verdict_cells(moving, [32.0])
             if c["base"] == "topk"} == {"not converged"}
     assert pinned_runs(rows, "aen", "independent") == (3, 6)
+    # the LLM table's regime columns carry the "regime_" prefix: 0.999^2000 = 0.1352 is
+    # more than half of 0.235 (seed 0) and less than half of 0.30 (the others)
+    for r in rows:
+        if r["family"] == "aen":
+            r.update(hp_beta=0.999, steps=2000.0,
+                     regime_ema_q95_final=0.235 if r["seed"] == 0 else 0.30)
+    assert 0.999 ** 2000 / 0.235 > 0.5 > 0.999 ** 2000 / 0.30
+    assert start_set_runs(rows, "aen", "independent") == (2, 6)
     assert verdict_targets(rows, {"family": [{"target_l0": [32.0]}, {"target_l0": [8]}]}) \
         == [8.0, 32.0]
 

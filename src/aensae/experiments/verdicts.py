@@ -127,7 +127,7 @@ def pinned_count(runs: list[dict[str, Any]], column: str) -> tuple[int, int]:
     return sum(v > PINNED for v in values), len(values)
 
 
-def ema_start_share(row: dict[str, Any]) -> float:
+def ema_start_share(row: dict[str, Any], prefix: str = "") -> float:
     r"""Share of the active latents' EMA at the end of a run that is still its start.
 
     The EMA of mean ``|h_i|`` starts at 1 and takes one update per step,
@@ -139,19 +139,20 @@ def ema_start_share(row: dict[str, Any]) -> float:
     and the weights move with the run's length, not with the latents' activity. The share
     is ``beta^T / ema_q95`` (``hp_beta``, ``steps``, ``ema_q95_final``: the 95th percentile,
     the active latents; the median is the residue itself where most latents never fire),
-    NaN for runs without an EMA.
+    NaN for runs without an EMA. ``prefix`` names the grid's regime columns (``"regime_"``
+    in the LLM grid's table).
     """
     beta, steps = num(row.get("hp_beta")), num(row.get("steps"))
-    ema = num(row.get("ema_q95_final"))
+    ema = num(row.get(f"{prefix}ema_q95_final"))
     if not (math.isfinite(beta) and math.isfinite(steps) and math.isfinite(ema) and ema > 0):
         return math.nan
     return beta ** steps / ema
 
 
-def ema_start_count(runs: list[dict[str, Any]]) -> tuple[int, int]:
+def ema_start_count(runs: list[dict[str, Any]], prefix: str = "") -> tuple[int, int]:
     """``(runs whose active latents' EMA is more than EMA_START its start's residue,
     runs)`` among ``runs`` with an EMA (:func:`ema_start_share`)."""
-    values = [ema_start_share(r) for r in runs]
+    values = [ema_start_share(r, prefix) for r in runs]
     values = [v for v in values if math.isfinite(v)]
     return sum(v > EMA_START for v in values), len(values)
 

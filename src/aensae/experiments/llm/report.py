@@ -29,7 +29,13 @@ from aensae.experiments.llm.schema import (
     LLM_REQUIRED_COLUMNS,
     window_values,
 )
-from aensae.experiments.llm.verdicts import CLAIMS, pinned_runs, verdict_cells, verdict_targets
+from aensae.experiments.llm.verdicts import (
+    CLAIMS,
+    pinned_runs,
+    start_set_runs,
+    verdict_cells,
+    verdict_targets,
+)
 from aensae.experiments.plotting import init_of
 from aensae.experiments.results import read_table
 from aensae.experiments.verdicts import RULE, summarise, tally_verdict
@@ -165,8 +171,12 @@ def _verdicts(rows: list[dict[str, Any]], config: dict[str, Any] | None) -> list
         for init in sorted({init_of(r) for r in sae if r.get("family") == fam}):
             k, n = pinned_runs(rows, fam, init)
             if n:
+                e, _ = start_set_runs(rows, fam, init)
                 notes.append(f"{fam} ({init}): {k} of {n} runs outside the intended regime "
-                             "(more than half their latents at w_max at the end)")
+                             f"(more than half their latents at w_max at the end), {e} of "
+                             f"{n} with weights set by the EMA's start (more than half of "
+                             "the active latents' EMA, its 95th percentile, is the start's "
+                             "residue beta^T: weights compressed toward 1)")
     if notes:
         out += ["", "Regime: " + "; ".join(notes) + "."]
     return out + [""]

@@ -26,9 +26,15 @@ import math
 from typing import Any
 
 from aensae.experiments.plotting import init_of, num
-from aensae.experiments.verdicts import ADAPTIVE, DEAD_FLOOR, compare, pinned_count
+from aensae.experiments.verdicts import (
+    ADAPTIVE,
+    DEAD_FLOOR,
+    compare,
+    ema_start_count,
+    pinned_count,
+)
 
-__all__ = ["CLAIMS", "pinned_runs", "verdict_cells", "verdict_targets"]
+__all__ = ["CLAIMS", "pinned_runs", "start_set_runs", "verdict_cells", "verdict_targets"]
 
 #: metric -> (what it is, which way is better, floor: the smallest difference that decides).
 CLAIMS: dict[str, tuple[str, str, float]] = {
@@ -80,6 +86,13 @@ def pinned_runs(rows: list[dict[str, Any]], fam: str, init: str) -> tuple[int, i
     adaptive family under one init."""
     return pinned_count([r for r in rows if r.get("kind") == "sae" and r.get("family") == fam
                          and init_of(r) == init], "regime_w_max_frac_final")
+
+
+def start_set_runs(rows: list[dict[str, Any]], fam: str, init: str) -> tuple[int, int]:
+    """``(runs whose weights are still set by the EMA's start, runs)`` of an adaptive
+    family under one init (:func:`aensae.experiments.verdicts.ema_start_share`)."""
+    return ema_start_count([r for r in rows if r.get("kind") == "sae"
+                            and r.get("family") == fam and init_of(r) == init], "regime_")
 
 
 def _arch(rows: list[dict[str, Any]], fam: str) -> str:
