@@ -51,9 +51,9 @@ DEAD_FLOOR = 0.01
 #: method's intended regime ("valid features w ~ 1, noise w >> 1").
 PINNED = 0.5
 
-#: A run whose active latents' EMA (95th percentile) at the end is more than this share
-#: its initial value's residue ``beta^T`` has weights set by the EMA's start (and so by
-#: the run's length), not by the latents' activity (:func:`ema_start_share`).
+#: A run in which the EMA's start, decayed to ``beta^T``, is more than this share of the
+#: active latents' EMA (95th percentile) at the end has weights set by that start (and so
+#: by the run's length), not by the latents' activity (:func:`ema_start_share`).
 EMA_START = 0.5
 
 RULE = (f"a cell is one (rho, target L0, init). Each test seed's value at the target is "
@@ -150,8 +150,8 @@ def ema_start_share(row: dict[str, Any], prefix: str = "") -> float:
 
 
 def ema_start_count(runs: list[dict[str, Any]], prefix: str = "") -> tuple[int, int]:
-    """``(runs whose active latents' EMA is more than EMA_START its start's residue,
-    runs)`` among ``runs`` with an EMA (:func:`ema_start_share`)."""
+    """``(runs whose start share exceeds EMA_START, runs)`` among ``runs`` with an EMA
+    (:func:`ema_start_share`)."""
     values = [ema_start_share(r, prefix) for r in runs]
     values = [v for v in values if math.isfinite(v)]
     return sum(v > EMA_START for v in values), len(values)
