@@ -81,18 +81,21 @@ def verdict_cells(rows: list[dict[str, Any]], targets: list[float]
     return cells
 
 
+def _runs_of(rows: list[dict[str, Any]], fam: str, init: str) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("kind") == "sae" and r.get("family") == fam
+            and init_of(r) == init]
+
+
 def pinned_runs(rows: list[dict[str, Any]], fam: str, init: str) -> tuple[int, int]:
     """``(runs with more than PINNED of their latents at w_max at the end, runs)`` of an
     adaptive family under one init."""
-    return pinned_count([r for r in rows if r.get("kind") == "sae" and r.get("family") == fam
-                         and init_of(r) == init], "regime_w_max_frac_final")
+    return pinned_count(_runs_of(rows, fam, init), "regime_w_max_frac_final")
 
 
 def start_set_runs(rows: list[dict[str, Any]], fam: str, init: str) -> tuple[int, int]:
     """``(runs whose weights are still set by the EMA's start, runs)`` of an adaptive
     family under one init (:func:`aensae.experiments.verdicts.ema_start_share`)."""
-    return ema_start_count([r for r in rows if r.get("kind") == "sae"
-                            and r.get("family") == fam and init_of(r) == init], "regime_")
+    return ema_start_count(_runs_of(rows, fam, init), "regime_")
 
 
 def _arch(rows: list[dict[str, Any]], fam: str) -> str:

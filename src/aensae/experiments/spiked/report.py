@@ -192,10 +192,15 @@ def _targets(rows, rho: float, init: str) -> list[float]:
     return sorted(out)
 
 
+def _runs_of(rows, fam: str, init: str) -> list[dict[str, Any]]:
+    """``fam``'s test runs with ``init``."""
+    return [r for r in _test_rows(rows) if r["family"] == fam and _init(r) == init]
+
+
 def setting(rows, fam: str, init: str) -> str:
     """The setting a verdict rests on: init, the family's hyperparameters (adaptive ones
     in full, with the hold), latents, steps, seeds."""
-    sub = [r for r in _test_rows(rows) if r["family"] == fam and _init(r) == init]
+    sub = _runs_of(rows, fam, init)
     if not sub:
         return f"{fam}, init {init}: no runs"
     r = sub[0]
@@ -216,20 +221,14 @@ def setting(rows, fam: str, init: str) -> str:
     return f"{fam}: " + "; ".join(parts)
 
 
-def regime_count(rows, fam: str, init: str) -> tuple[int, int]:
-    """(runs with more than :data:`PINNED` of their latents at w_max, adaptive runs) of
-    ``fam``'s test runs with ``init``."""
-    return pinned_count([r for r in _test_rows(rows) if r["family"] == fam
-                         and _init(r) == init], "w_max_frac_final")
-
-
 def _regime_note(rows, fams, init: str) -> str:
+    """Per adaptive family: its runs outside the intended regime (pinned) and start-set."""
     notes = []
     for fam in fams:
-        k, n = regime_count(rows, fam, init)
+        runs = _runs_of(rows, fam, init)
+        k, n = pinned_count(runs, "w_max_frac_final")
         if n:
-            e, _ = ema_start_count([r for r in _test_rows(rows) if r["family"] == fam
-                                    and _init(r) == init])
+            e, _ = ema_start_count(runs)
             notes.append(f"{fam}: {k} of {n} runs outside the intended regime (more than "
                          f"{PINNED:.0%} of latents at w_max at the end), {e} of {n} with "
                          f"weights set by the EMA's start (more than {EMA_START:.0%} of the "
