@@ -278,6 +278,28 @@ def test_runs_taken_from_the_calibration_equal_a_fresh_training(tiny_run) -> Non
         assert trained["dead"] == res["m"].to_dict()["dead"]
 
 
+def test_model_cache_save_clears_what_a_killed_writer_left(tmp_path) -> None:
+    """A writer killed mid-``save`` (a cancelled Ray task) leaves ``.cfg.json.*.tmp`` in
+    the key's folder; saving that key again removes it and leaves the complete model."""
+    import torch
+
+    from aensae.experiments.spiked.data import CACHE_DIR, cache_load, cache_save
+    from aensae.saes import create
+
+    folder = tmp_path / CACHE_DIR / "k"
+    folder.mkdir(parents=True)
+    (folder / ".cfg.json.abc123.tmp").write_text("{")
+    (folder / "keep.txt").write_text("not a partial file")
+    model = create("relu_l1", 4, 6, seed=1)
+    cache_save(tmp_path, "k", model, {"train_loss_last": 0.5})
+    assert sorted(p.name for p in folder.iterdir()) == ["cfg.json", "keep.txt",
+                                                       "result.json", "sae.safetensors"]
+    loaded, res = cache_load(tmp_path, "k")
+    assert res == {"train_loss_last": 0.5}
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_other_config_in_out_dir_is_an_error(tiny_run) -> None:
     grid, out = tiny_run
     other = _tiny()

@@ -127,11 +127,16 @@ def model_key(grid: GridConfig, arch: str, hyper: dict[str, Any], rho: float,
 
 
 def cache_save(out: Path, key: str, model: Any, result: dict[str, Any]) -> None:
-    """Keep a model trained to the main length (and its training record) under ``key``."""
-    from aensae._io import atomic_write_json
+    """Keep a model trained to the main length (and its training record) under ``key``.
+
+    The key's folder is first cleared of what a killed writer left there (a cancelled Ray
+    task, a SIGKILL mid-``save``): only the task that trains ``key`` writes into it.
+    """
+    from aensae._io import atomic_write_json, remove_partial_files
     from aensae.saes import save
 
     folder = Path(out) / CACHE_DIR / key
+    remove_partial_files(folder)
     save(model, folder)
     atomic_write_json(folder / "result.json", result)  # last: the "complete" marker
 
