@@ -29,6 +29,15 @@ L0 drifts with run length (a pass shorter than the runs misses it), so every run
 its target, the L0 it reached and their ratio, and comparisons at matched L0 use only
 runs within ``calibrate.tolerance`` (a ratio) of their target.
 
+**Bracket search** (``calibrate.bracket``, full-length passes only): the search brackets
+each verdict target ``t`` within the ratio ``bracket`` (two measured points with
+``L0_lo <= t <= L0_hi <= bracket * L0_lo``), aiming its refinements at the run targets,
+and every model it trains is a run of the calibration seed (``GridConfig.runs`` with the
+measured penalties: target L0 none, the model taken from the cache). The verdicts
+interpolate each seed to ``t`` along its runs, so landing a run target buys nothing for
+that seed; the record gives each target's ``brackets`` ratio, and the run targets'
+penalties, read off the points, serve the other seeds.
+
 If every target of a family at some rho is unreachable, the config cannot be run as
 written: :func:`calibrate` raises :class:`~aensae._validation.InputError` naming the
 family and rho (after writing what it measured). Results are written per rho and
@@ -49,6 +58,7 @@ reused across calibrations: a resumed run gives what a fresh one gives.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -211,7 +221,11 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
     seeded: dict[tuple[str, str], list[str]] = {}
     for fam, hyper, variant in jobs:
         bounds = tuple(fam.calibrate_range)  # type: ignore[arg-type]
-        st = new_state(bounds, list(grid.run_targets(fam, hyper)))
+        if "bracket" in c:  # bracket the verdict targets, aiming at the run targets
+            st = new_state(bounds, list(grid.targets(fam, hyper)), bracket=c["bracket"],
+                           aims=list(grid.run_targets(fam, hyper)))
+        else:
+            st = new_state(bounds, list(grid.run_targets(fam, hyper)))
         key = (fam.name, variant)
         states[key] = (fam, hyper, st)
         seeded[key] = _seed_points(grid, out_dir, rho, fam, hyper, variant, st)
@@ -246,6 +260,9 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
             "extrapolated": {repr(t): v for t, v in res["extrapolated"].items()},
             "unreachable": {repr(t): v for t, v in res["unreachable"].items()},
             "seeded_from": seeded[(name, variant)]}
+        if "brackets" in res:
+            rec["brackets"] = {repr(t): (v if math.isfinite(v) else None)  # None: one side
+                               for t, v in res["brackets"].items()}  # only past the map
         atomic_write_json(calibration_path(out_dir, rho, name, variant, grid.scope),
                           {"hash": _identity(grid, rho, fam, hyper), "record": rec})
         done[(name, variant)] = _restore(rec)
@@ -330,6 +347,7 @@ def calibrate(grid: GridConfig, out_dir: Path, *, progress: bool = False,
 def _restore(rec: dict[str, Any]) -> dict[str, Any]:
     """JSON record -> in-memory record with float target keys."""
     out = dict(rec)
-    for key in ("penalties", "extrapolated", "unreachable"):
-        out[key] = {float(k): v for k, v in rec.get(key, {}).items()}
+    for key in ("penalties", "extrapolated", "unreachable", "brackets"):
+        if key in rec or key != "brackets":
+            out[key] = {float(k): v for k, v in rec.get(key, {}).items()}
     return out

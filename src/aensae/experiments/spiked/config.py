@@ -33,7 +33,10 @@ used). The tables:
   runs of a calibrated family are calibrated to ``t / frontier`` and ``t * frontier`` for
   every target ``t`` (:meth:`~aensae.experiments.config.Family.run_targets`), so that each
   seed's metrics can be interpolated to the targets themselves along its own frontier;
-  1: runs at the targets);
+  1: runs at the targets), ``bracket`` (optional, a ratio ``>= frontier ** 2``; needs
+  full-length passes and no ``[selection]``): the search only brackets each target
+  within this ratio and every model it trains is a run of the calibration seed (see
+  :mod:`aensae.experiments.spiked.calibrate`);
 - ``[selection]`` (optional): a selection seed that picks each family's configuration
   among its sweep before any test seed runs (:mod:`aensae.experiments.spiked.selection`):
   ``seed`` (used for nothing else; also the calibration's seed), ``target_l0`` (the
@@ -109,7 +112,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
               "dead_last": 5, "checkpoint_every": 1000, "progress": True, "stack": False,
               "graph": "auto"},
     "eval": {"samples": 1024, "encoder_samples": 128, "hoffman_samples": 256, "tol": 1e-10},
-    "calibrate": {"steps": 500, "ladder": 5, "rounds": 1, "tolerance": 1.5, "frontier": 1.0},
+    "calibrate": {"steps": 500, "ladder": 5, "rounds": 1, "tolerance": 1.5, "frontier": 1.0,
+                  "bracket": None},
     "reference": {"ladder": 6, "fraction_min": 0.01, "fraction_max": 0.5, "l2": 1e-3},
     "speed": {"run": False, "quick": True, "signals": 1000, "rho": [0.0, 0.9], "json": None},
 }
@@ -229,7 +233,9 @@ class GridConfig:
         return canonical_hash(d)
 
     def runs(self, penalties: dict[tuple[str, str, float], dict[float, float]] | None = None,
-             *, seeds: list[int] | None = None, keep: Any = None) -> list[RunSpec]:
+             *, seeds: list[int] | None = None, keep: Any = None,
+             points: dict[tuple[str, str, float], list[float]] | None = None
+             ) -> list[RunSpec]:
         """Every SAE run of the grid, in a stable order.
 
         ``penalties[(family, variant, rho)][target]`` gives the calibrated sparsity value
@@ -237,6 +243,10 @@ class GridConfig:
         :func:`aensae.experiments.spiked.calibrate.calibrate`). A target missing from it is
         unreachable and has no run. ``seeds`` (default :attr:`seeds`) and
         ``keep(family, hyper, rho)`` (default: every variant) restrict the runs.
+
+        With ``calibrate.bracket``, ``points[(family, variant, rho)]`` lists the penalties
+        the calibration measured: the calibration seed's runs of that variant are one per
+        penalty (``target_l0`` None), the models the calibration trained.
         """
         out = []
         for rho in self.rhos:
@@ -250,12 +260,20 @@ class GridConfig:
                             out.append(RunSpec(fam.name, fam.arch, hyper, rho, seed, None,
                                                False, variant))
                             continue
+                        key = (fam.name, variant, rho)
+                        if (points is not None and key in points and fam.calibrated
+                                and seed == self.calibration_seed
+                                and "bracket" in self.calibrate):
+                            out += [RunSpec(fam.name, fam.arch,
+                                            {**hyper, fam.sparsity_param: float(p)}, rho,
+                                            seed, None, True, variant)
+                                    for p in sorted(set(points[key]))]
+                            continue
                         for target in self.run_targets(fam, hyper):
                             h = dict(hyper)
                             if fam.arch in DIRECT_K:
                                 h[fam.sparsity_param] = max(1, int(round(target)))
                             else:
-                                key = (fam.name, variant, rho)
                                 if penalties is None or key not in penalties:
                                     raise KeyError(f"no calibrated {fam.sparsity_param} for "
                                                    f"family {fam.name!r}, rho={rho}")
@@ -369,6 +387,10 @@ def _validate_tables(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     c["rounds"] = check_number("calibrate.rounds", c["rounds"], kind=int, low=1)
     c["tolerance"] = check_number("calibrate.tolerance", c["tolerance"], low=1.0, low_open=True)
     c["frontier"] = check_number("calibrate.frontier", c["frontier"], low=1.0)
+    if c["bracket"] is None:  # unset: left out, so that older configs keep their hash
+        del c["bracket"]
+    else:
+        _check_bracket(c, tr)
     r["ladder"] = check_number("reference.ladder", r["ladder"], kind=int, low=2)
     r["fraction_min"] = check_number("reference.fraction_min", r["fraction_min"], low=0.0,
                              low_open=True, high=1.0)
@@ -384,6 +406,23 @@ def _validate_tables(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if s["json"] is not None and not isinstance(s["json"], str):
         raise config_error("speed.json", f"must be a path string, got {s['json']!r}")
     return t
+
+
+def _check_bracket(c: dict[str, Any], tr: dict[str, Any]) -> None:
+    """``calibrate.bracket``: a ratio of at least ``frontier ** 2`` (two runs landed on
+    the run targets around a target must satisfy it), with full-length passes."""
+    c["bracket"] = check_number("calibrate.bracket", c["bracket"], low=1.0, low_open=True)
+    if c["frontier"] <= 1.0 or c["bracket"] < c["frontier"] ** 2:
+        raise config_error("calibrate.bracket", f"must be >= calibrate.frontier ** 2 with "
+                           f"calibrate.frontier > 1 (its runs aim at t / frontier and t * "
+                           f"frontier), got bracket {c['bracket']:g}, frontier "
+                           f"{c['frontier']:g}")
+    if c["steps"] != tr["steps"] or tr["stack"]:
+        raise config_error("calibrate.bracket", f"needs full-length calibration passes, whose "
+                           f"models are the calibration seed's runs: calibrate.steps = "
+                           f"train.steps and train.stack false, got calibrate.steps "
+                           f"{c['steps']}, train.steps {tr['steps']}, train.stack "
+                           f"{str(tr['stack']).lower()}")
 
 
 def load_config(config: str | Path | dict[str, Any] | ConfigText) -> GridConfig:
@@ -410,5 +449,9 @@ def load_config(config: str | Path | dict[str, Any] | ConfigText) -> GridConfig:
     executor = parse_executor_table(raw.get("executor", {}))
     selection = (validate_selection(raw["selection"], t["experiment"]["seeds"], families)
                  if "selection" in raw else None)
+    if selection is not None and "bracket" in t["calibrate"]:
+        raise config_error("calibrate.bracket", "cannot be used with a [selection] table: its "
+                           "test seeds train at penalties landed on the run targets "
+                           "(calibrate.tolerance); remove one of them")
     return GridConfig(**t, families=families, source=source, raw=raw, executor=executor,
                       selection=selection)

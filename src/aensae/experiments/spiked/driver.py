@@ -257,8 +257,16 @@ def runs_after_calibration(grid: GridConfig, out: Path, *, keep: Any = None,
     from aensae.experiments.spiked.calibrate import calibrate
 
     calib = calibrate(grid, out, keep=keep, strict=grid.scope is None)
+    return calibrated_runs(grid, calib, seeds=seeds, keep=keep)
+
+
+def calibrated_runs(grid: GridConfig, calib: dict[tuple[str, str, float], dict[str, Any]],
+                    *, seeds: list[int] | None = None, keep: Any = None) -> list[RunSpec]:
+    """The grid's runs with the penalties (and, for a bracket search, the calibration
+    seed's measured points) of the calibration records ``calib``."""
     return grid.runs({key: rec["penalties"] for key, rec in calib.items()}, seeds=seeds,
-                     keep=keep)
+                     keep=keep,
+                     points={key: [p for p, _ in rec["points"]] for key, rec in calib.items()})
 
 
 def reproduce(grid: GridConfig, out: str | Path, *, progress: bool = True,
@@ -501,8 +509,7 @@ def _run_phase(grid: GridConfig, out: Path, keep: Any, seeds: list[int], *, prog
     # every unit is on disk now; raises if all of a variant's targets are unreachable
     # (under a selection scope such a variant is just no candidate)
     calib = calibrate(grid, out, keep=keep, strict=grid.scope is None)
-    penalties = {key: rec["penalties"] for key, rec in calib.items()}
-    specs = grid.runs(penalties, seeds=seeds, keep=keep)
+    specs = calibrated_runs(grid, calib, seeds=seeds, keep=keep)
     ids = [s.run_id(grid) for s in specs]
     if len(set(ids)) != len(ids):
         raise InputError("config [[family]]: the grid expands to duplicate runs (two "

@@ -34,6 +34,7 @@ from aensae.experiments.verdicts import (
     compare,
     ema_start_count,
     ema_start_share,
+    frontier_value,
     pinned_count,
     seed_values,
     span,
@@ -190,6 +191,25 @@ def _targets(rows, rho: float, init: str) -> list[float]:
         elif r.get("target_l0") is not None:
             out.add(_n(r["target_l0"]))
     return sorted(out)
+
+
+def _bracket_widths(test: list[dict[str, Any]]) -> list[tuple[float, str]]:
+    """``(L0_hi / L0_lo, where)`` of the runs each seed's value at each target is
+    interpolated between (:func:`~aensae.experiments.verdicts.frontier_value`)."""
+    by: dict[tuple[Any, ...], list[tuple[float, float, float]]] = defaultdict(list)
+    for r in test:
+        by[(r["family"], _init(r), _n(r["rho"]), _n(r.get("seed")))].append(
+            (_n(r.get("l0")), 0.0, _n(r.get("l0"))))
+    out = []
+    for (fam, init, rho, seed), pts in sorted(by.items()):
+        one = [r for r in test if r["family"] == fam and _init(r) == init
+               and _n(r["rho"]) == rho]
+        for t in _targets(one, rho, init):
+            _, used = frontier_value(pts, t)
+            if used:
+                out.append((max(used) / min(used),
+                            f"{fam}/{init} rho={rho:g} target {t:g} seed {seed:g}"))
+    return out
 
 
 def _runs_of(rows, fam: str, init: str) -> list[dict[str, Any]]:
@@ -428,8 +448,14 @@ def _quality_notes(rows) -> list[str]:
     lines.append(f"- {len(test)} test runs; each seed's metrics are interpolated to every "
                  "target along its own runs (no point is extrapolated: a seed whose runs do "
                  "not bracket a target gives no value there).")
+    widths = _bracket_widths(test)
+    if widths:
+        ratio, where = max(widths)
+        lines.append(f"- Interpolation reach: the two runs a seed's value at a target "
+                     f"comes from have L0s a median factor {np.median([w for w, _ in widths]):.2f} "
+                     f"apart (over {len(widths)} seed values), at most {ratio:.2f} ({where}).")
     if unr:
-        lines.append("- Unreachable run targets (no penalty in the searched range reached "
+        lines.append("- Unreachable targets (no penalty in the searched range reached "
                      "them; L0 range seen in calibration): " + "; ".join(
                          f"{r['family']}/{_init(r)} rho={_n(r['rho']):g} target "
                          f"{_n(r['target_l0']):g} (L0 {_fmt(_n(r.get('l0_seen_min')))}"

@@ -154,7 +154,9 @@ def evaluate_run(grid: GridConfig, out: Path, point: DataPoint, spec: RunSpec,
     if calib is not None:
         row.update({"calibrated_param": calib["param"],
                     "calibrated_value": spec.hyper[calib["param"]],
-                    "calibration_extrapolated": calib["extrapolated"][spec.target_l0],
+                    # a bracket search's point (no target) is a measured penalty
+                    "calibration_extrapolated": calib["extrapolated"].get(spec.target_l0,
+                                                                          False),
                     "calibration_steps": calib["steps"]})
     elif spec.target_l0 is not None:
         row.update({"calibrated_param": "k_top", "calibrated_value": spec.hyper["k_top"],
