@@ -152,8 +152,9 @@ def test_unset_bracket_keeps_the_config_hash() -> None:
 
 
 def _tiny_raw() -> dict:
-    import tomllib
     from importlib import resources
+
+    import tomllib
 
     text = resources.files("aensae.configs").joinpath("tiny.toml").read_text()
     return tomllib.loads(text)

@@ -298,26 +298,65 @@ def test_topk_hand_backward_equals_autograd(dtype: torch.dtype) -> None:
     assert torch.equal(out.stats["fired"], fired.sum(0) > 0)
 
 
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(256, 64, 256, 4), (37, 12, 40, 5)])
-def test_topk_hand_steps_bit_identical_to_autograd(dtype: torch.dtype, shape) -> None:
+def test_topk_hand_steps_bit_identical_to_autograd(arch: str, dtype: torch.dtype, shape
+                                                   ) -> None:
     """The plain path (autograd of ``loss``, :meth:`SAE.compute_grads`) and the hand-derived
-    backward round alike: 40 Adam steps end on the same weights, bit for bit, so runs
-    trained before the hand-derived backward are reproduced exactly."""
+    backward round alike: 40 Adam steps end on the same weights (and BatchTopK's inference
+    threshold), bit for bit, so runs trained before the hand-derived backward are
+    reproduced exactly."""
     from aensae.saes.base import SAE
 
     B, n, m, k = shape
-    plain = create("topk", n, m, dtype=dtype, k_top=k, seed=3)
-    hand = create("topk", n, m, dtype=dtype, k_top=k, seed=3)
+    plain = create(arch, n, m, dtype=dtype, k_top=k, seed=3)
+    hand = create(arch, n, m, dtype=dtype, k_top=k, seed=3)
     gen = torch.Generator().manual_seed(5)
     opts = [torch.optim.Adam(mdl.parameters(), lr=1e-3) for mdl in (plain, hand)]
     for _ in range(40):
         x = torch.relu(torch.randn(B, n, generator=gen, dtype=dtype))
         outs = [SAE.compute_grads(plain, x), hand.compute_grads(x)]
         assert torch.equal(outs[0].loss, outs[1].loss)
+        for mdl, opt, out in zip((plain, hand), opts, outs, strict=True):
+            opt.step()
+            mdl.project_decoder()
+            mdl.after_step(out)
+    for (name, p), q in zip(plain.named_parameters(), hand.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    for (name, b), c in zip(plain.named_buffers(), hand.buffers(), strict=True):
+        assert torch.equal(b, c), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape, l0", [((256, 64, 256), 3e-3), ((37, 12, 40), 0.2)])
+def test_jumprelu_hand_steps_bit_identical_to_autograd(dtype: torch.dtype, shape, l0) -> None:
+    """The oracle is autograd through JumpReLU's straight-through functions
+    (:meth:`SAE.compute_grads` on ``loss``): 40 Adam steps of both paths end on the same
+    weights and thresholds, bit for bit, with latents inside the kernel's band on the
+    way (so both threshold terms act)."""
+    from aensae.saes.base import SAE
+    from aensae.saes.jumprelu import _kernel
+
+    B, n, m = shape
+    plain = create("jumprelu", n, m, dtype=dtype, l0=l0, bandwidth=0.2, seed=3)
+    hand = create("jumprelu", n, m, dtype=dtype, l0=l0, bandwidth=0.2, seed=3)
+    gen = torch.Generator().manual_seed(5)
+    opts = [torch.optim.Adam(mdl.parameters(), lr=1e-2) for mdl in (plain, hand)]
+    in_band = 0.0
+    for _ in range(40):
+        x = torch.relu(torch.randn(B, n, generator=gen, dtype=dtype))
+        with torch.no_grad():
+            in_band += float(_kernel(plain.pre_activation(x), plain.threshold, 0.2).sum())
+        outs = [SAE.compute_grads(plain, x), hand.compute_grads(x)]
+        assert torch.equal(outs[0].loss, outs[1].loss)
+        assert torch.equal(outs[0].h, outs[1].h)
         for mdl, opt in zip((plain, hand), opts, strict=True):
             opt.step()
             mdl.project_decoder()
+    assert in_band > 0
+    assert not torch.equal(plain.log_threshold, torch.full_like(plain.log_threshold,
+                                                                math.log(0.1)))
     for (name, p), q in zip(plain.named_parameters(), hand.parameters(), strict=True):
         assert torch.equal(p, q), name
 

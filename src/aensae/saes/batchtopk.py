@@ -18,6 +18,16 @@ Data-parallel training (:mod:`aensae.saes.training.distributed`): each rank hold
 and the ``B * k_top`` largest entries are those of the global batch, found from the
 ranks' own largest, so every rank keeps what the single-process batch top-k keeps
 (entries tied at the threshold: the first in the global batch's row order).
+
+Gradients (single process), with ``xc = x - b_dec``, ``g = -2 (x - x_hat) / (B n)`` and
+``M = [h > 0]`` (an entry passes its gradient iff it was kept and positive)::
+
+    dL/dW_dec = h^T g;  dpre = (g W_dec^T) * M;  dL/dW_enc = xc^T dpre
+    dL/db_enc = sum_b dpre;  dL/db_dec = sum_b g - sum_b dpre W_enc^T
+
+:meth:`BatchTopKSAE.compute_grads` computes them with autograd's six products in its order
+of rounding, so on the CPU the weights after any number of steps equal those of autograd
+on :meth:`BatchTopKSAE.loss`, bit for bit (a test compares them).
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from typing import Any, ClassVar
 import torch
 
 from aensae.objective import sae_loss
-from aensae.saes.base import INIT, SAE, Hyper, LossOutput
+from aensae.saes.base import INIT, SAE, Hyper, LossOutput, check_batch
 from aensae.saes.collectives import batch_world, count_before, global_top_values
 from aensae.saes.topk import K_TOP
 
@@ -119,6 +129,35 @@ class BatchTopKSAE(SAE):
         x_hat = self.decode(h)
         loss = sae_loss(x, x_hat, h, 0.0)
         return LossOutput(loss, x_hat, h, {"mse": loss.detach()}, {"min_kept": a_min})
+
+    def compute_grads(self, x: torch.Tensor) -> LossOutput:
+        """Loss of ``x`` and its gradients by the module docstring's formulas; autograd in
+        a data-parallel step."""
+        if batch_world() is not None:
+            return super().compute_grads(x)
+        check_batch("x", x, self.d_in)
+        B, n = x.shape
+        W_enc, W_dec, b_enc, b_dec = self.W_enc, self.W_dec, self.b_enc, self.b_dec
+        with torch.no_grad():
+            xc = x - b_dec
+            h, a_min = self._batch_topk(torch.addmm(b_enc, xc, W_enc))
+            x_hat = torch.addmm(b_dec, h, W_dec)
+            diff = x - x_hat
+            mse = (diff * diff).mean()
+            # autograd's order of rounding: (1 / (B n)) * diff, doubled, negated
+            g = diff.mul_(torch.ones((), dtype=x.dtype).div_(B * n)).mul_(-2.0)
+            grad_W_dec = torch.mm(h.t(), g)
+            dh = torch.mm(g, W_dec.t())
+            dpre = torch.ops.aten.threshold_backward.grad_input(dh, h, 0, grad_input=dh)
+            grad_W_enc = torch.mm(xc.t(), dpre)
+            grad_b_enc = dpre.sum(0)
+            grad_b_dec = g.sum(0).sub_(torch.mm(dpre, W_enc.t()).sum(0))
+        self.W_enc.grad = grad_W_enc
+        self.W_dec.grad = grad_W_dec
+        self.b_enc.grad = grad_b_enc
+        self.b_dec.grad = grad_b_dec
+        return LossOutput(mse, x_hat, h, {"mse": mse},
+                          {"min_kept": a_min, "fired": h.sum(0) > 0})
 
     @torch.no_grad()
     def after_step(self, out: LossOutput) -> None:

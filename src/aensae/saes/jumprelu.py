@@ -14,6 +14,21 @@ pseudo-derivatives of the paper (rectangle kernel ``K(u) = [|u| < 1/2]``, bandwi
 
 while ``d h / d pre = H(pre - theta)`` and ``H`` passes no gradient to ``pre``.
 The objective is not an l1 problem, so :meth:`exact_problem` returns ``None``.
+
+Gradients, with ``xc = x - b_dec``, ``M = H(pre - theta)``, ``K = K((pre - theta) / eps)``
+and ``g = dL/dx_hat = -2 (x - x_hat) / (B n)``::
+
+    dL/dW_dec = h^T g                     dh   = g W_dec^T
+    dpre      = dh * M                    dL/dtheta = -sum_b (dh * theta / eps + l0 / (B eps)) * K
+    dL/dW_enc = xc^T dpre                 dL/db_enc = sum_b dpre
+    dL/db_dec = sum_b g - sum_b dpre W_enc^T
+    dL/dlog_threshold = theta * dL/dtheta
+
+:meth:`JumpReLUSAE.compute_grads` computes these with autograd's operations in autograd's
+order (the kernel ``K`` and the step ``M`` once each, not once per straight-through
+function), so on the CPU its weights after any number of steps equal those of
+:meth:`~aensae.saes.base.SAE.compute_grads` on :meth:`JumpReLUSAE.loss` (a test compares
+them bit for bit).
 """
 
 from __future__ import annotations
@@ -25,7 +40,7 @@ import torch
 from torch import nn
 
 from aensae.objective import sae_loss
-from aensae.saes.base import INIT, SAE, Hyper, LossOutput
+from aensae.saes.base import INIT, SAE, Hyper, LossOutput, check_batch
 
 __all__ = ["JumpReLUSAE", "jumprelu", "step_ste"]
 
@@ -114,3 +129,44 @@ class JumpReLUSAE(SAE):
         loss = mse + self.hyper["l0"] * l0
         return LossOutput(loss, x_hat, h, {"mse": mse.detach(),
                                            "l0": (self.hyper["l0"] * l0).detach()})
+
+    def compute_grads(self, x: torch.Tensor) -> LossOutput:
+        """Loss of ``x`` and its gradients by the module docstring's formulas."""
+        check_batch("x", x, self.d_in)
+        B, n = x.shape
+        eps = float(self.hyper["bandwidth"])
+        l0c = float(self.hyper["l0"])
+        W_enc, W_dec, b_enc, b_dec = self.W_enc, self.W_dec, self.b_enc, self.b_dec
+        with torch.no_grad():
+            xc = x - b_dec
+            pre = torch.addmm(b_enc, xc, W_enc)
+            theta = self.log_threshold.exp()
+            step = (pre > theta).to(pre.dtype)
+            h = pre * step
+            x_hat = torch.addmm(b_dec, h, W_dec)
+            diff = x - x_hat
+            mse = (diff * diff).mean()
+            l0 = step.sum(-1).mean()
+            loss = mse + l0c * l0
+            # autograd's order of rounding: (1 / (B n)) * diff, doubled, negated
+            g = diff.mul_(torch.ones((), dtype=x.dtype).div_(B * n)).mul_(-2.0)
+            grad_W_dec = torch.mm(h.t(), g)
+            dh = torch.mm(g, W_dec.t())
+            kern = _kernel(pre, theta, eps)
+            # the L0 term's gradient reaches each step as (l0 * 1) / B, as autograd's
+            # mean backward gives it
+            g_step = (torch.ones((), dtype=x.dtype) * l0c).div_(B).expand(B, self.d_sae)
+            grad_theta = ((dh * (-(theta / eps)) * kern).sum(0)
+                          + (g_step * (-1.0 / eps) * kern).sum(0))
+            dpre = dh.mul_(step)
+            grad_W_enc = torch.mm(xc.t(), dpre)
+            grad_b_enc = dpre.sum(0)
+            grad_b_dec = g.sum(0).sub_(torch.mm(dpre, W_enc.t()).sum(0))
+            grad_log = grad_theta * theta
+        self.W_enc.grad = grad_W_enc
+        self.W_dec.grad = grad_W_dec
+        self.b_enc.grad = grad_b_enc
+        self.b_dec.grad = grad_b_dec
+        self.log_threshold.grad = grad_log
+        return LossOutput(loss, x_hat, h, {"mse": mse, "l0": l0c * l0},
+                          {"fired": step.sum(0) > 0})

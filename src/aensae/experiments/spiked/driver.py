@@ -516,11 +516,12 @@ def _run_phase(grid: GridConfig, out: Path, keep: Any, seeds: list[int], *, prog
                          "families with identical settings); make them differ")
     finished = [s for s in specs if (run_folder(out, grid, s) / "metrics.json").is_file()]
     to_train = [s for s in specs if not (run_folder(out, grid, s) / "trained.json").is_file()]
+    cached = sum(_in_cache(grid, out, s) for s in to_train)
     total = len(to_train) * steps
     n_groups = len({(s.rho, s.seed, s.family) for s in specs})
     log(f"{label}plan: {len(specs)} SAE runs in {n_groups} groups; {len(finished)} finished, "
-         f"{len(to_train)} to train ({total:,} model-steps; runs the calibration trained "
-         "are taken from it)")
+         f"{len(to_train) - cached} to train ({(len(to_train) - cached) * steps:,} "
+         f"model-steps), {cached} taken from the models the calibration trained")
     bar.set_description(f"{label}train")
     bar.reset(total=max(total, 1))
     tasks, costs = _plan_groups(grid, out, specs, calib, progress, executor)
@@ -533,6 +534,14 @@ def _run_phase(grid: GridConfig, out: Path, keep: Any, seeds: list[int], *, prog
     bar.close()
     shutil.rmtree(out / "groups", ignore_errors=True)
     return specs
+
+
+def _in_cache(grid: GridConfig, out: Path, spec: RunSpec) -> bool:
+    """Whether ``spec``'s model is in the model cache (a calibration pass trained it)."""
+    from aensae.experiments.spiked.data import CACHE_DIR, model_key
+
+    key = model_key(grid, spec.arch, spec.hyper, spec.rho, spec.seed)
+    return not grid.train["stack"] and (out / CACHE_DIR / key / "result.json").is_file()
 
 
 def _no_penalties(grid: GridConfig) -> dict[tuple[str, str, float], dict[float, float]]:

@@ -136,8 +136,7 @@ def _claim_lipschitz(rows, rhos, k) -> list[str]:
         verdict = f"inconclusive (lasso p95 grows only {growth:.2f}x)"
     enc = []
     for fam in ("relu_l1", "elastic_net", "aen"):
-        v = {rho: _median([_n(r.get("lip_encoder_median")) for r in
-                           _rows(rows, kind="sae", family=fam) if _n(r["rho"]) == rho])
+        v = {rho: _median(_at_targets(rows, fam, rho, "lip_encoder_median"))
              for rho in (lo, hi)}
         enc.append(f"{fam} {_fmt(v[lo])} -> {_fmt(v[hi])}")
     return [
@@ -147,7 +146,8 @@ def _claim_lipschitz(rows, rhos, k) -> list[str]:
         f"rho={lo:g}: {_fmt(las[lo])}, rho={hi:g}: {_fmt(las[hi])} (x{_fmt(growth)})",
         f"   - exact elastic-net map, max local constant: rho={lo:g}: {_fmt(en[lo])}, "
         f"rho={hi:g}: {_fmt(en[hi])}; bound 1/(2 sqrt(lam2)) = {_fmt(bound)}",
-        f"   - encoders' median local constant, rho={lo:g} -> {hi:g}: " + "; ".join(enc),
+        f"   - encoders' median local constant (at the targets: median over targets, inits "
+        f"and seeds), rho={lo:g} -> {hi:g}: " + "; ".join(enc),
         "   - rule: supported if the elastic net stays under its bound and the lasso p95 grows "
         ">= 2x from the smallest to the largest rho; contradicted if it grows < 1.2x",
         f"   - **verdict: {verdict}**",
@@ -174,13 +174,63 @@ def _inits(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _test_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The test runs every statistic of the report uses: those with a run target, and
+    a bracket search's points (no target) that some seed's value at a target is
+    interpolated from (:func:`_outside_reach` lists the others)."""
+    runs = _all_test_runs(rows)
+    far = {id(r) for r in _outside_reach(runs)}
+    return [r for r in runs if id(r) not in far]
+
+
+def _at_targets(rows: list[dict[str, Any]], fam: str, rho: float, column: str
+                ) -> list[float]:
+    """``column`` of ``fam`` at ``rho`` read off at every target: one value per (init,
+    target, test seed), interpolated along the seed's runs
+    (:func:`~aensae.experiments.verdicts.seed_values`), so that the statistic does not
+    depend on where the runs happen to lie."""
+    out = []
+    for init in _inits(rows):
+        for t in _targets(rows, rho, init):
+            vals = seed_values(rows, fam, rho, t, init, lambda r: _n(r.get(column)))
+            out += [v for v, _ in vals.values()]
+    return out
+
+
+def _all_test_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("kind") == "sae" and r.get("role", "test") != "selection"]
+
+
+def _outside_reach(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A bracket search's runs (calibrated, no target L0) that bracket no target for
+    their seed: the search's far points (e.g. the ladder's ends), drawn in the figures
+    but kept out of the report's medians, which would otherwise depend on how far the
+    search had to look."""
+    points = [r for r in runs if r.get("target_l0") is None and r.get("calibrated") is True]
+    if not points:
+        return []
+    used: set[int] = set()
+    for (fam, init, rho, _seed), pts in _by_seed(runs).items():
+        one = [r for r in runs if r["family"] == fam and _init(r) == init
+               and _n(r["rho"]) == rho]
+        for t in _targets(one, rho, init):
+            used.update(id(u) for u in frontier_value(pts, t)[1])
+    return [r for r in points if id(r) not in used]
+
+
+def _by_seed(runs: list[dict[str, Any]]
+             ) -> dict[tuple[Any, ...], list[tuple[float, float, dict[str, Any]]]]:
+    """``(family, init, rho, seed) -> [(L0, 0, row)]``, the frontier points of each seed."""
+    by: dict[tuple[Any, ...], list[tuple[float, float, dict[str, Any]]]] = defaultdict(list)
+    for r in runs:
+        by[(r["family"], _init(r), _n(r["rho"]), _n(r.get("seed")))].append(
+            (_n(r.get("l0")), 0.0, r))
+    return by
 
 
 def _targets(rows, rho: float, init: str) -> list[float]:
     """The verdict targets (``family_targets``; the run targets in older tables)."""
     out: set[float] = set()
-    for r in _test_rows(rows):
+    for r in _all_test_runs(rows):
         if _n(r["rho"]) != rho or _init(r) != init:
             continue
         ft = r.get("family_targets")
@@ -196,16 +246,12 @@ def _targets(rows, rho: float, init: str) -> list[float]:
 def _bracket_widths(test: list[dict[str, Any]]) -> list[tuple[float, str]]:
     """``(L0_hi / L0_lo, where)`` of the runs each seed's value at each target is
     interpolated between (:func:`~aensae.experiments.verdicts.frontier_value`)."""
-    by: dict[tuple[Any, ...], list[tuple[float, float, float]]] = defaultdict(list)
-    for r in test:
-        by[(r["family"], _init(r), _n(r["rho"]), _n(r.get("seed")))].append(
-            (_n(r.get("l0")), 0.0, _n(r.get("l0"))))
     out = []
-    for (fam, init, rho, seed), pts in sorted(by.items()):
+    for (fam, init, rho, seed), pts in sorted(_by_seed(test).items(), key=lambda kv: kv[0]):
         one = [r for r in test if r["family"] == fam and _init(r) == init
                and _n(r["rho"]) == rho]
         for t in _targets(one, rho, init):
-            _, used = frontier_value(pts, t)
+            used = [_n(u.get("l0")) for u in frontier_value(pts, t)[1]]
             if used:
                 out.append((max(used) / min(used),
                             f"{fam}/{init} rho={rho:g} target {t:g} seed {seed:g}"))
@@ -448,6 +494,12 @@ def _quality_notes(rows) -> list[str]:
     lines.append(f"- {len(test)} test runs; each seed's metrics are interpolated to every "
                  "target along its own runs (no point is extrapolated: a seed whose runs do "
                  "not bracket a target gives no value there).")
+    far = _outside_reach(_all_test_runs(rows))
+    if far:
+        lines.append(f"- {len(far)} further runs of the calibration search bracket no target "
+                     "(its far points, L0 " + ", ".join(sorted(
+                         {_fmt(_n(r.get('l0')), '.2g') for r in far}, key=float))
+                     + "): drawn in the figures, left out of every statistic of this report.")
     widths = _bracket_widths(test)
     if widths:
         ratio, where = max(widths)
@@ -473,18 +525,18 @@ def _quality_notes(rows) -> list[str]:
 def _amortization(rows, rhos) -> list[str]:
     lines = ["0. **Question of the suite: does the amortized encoder compute the exact "
              "sparse code?** (relative amortization gap (F(h_enc) - F(h_exact)) / "
-             "F(h_exact), median over signals, median over runs; support F1 of encoder vs "
-             "exact codes)"]
+             "F(h_exact), median over signals; support F1 of encoder vs exact codes; each "
+             "at the targets: every seed interpolated to each target along its runs, median "
+             "over targets, inits and seeds)"]
     worst = 0.0
     above: list[str] = []
     for fam in ("relu_l1", "elastic_net", "adaptive_lasso", "aen"):
-        sub = _rows(rows, kind="sae", family=fam)
-        if not sub:
+        if not _rows(rows, kind="sae", family=fam):
             continue
         cells = []
         for rho in rhos:
-            g = [_n(r.get("amort_rel_median")) for r in sub if _n(r["rho"]) == rho]
-            f1 = [_n(r.get("amort_support_f1")) for r in sub if _n(r["rho"]) == rho]
+            g = _at_targets(rows, fam, rho, "amort_rel_median")
+            f1 = _at_targets(rows, fam, rho, "amort_support_f1")
             if g:
                 worst = max(worst, _median(g)) if math.isfinite(_median(g)) else worst
                 if math.isfinite(_median(g)) and _median(g) > 0.01:
