@@ -116,3 +116,27 @@ def test_selection_runs_are_not_drawn(tmp_path) -> None:
     write_table(tmp_path / "results.csv", rows + [{**r, "role": "test"} for r in extra])
     draw_all(tmp_path)
     assert "selonly" in (tmp_path / "figures" / "fig1_dead_ev_vs_l0.svg").read_text()
+
+
+def test_plain_log_ticks_label_each_tick_with_its_own_digits() -> None:
+    """Oracle: the tick positions themselves, written out. A shared precision labelled
+    0.05 as "0.1" beside the real 0.1 once the L0 axis reached below 0.1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from aensae.experiments.plotting import plain_log_ticks
+
+    fig, ax = plt.subplots()
+    ax.set_xscale("log")
+    ax.set_xlim(0.03, 120)
+    plain_log_ticks(ax)
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    shown = {round(t, 9): lab.get_text() for t, lab in zip(ax.get_xticks(),
+                                                          ax.get_xticklabels(), strict=True)
+             if lo <= t <= hi}
+    plt.close(fig)
+    assert shown == {0.05: "0.05", 0.1: "0.1", 0.2: "0.2", 0.5: "0.5", 1.0: "1", 2.0: "2",
+                     5.0: "5", 10.0: "10", 20.0: "20", 50.0: "50", 100.0: "100"}

@@ -70,14 +70,14 @@ def seed_curve(rows: list[dict[str, Any]], x: str, y: Callable[[dict[str, Any]],
 
 
 def plain_log_ticks(ax: Any, axis: str = "x") -> None:
-    """Plain numbers (2, 4, 8) rather than powers of ten on a log axis."""
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    """Plain numbers (0.05, 2, 50) rather than powers of ten on a log axis: each tick
+    with the digits it needs (``format(v, "g")``; a shared precision would print 0.05
+    as 0.1 beside 0.1)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     a = ax.xaxis if axis == "x" else ax.yaxis
     a.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    fmt = ScalarFormatter()
-    fmt.set_scientific(False)
-    a.set_major_formatter(fmt)
+    a.set_major_formatter(FuncFormatter(lambda v, _pos: format(float(f"{v:.6g}"), "g")))
     a.set_minor_formatter(NullFormatter())
 
 
