@@ -39,7 +39,7 @@ import torch
 from aensae.objective import sae_loss
 from aensae.saes.base import INIT, SAE, Hyper, LossOutput, check_batch
 from aensae.saes.collectives import batch_world, count_before, global_top_values
-from aensae.saes.topk import K_TOP
+from aensae.saes.topk import K_TOP, selected_codes_grads
 
 __all__ = ["BatchTopKSAE"]
 
@@ -136,26 +136,10 @@ class BatchTopKSAE(SAE):
         if batch_world() is not None:
             return super().compute_grads(x)
         check_batch("x", x, self.d_in)
-        B, n = x.shape
-        W_enc, W_dec, b_enc, b_dec = self.W_enc, self.W_dec, self.b_enc, self.b_dec
         with torch.no_grad():
-            xc = x - b_dec
-            h, a_min = self._batch_topk(torch.addmm(b_enc, xc, W_enc))
-            x_hat = torch.addmm(b_dec, h, W_dec)
-            diff = x - x_hat
-            mse = (diff * diff).mean()
-            # autograd's order of rounding: (1 / (B n)) * diff, doubled, negated
-            g = diff.mul_(torch.ones((), dtype=x.dtype).div_(B * n)).mul_(-2.0)
-            grad_W_dec = torch.mm(h.t(), g)
-            dh = torch.mm(g, W_dec.t())
-            dpre = torch.ops.aten.threshold_backward.grad_input(dh, h, 0, grad_input=dh)
-            grad_W_enc = torch.mm(xc.t(), dpre)
-            grad_b_enc = dpre.sum(0)
-            grad_b_dec = g.sum(0).sub_(torch.mm(dpre, W_enc.t()).sum(0))
-        self.W_enc.grad = grad_W_enc
-        self.W_dec.grad = grad_W_dec
-        self.b_enc.grad = grad_b_enc
-        self.b_dec.grad = grad_b_dec
+            xc = x - self.b_dec
+            h, a_min = self._batch_topk(torch.addmm(self.b_enc, xc, self.W_enc))
+        mse, x_hat = selected_codes_grads(self, x, xc, h)
         return LossOutput(mse, x_hat, h, {"mse": mse},
                           {"min_kept": a_min, "fired": h.sum(0) > 0})
 

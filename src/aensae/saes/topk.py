@@ -45,7 +45,7 @@ from aensae.saes.base import INIT, SAE, Hyper, LossOutput, check_batch
 from aensae.saes.collectives import global_mean
 from aensae.saes.dead import fired_latents
 
-__all__ = ["TopKSAE"]
+__all__ = ["TopKSAE", "selected_codes_grads"]
 
 K_TOP = Hyper(16, kind="int", low=1, doc="number of active latents per sample")
 
@@ -54,6 +54,32 @@ def topk_codes(pre: torch.Tensor, k: int) -> torch.Tensor:
     """Rectified top-``k`` of each row of ``pre``, zeros elsewhere."""
     vals, idx = pre.topk(k, dim=-1, sorted=False)
     return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+
+
+def selected_codes_grads(model: SAE, x: torch.Tensor, xc: torch.Tensor, h: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mse, x_hat)`` of codes ``h`` that keep some rectified pre-activations of
+    ``xc = x - b_dec`` (TopK, BatchTopK), with the module docstring's gradients left in
+    ``model``'s ``.grad``: autograd's six products in its order of rounding."""
+    B, n = x.shape
+    W_enc, W_dec, b_dec = model.W_enc, model.W_dec, model.b_dec
+    with torch.no_grad():
+        x_hat = torch.addmm(b_dec, h, W_dec)
+        diff = x - x_hat
+        mse = (diff * diff).mean()
+        # autograd's order of rounding: (1 / (B n)) * diff, doubled, negated
+        g = diff.mul_(torch.ones((), dtype=x.dtype).div_(B * n)).mul_(-2.0)
+        grad_W_dec = torch.mm(h.t(), g)
+        dh = torch.mm(g, W_dec.t())
+        dpre = torch.ops.aten.threshold_backward.grad_input(dh, h, 0, grad_input=dh)
+        grad_W_enc = torch.mm(xc.t(), dpre)
+        grad_b_enc = dpre.sum(0)
+        grad_b_dec = g.sum(0).sub_(torch.mm(dpre, W_enc.t()).sum(0))
+    model.W_enc.grad = grad_W_enc
+    model.W_dec.grad = grad_W_dec
+    model.b_enc.grad = grad_b_enc
+    model.b_dec.grad = grad_b_dec
+    return mse, x_hat
 
 
 class TopKSAE(SAE):
@@ -115,26 +141,10 @@ class TopKSAE(SAE):
                                >= int(self.hyper["dead_samples"])).any()):
             return super().compute_grads(x)
         check_batch("x", x, self.d_in)
-        B, n = x.shape
-        W_enc, W_dec, b_enc, b_dec = self.W_enc, self.W_dec, self.b_enc, self.b_dec
         with torch.no_grad():
-            xc = x - b_dec
-            h = topk_codes(torch.addmm(b_enc, xc, W_enc), int(self.hyper["k_top"]))
-            x_hat = torch.addmm(b_dec, h, W_dec)
-            diff = x - x_hat
-            mse = (diff * diff).mean()
-            # autograd's order of rounding: (1 / (B n)) * diff, doubled, negated
-            g = diff.mul_(torch.ones((), dtype=x.dtype).div_(B * n)).mul_(-2.0)
-            grad_W_dec = torch.mm(h.t(), g)
-            dh = torch.mm(g, W_dec.t())
-            dpre = torch.ops.aten.threshold_backward.grad_input(dh, h, 0, grad_input=dh)
-            grad_W_enc = torch.mm(xc.t(), dpre)
-            grad_b_enc = dpre.sum(0)
-            grad_b_dec = g.sum(0).sub_(torch.mm(dpre, W_enc.t()).sum(0))
-        self.W_enc.grad = grad_W_enc
-        self.W_dec.grad = grad_W_dec
-        self.b_enc.grad = grad_b_enc
-        self.b_dec.grad = grad_b_dec
+            xc = x - self.b_dec
+            h = topk_codes(torch.addmm(self.b_enc, xc, self.W_enc), int(self.hyper["k_top"]))
+        mse, x_hat = selected_codes_grads(self, x, xc, h)
         return LossOutput(mse, x_hat, h, {"mse": mse}, {"fired": h.sum(0) > 0})
 
     @torch.no_grad()
