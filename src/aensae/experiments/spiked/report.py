@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,23 +209,25 @@ def _outside_reach(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     points = [r for r in runs if r.get("target_l0") is None and r.get("calibrated") is True]
     if not points:
         return []
-    used: set[int] = set()
-    for (fam, init, rho, _seed), pts in _by_seed(runs).items():
-        one = [r for r in runs if r["family"] == fam and _init(r) == init
-               and _n(r["rho"]) == rho]
-        for t in _targets(one, rho, init):
-            used.update(id(u) for u in frontier_value(pts, t)[1])
+    used = {id(u) for _, _, brackets in _seed_brackets(runs) for u in brackets}
     return [r for r in points if id(r) not in used]
 
 
-def _by_seed(runs: list[dict[str, Any]]
-             ) -> dict[tuple[Any, ...], list[tuple[float, float, dict[str, Any]]]]:
-    """``(family, init, rho, seed) -> [(L0, 0, row)]``, the frontier points of each seed."""
+def _seed_brackets(runs: list[dict[str, Any]]
+                   ) -> Iterator[tuple[str, float, list[dict[str, Any]]]]:
+    """``(where, target, rows)`` for every seed's value at every target: the runs it is
+    interpolated between (:func:`~aensae.experiments.verdicts.frontier_value`), in a
+    stable order; ``rows`` is empty where the seed's runs do not bracket the target."""
     by: dict[tuple[Any, ...], list[tuple[float, float, dict[str, Any]]]] = defaultdict(list)
     for r in runs:
         by[(r["family"], _init(r), _n(r["rho"]), _n(r.get("seed")))].append(
             (_n(r.get("l0")), 0.0, r))
-    return by
+    for (fam, init, rho, seed), pts in sorted(by.items(), key=lambda kv: kv[0]):
+        one = [r for r in runs if r["family"] == fam and _init(r) == init
+               and _n(r["rho"]) == rho]
+        for t in _targets(one, rho, init):
+            yield (f"{fam}/{init} rho={rho:g} target {t:g} seed {seed:g}", t,
+                   frontier_value(pts, t)[1])
 
 
 def _targets(rows, rho: float, init: str) -> list[float]:
@@ -247,14 +250,10 @@ def _bracket_widths(test: list[dict[str, Any]]) -> list[tuple[float, str]]:
     """``(L0_hi / L0_lo, where)`` of the runs each seed's value at each target is
     interpolated between (:func:`~aensae.experiments.verdicts.frontier_value`)."""
     out = []
-    for (fam, init, rho, seed), pts in sorted(_by_seed(test).items(), key=lambda kv: kv[0]):
-        one = [r for r in test if r["family"] == fam and _init(r) == init
-               and _n(r["rho"]) == rho]
-        for t in _targets(one, rho, init):
-            used = [_n(u.get("l0")) for u in frontier_value(pts, t)[1]]
-            if used:
-                out.append((max(used) / min(used),
-                            f"{fam}/{init} rho={rho:g} target {t:g} seed {seed:g}"))
+    for where, _, brackets in _seed_brackets(test):
+        used = [_n(u.get("l0")) for u in brackets]
+        if used:
+            out.append((max(used) / min(used), where))
     return out
 
 
