@@ -260,9 +260,9 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
             "extrapolated": {repr(t): v for t, v in res["extrapolated"].items()},
             "unreachable": {repr(t): v for t, v in res["unreachable"].items()},
             "seeded_from": seeded[(name, variant)]}
-        if "brackets" in res:
-            rec["brackets"] = {repr(t): (v if math.isfinite(v) else None)  # None: one side
-                               for t, v in res["brackets"].items()}  # only past the map
+        if "brackets" in res:  # None: the points as measured leave one side empty
+            rec["brackets"] = {repr(t): (v if math.isfinite(v) else None)
+                               for t, v in res["brackets"].items()}
         atomic_write_json(calibration_path(out_dir, rho, name, variant, grid.scope),
                           {"hash": _identity(grid, rho, fam, hyper), "record": rec})
         done[(name, variant)] = _restore(rec)
@@ -347,7 +347,8 @@ def calibrate(grid: GridConfig, out_dir: Path, *, progress: bool = False,
 def _restore(rec: dict[str, Any]) -> dict[str, Any]:
     """JSON record -> in-memory record with float target keys."""
     out = dict(rec)
-    for key in ("penalties", "extrapolated", "unreachable", "brackets"):
-        if key in rec or key != "brackets":
-            out[key] = {float(k): v for k, v in rec.get(key, {}).items()}
+    for key in ("penalties", "extrapolated", "unreachable"):
+        out[key] = {float(k): v for k, v in rec.get(key, {}).items()}
+    if "brackets" in rec:  # a bracket search's record
+        out["brackets"] = {float(k): v for k, v in rec["brackets"].items()}
     return out

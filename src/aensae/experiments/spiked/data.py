@@ -19,7 +19,8 @@ import numpy as np
 from aensae._dtypes import torch_dtype
 from aensae.experiments.spiked.config import GridConfig, canonical_hash
 
-__all__ = ["CACHE_DIR", "EVAL_INDEX", "DataPoint", "cache_load", "cache_save", "data_point",
+__all__ = ["CACHE_DIR", "EVAL_INDEX", "DataPoint", "cache_has", "cache_load", "cache_save",
+           "data_point", "run_cache_key",
            "model_key", "train_models"]
 
 #: Folder (inside a results folder) of models trained to full length during calibration.
@@ -126,6 +127,20 @@ def model_key(grid: GridConfig, arch: str, hyper: dict[str, Any], rho: float,
                            "device": grid.experiment["device"]}, 16)
 
 
+def run_cache_key(grid: GridConfig, spec: Any) -> str | None:
+    """The model-cache key of a planned run (:func:`model_key` of its architecture,
+    hyperparameters, rho and seed); ``None`` with ``train.stack`` on, where nothing is
+    cached."""
+    if grid.train["stack"]:
+        return None
+    return model_key(grid, spec.arch, spec.hyper, spec.rho, spec.seed)
+
+
+def cache_has(out: Path, key: str) -> bool:
+    """Whether a complete model is kept under ``key`` (its ``result.json``, written last)."""
+    return (Path(out) / CACHE_DIR / key / "result.json").is_file()
+
+
 def cache_save(out: Path, key: str, model: Any, result: dict[str, Any]) -> None:
     """Keep a model trained to the main length (and its training record) under ``key``.
 
@@ -146,8 +161,8 @@ def cache_load(out: Path, key: str) -> tuple[Any, dict[str, Any]] | None:
     from aensae._io import read_json_record
     from aensae.saes import load
 
-    folder = Path(out) / CACHE_DIR / key
-    if not (folder / "result.json").is_file():
+    if not cache_has(out, key):
         return None
+    folder = Path(out) / CACHE_DIR / key
     remedy = f"delete {folder} (a cached model, trained again when needed)"
     return load(folder), read_json_record(folder / "result.json", remedy=remedy)

@@ -537,11 +537,12 @@ def _run_phase(grid: GridConfig, out: Path, keep: Any, seeds: list[int], *, prog
 
 
 def _in_cache(grid: GridConfig, out: Path, spec: RunSpec) -> bool:
-    """Whether ``spec``'s model is in the model cache (a calibration pass trained it)."""
-    from aensae.experiments.spiked.data import CACHE_DIR, model_key
+    """Whether ``spec``'s model is in the model cache (a calibration pass trained it), as
+    the group task will find it."""
+    from aensae.experiments.spiked.data import cache_has, run_cache_key
 
-    key = model_key(grid, spec.arch, spec.hyper, spec.rho, spec.seed)
-    return not grid.train["stack"] and (out / CACHE_DIR / key / "result.json").is_file()
+    key = run_cache_key(grid, spec)
+    return key is not None and cache_has(out, key)
 
 
 def _no_penalties(grid: GridConfig) -> dict[tuple[str, str, float], dict[float, float]]:

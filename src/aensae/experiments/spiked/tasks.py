@@ -67,7 +67,7 @@ def train_group(grid: GridConfig, out: Path, point: DataPoint, specs: list[RunSp
     """
     import torch
 
-    from aensae.experiments.spiked.data import cache_load, model_key
+    from aensae.experiments.spiked.data import cache_load, run_cache_key
     from aensae.saes import create, save
 
     dtype = torch_dtype(grid.experiment["dtype"])
@@ -78,8 +78,8 @@ def train_group(grid: GridConfig, out: Path, point: DataPoint, specs: list[RunSp
             atomic_write_json(folder / "config.json", {"run_id": rid, **spec.record(grid)})
     models, records = {}, {}
     for s, rid in zip(specs, ids, strict=True):
-        hit = None if grid.train["stack"] else cache_load(
-            out, model_key(grid, s.arch, s.hyper, s.rho, s.seed))
+        key = run_cache_key(grid, s)
+        hit = None if key is None else cache_load(out, key)
         if hit is None:
             models[rid] = create(s.arch, grid.data["n"], grid.d_sae, seed=s.seed, dtype=dtype,
                                  **s.hyper)
