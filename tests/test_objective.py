@@ -20,6 +20,7 @@ from aensae.objective import (
     ramp_factor,
     sae_loss,
     sae_to_exact,
+    torch_population_weights,
     update_ema,
 )
 
@@ -84,6 +85,51 @@ def test_population_weights_hand():
     np.testing.assert_allclose(w2, [10.0, math.sqrt(6), math.sqrt(3), math.sqrt(1.5), 0.9])
     wt = population_weights(torch.tensor(ema), gamma=1.0, top_p=0.4, w_min=0.1, w_max=5.0)
     np.testing.assert_allclose(wt.numpy(), w)
+
+
+def _population_weights_written_out(ema, gamma, k, w_min, w_max):
+    """The torch formula with every guard spelled out (no shortcuts)."""
+    ref = torch.topk(ema, k, dim=-1).values.mean(-1, keepdim=True)
+    ratio = torch.where(ema > 0, ref / ema.clamp_min(torch.finfo(ema.dtype).tiny),
+                        torch.where(ref > 0, torch.full_like(ema, math.inf),
+                                    torch.zeros_like(ema)))
+    return (ratio ** gamma).clamp(w_min, w_max)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    m=st.integers(1, 40),
+    special=st.sampled_from(["none", "zero", "subnormal", "all_zero", "tiny"]),
+    gamma=st.sampled_from([0.0, 0.5, 1.0, 2.0]),
+    top_p=st.sampled_from([0.01, 0.05, 0.3, 1.0]),
+    double=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_torch_population_weights_bit_identical_to_the_written_out_formula(
+        m, special, gamma, top_p, double, seed):
+    """The training step's shortcuts (no guards when every EMA entry is normal, no power
+    at gamma 1) give the formula's values bit for bit, also with zero, subnormal and
+    all-zero EMAs, where the guards act."""
+    dtype = torch.float64 if double else torch.float32
+    gen = torch.Generator().manual_seed(seed)
+    ema = torch.rand(m, generator=gen, dtype=dtype) * 3.0
+    tiny = torch.finfo(dtype).tiny
+    if special == "zero":
+        ema[seed % m] = 0.0
+    elif special == "subnormal":
+        ema[seed % m] = tiny / 4
+    elif special == "all_zero":
+        ema.zero_()
+    elif special == "tiny":
+        ema[seed % m] = tiny
+    k = max(1, int(top_p * m))
+    got = torch_population_weights(ema, gamma, k, 0.1, 10.0)
+    want = _population_weights_written_out(ema, gamma, k, 0.1, 10.0)
+    assert got.dtype == dtype
+    assert torch.equal(got, want)
+    # and the public call, which validates first, gives the same tensor
+    assert torch.equal(population_weights(ema, gamma=gamma, top_p=top_p, w_min=0.1,
+                                          w_max=10.0), want)
 
 
 def test_population_weights_bad_input():

@@ -39,8 +39,9 @@ from aensae.objective import (
     REF_COUNTS,
     blend_weights,
     hold_steps,
-    population_weights,
     ramp_factor,
+    ref_count,
+    torch_population_weights,
     update_ema,
 )
 from aensae.saes.base import INIT, Hyper, LossOutput
@@ -102,6 +103,10 @@ class AdaptiveLassoSAE(ReluL1SAE):
         self.register_buffer("hold", torch.tensor(int(self.hyper["warmup_steps"]),
                                                   dtype=torch.int64))
         self._ema_next: torch.Tensor | None = None
+        hp = self.hyper  # validated and fixed: the step's arguments, counted once
+        self._population = (float(hp["gamma"]),
+                            ref_count(float(hp["top_p"]), self.d_sae, str(hp["ref_count"])),
+                            float(hp["w_min"]), float(hp["w_max"]))
 
     @classmethod
     def check_hyper_relations(cls, hyper: dict[str, float | int]) -> None:
@@ -130,11 +135,7 @@ class AdaptiveLassoSAE(ReluL1SAE):
         alpha = self.ramp(step)
         if alpha == 0.0:
             return torch.ones_like(ema)
-        hp = self.hyper
-        w_pop = population_weights(ema, gamma=hp["gamma"], top_p=hp["top_p"],
-                                   w_min=hp["w_min"], w_max=hp["w_max"],
-                                   count=hp["ref_count"])
-        return blend_weights(w_pop, alpha)
+        return blend_weights(torch_population_weights(ema, *self._population), alpha)
 
     @torch.no_grad()
     def l1_weights(self, step: int | None = None) -> torch.Tensor:
