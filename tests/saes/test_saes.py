@@ -11,6 +11,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aensae import objective
 from aensae.objective import exact_objective
@@ -621,6 +623,59 @@ def test_topk_l0_equals_k_and_keeps_the_largest() -> None:
     top = np.argsort(-pre, axis=1)[:, :k]
     np.put_along_axis(expected, top, np.take_along_axis(pre, top, 1), 1)
     np.testing.assert_array_equal(h, expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    B=st.integers(1, 12),
+    m=st.integers(2, 70),
+    k_frac=st.floats(0.0, 0.99),
+    levels=st.sampled_from([0, 3, 50]),
+    nan_row=st.booleans(),
+    double=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_compiled_topk_selection_is_torch_topk(B, m, k_frac, levels, nan_row, double, seed):
+    """The compiled row selection gives ``torch.topk``'s codes bit for bit, and declines
+    exactly the batches where the choice is the algorithm's: a row whose k-th and
+    (k+1)-th largest values tie, or a NaN (oracle: the sorted row). ``levels`` > 0 draws
+    from that many values (ties; zeros, some stored as -0), 0 continuous values."""
+    from aensae.saes.topk import _select_rows, topk_codes
+
+    k = 1 + int(k_frac * (m - 1))
+    dtype = torch.float64 if double else torch.float32
+    gen = torch.Generator().manual_seed(seed)
+    if levels:
+        pre = torch.randint(-levels // 2, levels - levels // 2, (B, m), generator=gen)
+        pre = pre.to(dtype)
+        pre[torch.rand(B, m, generator=gen) < 0.2] = -0.0
+    else:
+        pre = torch.randn(B, m, generator=gen, dtype=dtype)
+    if nan_row:
+        pre[seed % B, seed % m] = math.nan
+    vals, idx = pre.topk(k, dim=-1, sorted=False)
+    want = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+    got = topk_codes(pre, k)
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+    assert torch.equal(got.signbit(), want.signbit())
+    srt = pre.numpy().astype(np.float64)
+    srt = -np.sort(-srt, axis=1)  # descending, NaN last
+    declines = bool(np.isnan(srt).any() or np.any(srt[:, k - 1] == srt[:, k]))
+    assert _select_rows(pre.numpy(), k, torch.zeros_like(pre).numpy()) == (not declines)
+
+
+def test_compiled_topk_selection_declines_hand_ties() -> None:
+    """Ties at the boundary, by hand: skipped (row 0: the third 3 is left out), pushed
+    out of the buffer (row 1: 5 pushes one 3 out, the other stays), and none (row 2)."""
+    from aensae.saes.topk import _select_rows
+
+    for row, declines in (([3.0, 3.0, 3.0, 1.0], True), ([3.0, 3.0, 5.0, 1.0], True),
+                          ([3.0, 2.0, 5.0, 1.0], False)):
+        pre = np.array([row], dtype=np.float32)
+        h = np.zeros_like(pre)
+        assert _select_rows(pre, 2, h) == (not declines)
+    np.testing.assert_array_equal(h, [[3.0, 0.0, 5.0, 0.0]])
 
 
 def test_topk_rectifies_negative_winners() -> None:
