@@ -417,7 +417,8 @@ def test_adaptive_weights_hold_ramp_and_clamps(arch: str) -> None:
 
 
 def test_adaptive_weights_use_the_objective_function_of_the_solvers() -> None:
-    assert adaptive_module.population_weights is objective.population_weights
+    # the training step's path, which objective.population_weights also takes for torch
+    assert adaptive_module.torch_population_weights is objective.torch_population_weights
     assert adaptive_module.blend_weights is objective.blend_weights
     model = create("aen", D_IN, D_SAE, dtype=torch.float64, warmup_steps=0, ramp_steps=0)
     rng = np.random.default_rng(0)
