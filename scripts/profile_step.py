@@ -4,6 +4,7 @@ Usage (from the repository root, project venv active)::
 
     python scripts/profile_step.py --arch aen --n 64 --m 256
     python scripts/profile_step.py --arch topk --n 256 --m 1024 --json out.json
+    python scripts/profile_step.py --arch aen --after-hold   # population weights on
 
 Setup as ``aensae bench train`` (:func:`aensae.benches.train.bench_train`): one model
 ``aensae.saes.create(arch, n, m, seed=0)`` (default hyperparameters) driven by the
@@ -228,13 +229,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wall-blocks", type=int, default=15)
     ap.add_argument("--aux-k", type=int, default=0,
                     help="TopK: also time the step with AuxK on (aux_k=K, dead_samples=1)")
+    ap.add_argument("--after-hold", action="store_true",
+                    help="AEN / adaptive lasso: profile steps after the cold-start hold and "
+                         "ramp (hold 0, step counter at 5,000: the weights of every step "
+                         "are the population weights); by default the steps fall in the "
+                         "hold, as in aensae bench train")
     ap.add_argument("--json", default=None, help="write the results here")
     a = ap.parse_args(argv)
     k = a.k if a.k is not None else (4 if a.n <= 64 else 16)
     torch.set_num_threads(a.threads)
 
     import os
+    if a.after_hold and a.arch not in ("aen", "adaptive_lasso"):
+        ap.error(f"--after-hold needs an adaptive architecture (aen, adaptive_lasso), got "
+                 f"--arch {a.arch}")
     run, data, floor_step = build(a.arch, a.n, a.m, a.batch_size, k, {})
+    if a.after_hold:
+        model = run.models["m0"]
+        model.hold.fill_(0)
+        model.step.fill_(5000)
     it = data()
     for _ in range(a.warmup):
         run.step_all(next(it))
