@@ -190,3 +190,33 @@ def test_bracket_grid_runs_are_the_calibration_points(tmp_path) -> None:
             assert (ratio is None and got == math.inf) or got == pytest.approx(ratio)
     topk = [r for r in sae if r["family"] == "topk"]
     assert topk and all(r["target_l0"] is not None for r in topk)
+
+
+def test_progress_counts_no_model_steps_for_runs_the_calibration_trained(tmp_path) -> None:
+    """A calibration-trained run whose folder is gone is taken from the model cache: its
+    group task trains nothing, so the progress bar's model-steps leave it out; without
+    the cached model it costs the full run again (hand count: ``train.steps``)."""
+    import shutil
+
+    from aensae.experiments.executors.local import SerialExecutor
+    from aensae.experiments.spiked.calibrate import calibrate
+    from aensae.experiments.spiked.data import CACHE_DIR, run_cache_key
+    from aensae.experiments.spiked.tasks import run_folder
+
+    raw = _tiny_raw()
+    raw["calibrate"] = {**raw["calibrate"], "bracket": 2.0, "rounds": 2}
+    grid = load_config(raw)
+    out = tmp_path / "out"
+    runner.reproduce(grid, out, progress=False, draw=False)
+    calib = calibrate(grid, out, keep=None, strict=True)
+    specs = runner.calibrated_runs(grid, calib, seeds=grid.seeds, keep=None)
+    spec = next(s for s in specs if s.calibrated and s.target_l0 is None)
+    shutil.rmtree(run_folder(out, grid, spec))
+
+    def cost() -> list[int]:
+        return runner._plan_groups(grid, out, [spec], calib, False, SerialExecutor())[1]
+
+    assert runner._in_cache(grid, out, spec)
+    assert cost() == [0]
+    shutil.rmtree(out / CACHE_DIR / run_cache_key(grid, spec))
+    assert cost() == [grid.train["steps"]]

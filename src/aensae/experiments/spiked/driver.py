@@ -517,16 +517,18 @@ def _run_phase(grid: GridConfig, out: Path, keep: Any, seeds: list[int], *, prog
     finished = [s for s in specs if (run_folder(out, grid, s) / "metrics.json").is_file()]
     to_train = [s for s in specs if not (run_folder(out, grid, s) / "trained.json").is_file()]
     cached = sum(_in_cache(grid, out, s) for s in to_train)
-    total = len(to_train) * steps
     n_groups = len({(s.rho, s.seed, s.family) for s in specs})
     log(f"{label}plan: {len(specs)} SAE runs in {n_groups} groups; {len(finished)} finished, "
          f"{len(to_train) - cached} to train ({(len(to_train) - cached) * steps:,} "
          f"model-steps), {cached} taken from the models the calibration trained")
-    bar.set_description(f"{label}train")
-    bar.reset(total=max(total, 1))
     tasks, costs = _plan_groups(grid, out, specs, calib, progress, executor)
+    # model-steps to train when there are any; otherwise the tasks (evaluations alone)
+    by_steps = sum(costs) > 0
+    bar.set_description(f"{label}train" if by_steps else f"{label}evaluate")
+    bar.unit = "model-step" if by_steps else "task"
+    bar.reset(total=max(sum(costs) if by_steps else len(tasks), 1))
     for i, _ in executor.run(_call, tasks):
-        bar.update(costs[i])
+        bar.update(costs[i] if by_steps else 1)
         write_table(table, build_rows(grid, out, specs))
         if on_group is not None:
             on_group(counter[0])
@@ -554,7 +556,9 @@ def _no_penalties(grid: GridConfig) -> dict[tuple[str, str, float], dict[float, 
 def _plan_groups(grid: GridConfig, out: Path, specs: list[RunSpec],
                  calib: dict[tuple[str, str, float], dict[str, Any]] | None, progress: bool,
                  executor: Any) -> tuple[list[tuple[Any, tuple[Any, ...]]], list[int]]:
-    """One task per (rho, seed, family) group with unfinished runs, and its model-steps."""
+    """One task per (rho, seed, family) group with unfinished runs, and the model-steps it
+    trains (a run already trained, or whose model the calibration left in the model
+    cache, trains none)."""
     groups: dict[tuple[float, int, str], list[RunSpec]] = defaultdict(list)
     for s in specs:
         groups[(s.rho, s.seed, s.family)].append(s)
@@ -570,7 +574,8 @@ def _plan_groups(grid: GridConfig, out: Path, specs: list[RunSpec],
                                     progress and grid.train["progress"]
                                     and executor.inline)))
         costs.append(sum(not (run_folder(out, grid, s) / "trained.json").is_file()
-                         for s in pending) * grid.train["steps"])
+                         and not _in_cache(grid, out, s) for s in pending)
+                     * grid.train["steps"])
     return tasks, costs
 
 
