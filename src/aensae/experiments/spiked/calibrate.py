@@ -53,6 +53,10 @@ target starts from the points its selection calibration measured around the prim
 target (:attr:`GridConfig.scope`) instead of a new ladder (``seeded_from`` in its record
 names the file), so only the targets they do not reach cost new runs. Nothing else is
 reused across calibrations: a resumed run gives what a fresh one gives.
+
+A killed unit loses at most part of one pass: its search is deterministic, so a new
+attempt asks for the same penalties, and the passes it finished are read back from the
+model cache; the pass in flight resumes from its last checkpoint (:func:`_measure`).
 """
 
 from __future__ import annotations
@@ -76,8 +80,15 @@ from aensae.experiments.calibration import (
     next_penalties,
 )
 from aensae.experiments.config import canonical_hash
+from aensae.experiments.console import log
 from aensae.experiments.spiked.config import GridConfig
-from aensae.experiments.spiked.data import cache_save, data_point, model_key, train_models
+from aensae.experiments.spiked.data import (
+    cache_load,
+    cache_save,
+    data_point,
+    model_key,
+    train_models,
+)
 
 __all__ = ["calibrate", "calibrate_rho", "check_reachable", "load_rho", "missing_units"]
 
@@ -88,33 +99,58 @@ def _measure(grid: GridConfig, jobs: list[tuple[str, dict[str, Any]]], point: An
     When the pass is as long as the main runs (``calibrate.steps == train.steps``, no
     stacking) and ``out_dir`` is given, each model is kept in the model cache
     (:func:`~aensae.experiments.spiked.data.cache_save`): a run of the grid with the same
-    penalty and seed is that model and is not trained again.
+    penalty and seed is that model and is not trained again, and a pass that a killed
+    unit already finished is read back from there instead of trained (models trained
+    together equal models trained apart, so the L0s are the same). With ``out_dir`` the
+    pass also checkpoints every ``train.checkpoint_every`` steps into
+    ``OUT/groups/cal-...`` (keyed by its models and length) and resumes from there.
     """
+    import shutil
     import time
 
     import torch
 
     from aensae import metrics
     from aensae.saes import create
+    from aensae.saes.training.trainer import CHECKPOINT_FILE
 
     dtype = torch_dtype(grid.experiment["dtype"])
-    models = {f"c{i}": create(arch, grid.data["n"], grid.d_sae, seed=point.seed, dtype=dtype,
-                              **hyper)
-              for i, (arch, hyper) in enumerate(jobs)}
-    t0 = time.perf_counter()
-    results = train_models(grid, models, point, grid.calibrate["steps"], None,
-                           progress=progress)
-    seconds = time.perf_counter() - t0
     keep = out_dir is not None and full_length(grid)
+    keys = [model_key(grid, arch, hyper, point.rho, point.seed) for arch, hyper in jobs]
+    models, cached = {}, {}
+    for i, ((arch, hyper), key) in enumerate(zip(jobs, keys, strict=True)):
+        hit = cache_load(out_dir, key) if keep else None
+        if hit is None:
+            models[f"c{i}"] = create(arch, grid.data["n"], grid.d_sae, seed=point.seed,
+                                     dtype=dtype, **hyper)
+        else:
+            cached[f"c{i}"] = hit[0]
+    if models:
+        gdir = None
+        if out_dir is not None:
+            names = sorted(keys[int(name[1:])] for name in models)
+            gdir = Path(out_dir) / "groups" / (
+                f"cal-rho{point.rho:g}-s{point.seed}-"
+                f"{canonical_hash({'models': names, 'steps': grid.calibrate['steps']})}")
+            remove_partial_files(gdir)  # a checkpoint write that a kill cut short
+            if (gdir / CHECKPOINT_FILE).is_file():
+                log(f"calibration pass {gdir.name}: resuming from its checkpoint")
+        t0 = time.perf_counter()
+        results = train_models(grid, models, point, grid.calibrate["steps"], gdir,
+                               progress=progress)
+        seconds = time.perf_counter() - t0
+        for name, model in models.items():
+            if keep:
+                res = results[name].to_dict()
+                res.update({"group_seconds": seconds, "group_models": len(models),
+                            "trained_in": "calibration"})
+                cache_save(out_dir, keys[int(name[1:])], model, res)
+        if gdir is not None:
+            shutil.rmtree(gdir, ignore_errors=True)
     out = []
     X = torch.as_tensor(point.X_eval)
-    for (name, model), (arch, hyper) in zip(models.items(), jobs, strict=True):
-        if keep:
-            res = results[name].to_dict()
-            res.update({"group_seconds": seconds, "group_models": len(models),
-                        "trained_in": "calibration"})
-            cache_save(out_dir, model_key(grid, arch, hyper, point.rho, point.seed), model,
-                       res)
+    for i in range(len(jobs)):
+        model = models.get(f"c{i}", cached.get(f"c{i}"))
         model.eval()
         with torch.no_grad():
             p = model.W_dec
