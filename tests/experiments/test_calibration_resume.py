@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from aensae.experiments.spiked import calibrate as cal
+from aensae.experiments.spiked import data as data_module
 from aensae.experiments.spiked.config import load_config
 from aensae.experiments.spiked.data import data_point
 from aensae.saes import load
@@ -31,13 +32,13 @@ def test_killed_unit_reads_its_finished_passes_back(tmp_path, monkeypatch) -> No
     fam, _, variant = _unit(grid)
     out = tmp_path / "out"
     calls: list[tuple[list[str], object]] = []
-    real = cal.train_models
+    real = data_module.train_models
 
     def counting(grid_, models, point, steps, ckpt, *, progress):
         calls.append((sorted(models), ckpt))
         return real(grid_, models, point, steps, ckpt, progress=progress)
 
-    monkeypatch.setattr(cal, "train_models", counting)
+    monkeypatch.setattr(data_module, "train_models", counting)
     first = cal.calibrate_rho(grid, out, 0.0, only=[(fam.name, variant)])
     assert calls, "the unit trained nothing"
     for _, ckpt in calls:  # every pass checkpointed under groups/, removed once done
@@ -97,3 +98,46 @@ def test_killed_pass_resumes_from_its_checkpoint(tmp_path, monkeypatch, capsys) 
         for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(),
                                     strict=True):
             assert torch.equal(va, vb), k
+
+
+def test_short_passes_of_a_killed_unit_resume_from_their_final_checkpoints(
+        tmp_path, monkeypatch) -> None:
+    """Passes shorter than the main runs have no model cache: each keeps its final
+    checkpoint until the unit's record is written, so a unit killed before that trains
+    no step on its next attempt and ends with the record of an uninterrupted unit; the
+    folders are gone afterwards."""
+    from importlib import resources
+
+    import tomllib
+
+    from aensae.saes.training import trainer
+
+    raw = tomllib.loads(resources.files("aensae.configs").joinpath("tiny.toml").read_text())
+    raw["calibrate"]["steps"] = 20  # of train.steps 40
+    grid = load_config(raw)
+    fam, _, variant = _unit(grid)
+    ref = cal.calibrate_rho(grid, tmp_path / "ref", 0.0, only=[(fam.name, variant)])
+
+    out = tmp_path / "out"
+    real_write = cal.atomic_write_json
+
+    def killed_at_the_record(path, obj):
+        raise _Killed
+
+    monkeypatch.setattr(cal, "atomic_write_json", killed_at_the_record)
+    with pytest.raises(_Killed):
+        cal.calibrate_rho(grid, out, 0.0, only=[(fam.name, variant)])
+    assert list((out / "groups").glob("cal-*/checkpoint.pt"))
+    monkeypatch.setattr(cal, "atomic_write_json", real_write)
+    real_step = trainer._Run.step_all
+    steps = [0]
+
+    def counting(self, X):
+        steps[0] += 1
+        return real_step(self, X)
+
+    monkeypatch.setattr(trainer._Run, "step_all", counting)
+    again = cal.calibrate_rho(grid, out, 0.0, only=[(fam.name, variant)])
+    assert steps[0] == 0
+    assert again[0]["points"] == ref[0]["points"]
+    assert not list((out / "groups").glob("cal-*"))

@@ -95,27 +95,14 @@ def _select_rows(pre, k, h):  # pragma: no cover - compiled
         if nan:
             return False
         for j in range(k):
-            v = row[j]
-            p = j
-            while p > 0 and vals[p - 1] < v:
-                vals[p] = vals[p - 1]
-                idx[p] = idx[p - 1]
-                p -= 1
-            vals[p] = v
-            idx[p] = j
+            _insert_descending(vals, idx, j, row[j], j)
         low = vals[k - 1]
         tied = False  # whether a left-out entry equals `low`
         for j in range(k, m):
             v = row[j]
             if v >= low:
                 if v > low:
-                    p = k - 1
-                    while p > 0 and vals[p - 1] < v:
-                        vals[p] = vals[p - 1]
-                        idx[p] = idx[p - 1]
-                        p -= 1
-                    vals[p] = v
-                    idx[p] = j
+                    _insert_descending(vals, idx, k - 1, v, j)
                     out = low  # pushed out of the buffer
                     low = vals[k - 1]
                     tied = out == low
@@ -127,6 +114,18 @@ def _select_rows(pre, k, h):  # pragma: no cover - compiled
             v = vals[p]
             h[b, idx[p]] = 0.0 if v < 0 else v
     return True
+
+
+@njit(cache=True, inline="always")
+def _insert_descending(vals, idx, p, v, j):  # pragma: no cover - compiled
+    """Put ``(v, j)`` into the descending ``vals[:p + 1]`` (slot ``p`` free or dropped),
+    moving the smaller entries one slot down."""
+    while p > 0 and vals[p - 1] < v:
+        vals[p] = vals[p - 1]
+        idx[p] = idx[p - 1]
+        p -= 1
+    vals[p] = v
+    idx[p] = j
 
 
 def selected_codes_grads(model: SAE, x: torch.Tensor, xc: torch.Tensor, h: torch.Tensor

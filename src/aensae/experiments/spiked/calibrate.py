@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,20 +81,20 @@ from aensae.experiments.calibration import (
     next_penalties,
 )
 from aensae.experiments.config import canonical_hash
-from aensae.experiments.console import log
 from aensae.experiments.spiked.config import GridConfig
 from aensae.experiments.spiked.data import (
     cache_load,
     cache_save,
     data_point,
     model_key,
-    train_models,
+    train_resumable,
 )
 
 __all__ = ["calibrate", "calibrate_rho", "check_reachable", "load_rho", "missing_units"]
 
 def _measure(grid: GridConfig, jobs: list[tuple[str, dict[str, Any]]], point: Any,
-             progress: bool, out_dir: Path | None = None) -> list[float]:
+             progress: bool, out_dir: Path | None = None,
+             passes: list[Path] | None = None) -> list[float]:
     """Train ``(arch, hyper)`` models together; the held-out L0 of each.
 
     When the pass is as long as the main runs (``calibrate.steps == train.steps``, no
@@ -103,16 +104,15 @@ def _measure(grid: GridConfig, jobs: list[tuple[str, dict[str, Any]]], point: An
     unit already finished is read back from there instead of trained (models trained
     together equal models trained apart, so the L0s are the same). With ``out_dir`` the
     pass also checkpoints every ``train.checkpoint_every`` steps into
-    ``OUT/groups/cal-...`` (keyed by its models and length) and resumes from there.
+    ``OUT/groups/cal-...`` (keyed by its models and length) and resumes from there. The
+    folder goes once the models are in the cache; a shorter pass keeps its final
+    checkpoint (a killed unit resumes the pass there, at no cost) and appends the folder
+    to ``passes``, for the caller to remove once its records are written.
     """
-    import shutil
-    import time
-
     import torch
 
     from aensae import metrics
     from aensae.saes import create
-    from aensae.saes.training.trainer import CHECKPOINT_FILE
 
     dtype = torch_dtype(grid.experiment["dtype"])
     keep = out_dir is not None and full_length(grid)
@@ -132,21 +132,18 @@ def _measure(grid: GridConfig, jobs: list[tuple[str, dict[str, Any]]], point: An
             gdir = Path(out_dir) / "groups" / (
                 f"cal-rho{point.rho:g}-s{point.seed}-"
                 f"{canonical_hash({'models': names, 'steps': grid.calibrate['steps']})}")
-            remove_partial_files(gdir)  # a checkpoint write that a kill cut short
-            if (gdir / CHECKPOINT_FILE).is_file():
-                log(f"calibration pass {gdir.name}: resuming from its checkpoint")
-        t0 = time.perf_counter()
-        results = train_models(grid, models, point, grid.calibrate["steps"], gdir,
-                               progress=progress)
-        seconds = time.perf_counter() - t0
+        results, seconds = train_resumable(grid, models, point, grid.calibrate["steps"],
+                                           gdir, "calibration pass", progress=progress)
         for name, model in models.items():
             if keep:
                 res = results[name].to_dict()
                 res.update({"group_seconds": seconds, "group_models": len(models),
                             "trained_in": "calibration"})
                 cache_save(out_dir, keys[int(name[1:])], model, res)
-        if gdir is not None:
+        if gdir is not None and keep:  # the models are in the cache
             shutil.rmtree(gdir, ignore_errors=True)
+        elif gdir is not None and passes is not None:
+            passes.append(gdir)
     out = []
     X = torch.as_tensor(point.X_eval)
     for i in range(len(jobs)):
@@ -269,12 +266,13 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
                      else initial_ladder(bounds, c["ladder"]))
     todo = {k: v for k, v in todo.items() if v}
     point = data_point(grid, rho, seed) if todo else None
+    passes: list[Path] = []  # the checkpoint folders of short passes, removed at the end
     while todo:
         batch = [(key, p) for key, ps in todo.items() for p in ps]
         jobs_now = [(states[key][0].arch, {**states[key][1],
                                            states[key][0].sparsity_param: p})
                     for key, p in batch]
-        l0s = _measure(grid, jobs_now, point, progress, out_dir)
+        l0s = _measure(grid, jobs_now, point, progress, out_dir, passes)
         if on_models is not None:
             on_models(len(batch), c["steps"])
         for key in todo:
@@ -302,6 +300,8 @@ def calibrate_rho(grid: GridConfig, out_dir: Path, rho: float, *, progress: bool
         atomic_write_json(calibration_path(out_dir, rho, name, variant, grid.scope),
                           {"hash": _identity(grid, rho, fam, hyper), "record": rec})
         done[(name, variant)] = _restore(rec)
+    for folder in passes:  # every record that used them is written
+        shutil.rmtree(folder, ignore_errors=True)
     return [done[k] for k in done]
 
 

@@ -21,7 +21,7 @@ from aensae.experiments.spiked.config import GridConfig, canonical_hash
 
 __all__ = ["CACHE_DIR", "EVAL_INDEX", "DataPoint", "cache_has", "cache_load", "cache_save",
            "data_point", "run_cache_key",
-           "model_key", "train_models"]
+           "model_key", "train_models", "train_resumable"]
 
 #: Folder (inside a results folder) of models trained to full length during calibration.
 CACHE_DIR = "models"
@@ -110,6 +110,28 @@ def train_models(
         return stream.torch_signal_batches(steps - start, start=start, dtype=dtype)
 
     return train(dict(models), data, cfg, checkpoint_dir=checkpoint_dir)
+
+
+def train_resumable(grid: GridConfig, models: Mapping[str, Any], point: DataPoint,
+                    steps: int, folder: Path | None, what: str, *, progress: bool
+                    ) -> tuple[dict[str, Any], float]:
+    """:func:`train_models` checkpointing into ``folder`` (none when ``None``), resumed
+    from a checkpoint found there (``what`` names the training in the log line). Returns
+    the results and the wall seconds. The caller removes ``folder`` once it has saved
+    the models: a kill before that resumes from the last checkpoint."""
+    import time
+
+    from aensae._io import remove_partial_files
+    from aensae.experiments.console import log
+    from aensae.saes.training.trainer import CHECKPOINT_FILE
+
+    if folder is not None:
+        remove_partial_files(folder)  # a checkpoint write that a kill cut short
+        if (folder / CHECKPOINT_FILE).is_file():
+            log(f"{what} {folder.name}: resuming from its checkpoint")
+    t0 = time.perf_counter()
+    results = train_models(grid, models, point, steps, folder, progress=progress)
+    return results, time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------------- model cache

@@ -19,9 +19,8 @@ from aensae import __version__
 from aensae._dtypes import torch_dtype
 from aensae._io import atomic_write_json, read_json_record, remove_partial_files
 from aensae.experiments.config import canonical_hash
-from aensae.experiments.console import log
 from aensae.experiments.spiked.config import GridConfig, RunSpec
-from aensae.experiments.spiked.data import DataPoint, data_point, train_models
+from aensae.experiments.spiked.data import DataPoint, data_point, train_resumable
 
 __all__ = ["REGIME_COLUMNS", "calibrate_task", "evaluate_run", "exact_dir", "exact_task",
            "group_task", "regime_columns", "run_exact", "run_folder", "train_group"]
@@ -89,21 +88,13 @@ def train_group(grid: GridConfig, out: Path, point: DataPoint, specs: list[RunSp
     if models:
         gdir = out / "groups" / (f"rho{point.rho:g}-s{point.seed}-"
                                  f"{canonical_hash(sorted(models))}")
-        from aensae.saes.training.trainer import CHECKPOINT_FILE
-
-        remove_partial_files(gdir)  # a checkpoint write that a kill cut short
-        if (gdir / CHECKPOINT_FILE).is_file():
-            log(f"group {gdir.name}: resuming from its checkpoint")
-        t0 = time.perf_counter()
-        results = train_models(grid, models, point, grid.train["steps"], gdir,
-                               progress=progress)
-        seconds = time.perf_counter() - t0
+        results, seconds = train_resumable(grid, models, point, grid.train["steps"], gdir,
+                                           "group", progress=progress)
         for rid, model in models.items():
             res = results[rid].to_dict()
             res.update({"group_seconds": seconds, "group_models": len(models),
                         "trained_in": "grid"})
             records[rid] = (model, res)
-        shutil.rmtree(gdir, ignore_errors=True)
     for rid in ids:
         model, res = records[rid]
         res = dict(res)
@@ -114,6 +105,8 @@ def train_group(grid: GridConfig, out: Path, point: DataPoint, specs: list[RunSp
                     "train_loss_last": losses[-1] if losses else None,
                     "torch_version": torch.__version__})
         atomic_write_json(folder / "trained.json", res)
+    if models:  # every model saved: the group's checkpoint is no longer needed
+        shutil.rmtree(gdir, ignore_errors=True)
     return seconds
 
 
