@@ -98,15 +98,20 @@ def _bracketed(points: list[list[float]], target: float) -> bool:
     return bool(ll.max() >= t >= ll.min())
 
 
+def _nearest(points: list[list[float]], target: float) -> tuple[float, float]:
+    """``(L0_lo, L0_hi)``: the measured L0s nearest ``target`` on each side (``0 < L0_lo
+    <= target <= L0_hi``), 0 and inf where a side has none."""
+    lo = max((v for _, v in points if 0 < v <= target), default=0.0)
+    hi = min((v for _, v in points if v >= target), default=math.inf)
+    return lo, hi
+
+
 def bracket_ratio(points: list[list[float]], target: float) -> float:
     """``L0_hi / L0_lo`` of the measured points nearest ``target`` on each side
     (``L0_lo <= target <= L0_hi``; 1 for a point at the target); inf when one side has
     none. As :func:`~aensae.experiments.verdicts.frontier_value` reads a seed's runs."""
-    lo = [v for _, v in points if 0 < v <= target]
-    hi = [v for _, v in points if v >= target]
-    if not lo or not hi:
-        return math.inf
-    return min(hi) / max(lo)
+    lo, hi = _nearest(points, target)
+    return hi / lo if lo > 0.0 and hi < math.inf else math.inf
 
 
 def bracket_search(
@@ -225,8 +230,7 @@ def _bracket_aims(state: dict[str, Any]) -> list[tuple[float, float]]:
     for t in state["targets"]:
         if not _bracketed(pts, t) or bracket_ratio(pts, t) <= state["bracket"]:
             continue
-        lo = max((v for _, v in pts if 0 < v <= t), default=0.0)
-        hi = min((v for _, v in pts if v >= t), default=math.inf)
+        lo, hi = _nearest(pts, t)
         below = lo == 0.0 or (hi < math.inf and t / lo >= hi / t)
         side = [a for a in aims if a < t] if below else [a for a in aims if a > t]
         if side:
@@ -263,11 +267,8 @@ def _tightest(points: list[list[float]], target: float
 
 def _bisect(points: list[list[float]], target: float) -> float:
     """Geometric midpoint of the tightest bracket of ``target`` on the monotone envelope."""
-    lp, ll = _envelope([p for p, _ in points], [v for _, v in points])
-    t = math.log(target)
-    above = [x for x, y in zip(lp, ll, strict=True) if y >= t]  # smaller penalties
-    below = [x for x, y in zip(lp, ll, strict=True) if y <= t]
-    return float(math.exp(0.5 * (max(above) + min(x for x in below if x >= max(above)))))
+    lp, _ = _tightest(points, target)
+    return float(math.exp(0.5 * (lp[0] + lp[1])))
 
 
 def finish(state: dict[str, Any], tol: float | None = None) -> dict[str, Any]:
