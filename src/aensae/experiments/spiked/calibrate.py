@@ -116,38 +116,35 @@ def _measure(grid: GridConfig, jobs: list[tuple[str, dict[str, Any]]], point: An
 
     dtype = torch_dtype(grid.experiment["dtype"])
     keep = out_dir is not None and full_length(grid)
+    # every job's model under its cache key: read back from the cache, or trained here
     keys = [model_key(grid, arch, hyper, point.rho, point.seed) for arch, hyper in jobs]
-    models, cached = {}, {}
-    for i, ((arch, hyper), key) in enumerate(zip(jobs, keys, strict=True)):
-        hit = cache_load(out_dir, key) if keep else None
-        if hit is None:
-            models[f"c{i}"] = create(arch, grid.data["n"], grid.d_sae, seed=point.seed,
-                                     dtype=dtype, **hyper)
-        else:
-            cached[f"c{i}"] = hit[0]
+    found = {key: hit[0] for key in keys
+             if keep and (hit := cache_load(out_dir, key)) is not None}
+    models = {key: create(arch, grid.data["n"], grid.d_sae, seed=point.seed, dtype=dtype,
+                          **hyper)
+              for (arch, hyper), key in zip(jobs, keys, strict=True) if key not in found}
     if models:
         gdir = None
         if out_dir is not None:
-            names = sorted(keys[int(name[1:])] for name in models)
             gdir = Path(out_dir) / "groups" / (
                 f"cal-rho{point.rho:g}-s{point.seed}-"
-                f"{canonical_hash({'models': names, 'steps': grid.calibrate['steps']})}")
+                f"{canonical_hash({'models': sorted(models), 'steps': grid.calibrate['steps']})}")
         results, seconds = train_resumable(grid, models, point, grid.calibrate["steps"],
                                            gdir, "calibration pass", progress=progress)
-        for name, model in models.items():
-            if keep:
-                res = results[name].to_dict()
+        if keep:
+            for key, model in models.items():
+                res = results[key].to_dict()
                 res.update({"group_seconds": seconds, "group_models": len(models),
                             "trained_in": "calibration"})
-                cache_save(out_dir, keys[int(name[1:])], model, res)
+                cache_save(out_dir, key, model, res)
         if gdir is not None and keep:  # the models are in the cache
             shutil.rmtree(gdir, ignore_errors=True)
         elif gdir is not None and passes is not None:
             passes.append(gdir)
     out = []
     X = torch.as_tensor(point.X_eval)
-    for i in range(len(jobs)):
-        model = models.get(f"c{i}", cached.get(f"c{i}"))
+    for key in keys:
+        model = models.get(key, found.get(key))
         model.eval()
         with torch.no_grad():
             p = model.W_dec
